@@ -1,0 +1,252 @@
+"""Typed experiment config: YAML + ``--set`` overrides -> nested dataclasses.
+
+Strict like nanoGPT's configurator, without its ``exec``: unknown keys, wrong
+types and missing values are reported with their dotted path, the value
+received and what would be valid. Overrides are applied to the raw dict before
+validation, so they get exactly the same checks as the file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from errors import UserError
+from registry import did_you_mean
+
+_REQUIRED = object()  # sentinel default for keys the user must set
+
+
+@dataclass
+class ModelConfig:
+    """``name`` picks the registered model; every other key is passed to its builder."""
+
+    name: str = _REQUIRED  # type: ignore[assignment]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.kwargs}
+
+
+@dataclass
+class DataConfig:
+    name: str = _REQUIRED  # type: ignore[assignment]
+    root: str = "./datasets"
+    download: bool = True
+    limit_train: Optional[int] = None  # keep the first N training samples; null = all
+    limit_val: Optional[int] = None
+    augment: bool = True  # the dataset's standard batched augmentation (see README)
+    cache: bool = True  # keep decoded uint8 tensors so the next run starts fast
+    cache_dir: Optional[str] = None  # null = $XDG_CACHE_HOME/vitlab or ~/.cache/vitlab
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    lr: float = 1.0e-3
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = 0.05  # not applied to biases and norm weights
+    momentum: float = 0.9  # SGD only
+    nesterov: bool = False  # SGD only
+    schedule: Literal["cosine", "onecycle", "multistep", "constant"] = "cosine"
+    warmup_epochs: float = 0.0  # linear warmup; for onecycle, the ramp-up (default 30% of training)
+    min_lr: float = 0.0  # cosine floor
+    milestones: list[int] = field(default_factory=list)  # multistep: epochs at which lr *= gamma
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    grad_clip: Optional[float] = None  # max global gradient norm; null = off
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
+    log_every: int = 50  # steps between progress-bar updates (each one is a host sync)
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "./runs"  # each run gets a new directory below this one
+    checkpoints: bool = True  # write last.pt and best.pt
+
+
+@dataclass
+class Config:
+    model: ModelConfig
+    data: DataConfig
+    name: Optional[str] = None  # run name; null = the model name
+    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def run_name(self) -> str:
+        return self.name or self.model.name
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+
+# ----------------------------------------------------------------------------- loading
+
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _bad(path: str, value: Any, tp: Any) -> UserError:
+    return UserError(f"{path}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        assert len(inner) == 1, "only Optional[X] unions are supported"
+        try:
+            return _convert(value, inner[0], path)
+        except UserError:
+            raise _bad(path, value, tp) from None
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise UserError(f"{path}: got {value!r}{did_you_mean(str(value), map(str, choices))}; "
+                            f"valid: {', '.join(map(str, choices))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise _bad(path, value, tp)
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _bad(path, value, tp)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad(path, value, tp)
+        return value
+    if tp is float:
+        # PyYAML reads 1e-3 (no dot) as a string; accept numeric strings for float fields.
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            return float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _bad(path, value, tp)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _bad(path, value, tp)
+        return value
+    raise AssertionError(f"unsupported config type {tp} at {path}")
+
+
+def _build(cls: type, raw: Any, path: str) -> Any:
+    where = path or "the config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a mapping of keys, got {raw!r} ({type(raw).__name__})")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if cls is ModelConfig:  # free-form builder kwargs, checked later against the builder signature
+        raw = dict(raw)
+        name = raw.pop("name", _REQUIRED)
+        if name is _REQUIRED:
+            raise UserError(f"{path}.name: required but not set (python main.py --list-models shows the choices)")
+        return ModelConfig(name=_convert(name, str, f"{path}.name"), kwargs=raw)
+    valid = [k for k in fields if not (cls is Config and k == "kwargs")]
+    for key in raw:
+        if key not in fields:
+            dotted = f"{path}.{key}" if path else str(key)
+            raise UserError(f"{dotted}: unknown key{did_you_mean(str(key), valid)}; "
+                            f"valid keys{' in ' + path if path else ''}: {', '.join(valid)}")
+    values = {}
+    for name, f in fields.items():
+        dotted = f"{path}.{name}" if path else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, raw.get(name), dotted)
+        elif name in raw:
+            values[name] = _convert(raw[name], tp, dotted)
+        elif f.default is _REQUIRED:
+            raise UserError(f"{dotted}: required but not set")
+    return cls(**values)
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``--set a.b.c=VALUE`` (VALUE parsed as YAML) to the raw config dict."""
+    key, sep, text = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {assignment!r}: expected KEY=VALUE with a dotted key, e.g. train.lr=3e-4")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise UserError(f"--set {key}: value {text!r} is not valid YAML ({_yaml_problem(e)})") from None
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            parent = ".".join(parts[: i + 1])
+            raise UserError(f"--set {key}: '{parent}' is {child!r}, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--cfg {path}: no such file" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: malformed YAML: {_yaml_problem(e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping with sections model, data, train, output; "
+                        f"got {type(raw).__name__}")
+    return raw
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    return _build(Config, raw, "")
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    raw = read_yaml(path) if path is not None else {}
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return from_dict(raw)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

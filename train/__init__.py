@@ -1,0 +1,1 @@
+"""The shared training loop and everything one run writes."""
