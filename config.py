@@ -237,8 +237,35 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def _check_ranges(cfg: Config) -> None:
+    t, d = cfg.train, cfg.data
+    checks = [
+        ("train.epochs", t.epochs, t.epochs >= 1, "at least 1"),
+        ("train.batch_size", t.batch_size, t.batch_size >= 1, "at least 1"),
+        ("train.eval_batch_size", t.eval_batch_size, t.eval_batch_size >= 1, "at least 1"),
+        ("train.lr", t.lr, t.lr > 0, "greater than 0"),
+        ("train.weight_decay", t.weight_decay, t.weight_decay >= 0, "0 or more"),
+        ("train.momentum", t.momentum, 0 <= t.momentum < 1, "in [0, 1)"),
+        ("train.warmup_epochs", t.warmup_epochs, 0 <= t.warmup_epochs <= t.epochs, f"in [0, train.epochs={t.epochs}]"),
+        ("train.min_lr", t.min_lr, 0 <= t.min_lr <= t.lr, f"in [0, train.lr={t.lr}]"),
+        ("train.gamma", t.gamma, t.gamma > 0, "greater than 0"),
+        ("train.label_smoothing", t.label_smoothing, 0 <= t.label_smoothing < 1, "in [0, 1)"),
+        ("train.grad_clip", t.grad_clip, t.grad_clip is None or t.grad_clip > 0, "greater than 0, or null"),
+        ("train.log_every", t.log_every, t.log_every >= 1, "at least 1"),
+        ("data.limit_train", d.limit_train, d.limit_train is None or d.limit_train >= 1, "at least 1, or null"),
+        ("data.limit_val", d.limit_val, d.limit_val is None or d.limit_val >= 1, "at least 1, or null"),
+        ("train.milestones", t.milestones, t.schedule != "multistep" or bool(t.milestones),
+         "a non-empty list of epochs when train.schedule is multistep"),
+    ]
+    for key, value, ok, valid in checks:
+        if not ok:
+            raise UserError(f"{key}: got {value!r}; must be {valid}")
+
+
 def from_dict(raw: dict[str, Any]) -> Config:
-    return _build(Config, raw, "")
+    cfg = _build(Config, raw, "")
+    _check_ranges(cfg)
+    return cfg
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:

@@ -27,7 +27,8 @@ from data import DatasetSpec, ImageData, get_spec, load_dataset
 from data.augment import train_transform
 from data.datasets import default_cache_dir
 from errors import UserError
-from models import create_model
+from models import MODELS, create_model
+from models.registry import DATASET_KEYS
 from train.engine import NonFiniteLoss, Precision, evaluate, train_one_epoch
 from train.loader import TensorLoader
 from train.schedule import build_optimizer, build_scheduler
@@ -55,6 +56,8 @@ def resolve_device(name: str) -> torch.device:
 
 def build_model(cfg: Config, spec: Optional[DatasetSpec] = None) -> nn.Module:
     spec = spec or get_spec(cfg.data.name)
+    # Checked before the call, so a dataset-owned key (num_classes, ...) gets the usual one-line error.
+    MODELS.check_kwargs(cfg.model.name, cfg.model.kwargs, "model", reserved=DATASET_KEYS)
     seed_everything(cfg.seed)  # same seed -> same initial weights
     return create_model(cfg.model.name, num_classes=spec.num_classes, in_chans=spec.in_chans,
                         image_size=spec.image_size, **cfg.model.kwargs)

@@ -1,0 +1,91 @@
+"""Write small datasets in the official on-disk formats, for the real loaders to read.
+
+Images are learnable on purpose: class k is a bright square at a class-specific
+position on a noisy background, so a few epochs of training must beat chance by far.
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+
+
+def pattern_images(n: int, num_classes: int, chans: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (n, chans, size, size) and int labels (n,): a class-positioned square on noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, n)
+    images = rng.integers(0, 60, (n, chans, size, size), dtype=np.uint8)
+    grid = int(np.ceil(np.sqrt(num_classes)))
+    cell = size // grid
+    for i, label in enumerate(labels):
+        r, c = divmod(int(label), grid)
+        images[i, :, r * cell: (r + 1) * cell, c * cell: (c + 1) * cell] = 230
+    return images, labels
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist(folder: Path, n_train: int = 200, n_test: int = 100, gz: bool = True, seed: int = 0) -> Path:
+    """The four idx files (``.gz`` by default) directly in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    xtr, ytr = pattern_images(n_train, 10, 1, 28, seed)
+    xte, yte = pattern_images(n_test, 10, 1, 28, seed + 1)
+    ext = ".gz" if gz else ""
+    write_idx(folder / f"train-images-idx3-ubyte{ext}", xtr[:, 0])
+    write_idx(folder / f"train-labels-idx1-ubyte{ext}", ytr)
+    write_idx(folder / f"t10k-images-idx3-ubyte{ext}", xte[:, 0])
+    write_idx(folder / f"t10k-labels-idx1-ubyte{ext}", yte)
+    return folder
+
+
+def write_cifar10(root: Path, per_batch: int = 20, n_test: int = 30, seed: int = 0) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 6):
+        x, y = pattern_images(per_batch, 10, 3, 32, seed + i)
+        _pickle(folder / f"data_batch_{i}", {b"batch_label": b"fixture", b"data": x.reshape(len(x), -1),
+                                             b"labels": [int(v) for v in y]})
+    x, y = pattern_images(n_test, 10, 3, 32, seed)
+    _pickle(folder / "test_batch", {b"data": x.reshape(len(x), -1), b"labels": [int(v) for v in y]})
+    _pickle(folder / "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
+    return root
+
+
+def write_cifar100(root: Path, n_train: int = 50, n_test: int = 20, seed: int = 0) -> Path:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
+        x, y = pattern_images(n, 100, 3, 32, s)
+        _pickle(folder / name, {b"data": x.reshape(n, -1), b"fine_labels": [int(v) for v in y],
+                                b"coarse_labels": [int(v) // 5 for v in y]})
+    return root
+
+
+def write_imagenette(root: Path, per_class: int = 2, classes: int = 10, seed: int = 0) -> Path:
+    """``imagenette2-160/{train,val}/<wnid>/*.JPEG`` with non-square images of mixed sizes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for k in range(classes):
+            d = root / "imagenette2-160" / split / f"n0{k:07d}"
+            d.mkdir(parents=True, exist_ok=True)
+            for j in range(per_class):
+                h, w = 160, int(rng.integers(160, 240))
+                pixels = np.full((h, w, 3), 25 * k, dtype=np.uint8)
+                pixels += rng.integers(0, 20, (h, w, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(d / f"img_{j}.JPEG", format="JPEG", quality=90)
+    return root
+
+
+def _pickle(path: Path, obj) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)

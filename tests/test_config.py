@@ -1,0 +1,120 @@
+"""Config loading: every shipped config loads, and every mistake gets its own precise message."""
+from pathlib import Path
+
+import pytest
+
+from config import Config, apply_override, dump_config, from_dict, load_config
+from errors import UserError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("**/*.yaml"))
+BASE = {"model": {"name": "simple_cnn"}, "data": {"name": "cifar10"}}
+
+
+def build(**sections):
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in BASE.items()}
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            raw.setdefault(key, {}).update(value)
+        else:
+            raw[key] = value
+    return from_dict(raw)
+
+
+def error_of(fn, *args, **kwargs) -> str:
+    with pytest.raises(UserError) as info:
+        fn(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message, "user errors are one line"
+    return message
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config) and cfg.model.name and cfg.data.name
+
+
+def test_seed000_configs_exist():
+    names = {p.name for p in CONFIGS}
+    expected = {f"{m}.yaml" for m in ("simple_cnn", "simple_cnn_huge", "cnn_tr_small", "cnn_tr_medium",
+                                      "cnn_tr_large", "cnn_tr_huge", "fashion_mnist")}
+    assert expected <= names
+
+
+def test_defaults_and_model_kwargs():
+    cfg = build(model={"name": "cnn_transformer", "num_layers": 5})
+    assert cfg.model.kwargs == {"num_layers": 5}
+    assert cfg.train.device == "auto" and cfg.seed == 0 and cfg.data.limit_train is None
+    assert cfg.run_name == "cnn_transformer"
+
+
+def test_scientific_notation_string_becomes_float():
+    # PyYAML reads 1e-3 (no dot) as the string '1e-3'.
+    cfg = build(train={"lr": "1e-3", "weight_decay": 5})
+    assert cfg.train.lr == pytest.approx(1e-3) and isinstance(cfg.train.weight_decay, float)
+
+
+@pytest.mark.parametrize("sections, expected", [
+    ({"train": {"lrr": 0.1}}, "train.lrr: unknown key (did you mean 'lr'?); valid keys in train: epochs,"),
+    ({"bogus": 1}, "bogus: unknown key; valid keys: model, data, name, seed, train, output"),
+    ({"train": {"lr": "fast"}}, "train.lr: expected a number, got 'fast' (str)"),
+    ({"train": {"epochs": 2.5}}, "train.epochs: expected an integer, got 2.5 (float)"),
+    ({"train": {"epochs": True}}, "train.epochs: expected an integer, got True (bool)"),
+    ({"data": {"download": "yes"}}, "data.download: expected true or false, got 'yes' (str)"),
+    ({"data": {"limit_train": "ten"}}, "data.limit_train: expected an integer or null, got 'ten' (str)"),
+    ({"train": {"optimizer": "adam"}}, "train.optimizer: got 'adam' (did you mean 'adamw'?); valid: adamw, sgd"),
+    ({"train": {"device": "gpu"}}, "train.device: got 'gpu'"),
+    ({"train": {"milestones": [1, "x"]}}, "train.milestones[1]: expected an integer, got 'x' (str)"),
+    ({"train": {"epochs": 0}}, "train.epochs: got 0; must be at least 1"),
+    ({"train": {"lr": -1.0}}, "train.lr: got -1.0; must be greater than 0"),
+    ({"train": {"schedule": "multistep"}}, "train.milestones: got []; must be a non-empty list"),
+    ({"train": 3}, "train: expected a mapping of keys, got 3 (int)"),
+    ({"seed": "zero"}, "seed: expected an integer, got 'zero' (str)"),
+])
+def test_bad_values_are_named(sections, expected):
+    assert expected in error_of(build, **sections)
+
+
+def test_required_keys():
+    assert error_of(from_dict, {"data": {"name": "cifar10"}}).startswith("model.name: required but not set")
+    assert error_of(from_dict, {"model": {"name": "simple_cnn"}}) == "data.name: required but not set"
+
+
+def test_overrides_get_the_same_checks():
+    raw = {"model": {"name": "simple_cnn"}, "data": {"name": "cifar10"}}
+    apply_override(raw, "train.lr=3e-4")
+    apply_override(raw, "data.limit_train=100")
+    apply_override(raw, "train.milestones=[2, 4]")
+    cfg = from_dict(raw)
+    assert cfg.train.lr == pytest.approx(3e-4) and cfg.data.limit_train == 100 and cfg.train.milestones == [2, 4]
+    apply_override(raw, "train.batch_sise=3")
+    assert "train.batch_sise: unknown key (did you mean 'batch_size'?)" in error_of(from_dict, raw)
+
+
+@pytest.mark.parametrize("assignment, expected", [
+    ("train.lr", "expected KEY=VALUE"),
+    ("=3", "expected KEY=VALUE"),
+    ("train..lr=3", "expected KEY=VALUE"),
+    ("seed.x=1", "'seed' is 0, not a section"),
+    ("train.lr=[1, ", "not valid YAML"),
+])
+def test_bad_overrides(assignment, expected):
+    raw = {"seed": 0}
+    assert expected in error_of(apply_override, raw, assignment)
+
+
+def test_files(tmp_path):
+    assert "no such file" in error_of(load_config, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {name: simple_cnn\n")
+    assert "malformed YAML" in error_of(load_config, bad) and "line" in error_of(load_config, bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    assert "expected a mapping" in error_of(load_config, listy)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = build(model={"name": "cnn_transformer", "num_layers": 2}, train={"lr": "1e-3"})
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
