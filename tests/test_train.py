@@ -1,0 +1,165 @@
+"""The shared loop: schedules, batching, determinism, divergence, and that it really learns."""
+import json
+import math
+
+import pytest
+import torch
+
+from config import TrainConfig, from_dict
+from train.engine import NonFiniteLoss, Precision, train_one_epoch
+from train.loader import TensorLoader
+from train.run import fit
+from train.schedule import build_optimizer, build_scheduler, lr_factor, param_groups
+
+
+def cfg_for(root, tmp_path, **train):
+    return from_dict({
+        "name": "t", "seed": 0,
+        "model": {"name": "simple_cnn"},
+        "data": {"name": "fashion_mnist", "root": str(root), "download": False, "cache": False},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 2.0e-3, "log_every": 2, **train},
+        "output": {"dir": str(tmp_path / "runs")},
+    })
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def curve(steps_per_epoch=10, **kw):
+    cfg = TrainConfig(**kw)
+    f = lr_factor(cfg, steps_per_epoch)
+    return [f(s) for s in range(cfg.epochs * steps_per_epoch)]
+
+
+def test_cosine_with_warmup():
+    c = curve(epochs=10, schedule="cosine", warmup_epochs=2, lr=1.0, min_lr=0.1)
+    assert c[0] == pytest.approx(1 / 20) and c[19] == pytest.approx(1.0)  # linear warmup over 20 steps
+    assert all(a >= b for a, b in zip(c[19:], c[20:]))  # then monotone decay
+    assert c[-1] == pytest.approx(0.1, abs=1e-3)  # to min_lr
+
+
+def test_onecycle_shape():
+    c = curve(epochs=10, schedule="onecycle", lr=1.0)
+    peak = max(range(len(c)), key=c.__getitem__)
+    assert peak == 30 and c[peak] == pytest.approx(1.0)  # 30% ramp by default
+    assert c[0] == pytest.approx(1 / 25) and c[-1] < 1e-3
+
+
+def test_multistep_and_constant():
+    c = curve(epochs=6, schedule="multistep", milestones=[2, 4], gamma=0.1)
+    assert c[19] == 1.0 and c[20] == pytest.approx(0.1) and c[40] == pytest.approx(0.01)
+    assert set(curve(epochs=3, schedule="constant")) == {1.0}
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    decay, no_decay = param_groups(model, 0.05)
+    assert [p.ndim for p in decay["params"]] == [4] and no_decay["weight_decay"] == 0.0
+    assert len(no_decay["params"]) == 3
+
+
+# ----------------------------------------------------------------------------- loader
+
+
+def test_loader_batches_and_shuffles():
+    x = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 4, 4).contiguous()
+    y = torch.arange(10)
+    gen = torch.Generator()
+    gen.manual_seed(0)
+    loader = TensorLoader(x, y, batch_size=4, mean=(0.0,), std=(1 / 255,), image_size=4,
+                          shuffle=True, drop_last=True, generator=gen)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 2 and all(b[0].shape == (4, 1, 4, 4) for b in batches)
+    seen = torch.cat([b[1] for b in batches])
+    assert len(set(seen.tolist())) == 8
+    # images and labels stay paired through the shuffle; normalisation with std 1/255 returns raw values
+    for images, labels in batches:
+        torch.testing.assert_close(images[:, 0, 0, 0], labels.float())
+    eval_loader = TensorLoader(x, y, batch_size=4, mean=(0.0,), std=(1.0,), image_size=4)
+    assert len(eval_loader) == 3 and torch.equal(torch.cat([b[1] for b in eval_loader]), y)
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def test_non_finite_loss_stops_the_epoch():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        model[1].weight.fill_(float("nan"))
+    x, y = torch.zeros(8, 1, 2, 2, dtype=torch.uint8), torch.zeros(8, dtype=torch.long)
+    loader = TensorLoader(x, y, batch_size=2, mean=(0.0,), std=(1.0,), image_size=2)
+    opt = build_optimizer(model, TrainConfig())
+    sched = build_scheduler(opt, TrainConfig(epochs=1), len(loader))
+    with pytest.raises(NonFiniteLoss, match="training loss became nan by step 2"):
+        train_one_epoch(model, loader, opt, sched, torch.nn.CrossEntropyLoss(), device=torch.device("cpu"),
+                        precision=Precision("cpu"), log_every=2)
+
+
+def test_cuda_request_without_cuda(monkeypatch):
+    from errors import UserError
+    from train.run import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="train.device: 'cuda' requested but CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+
+
+def test_precision_choice():
+    assert Precision.for_device(torch.device("cpu"), amp=True).dtype is None
+    assert str(Precision.for_device(torch.device("cpu"), amp=True)) == "fp32"
+
+
+def test_fit_writes_everything_and_learns(fmnist_root, tmp_path):
+    cfg = cfg_for(fmnist_root, tmp_path, epochs=4, batch_size=16, schedule="onecycle")
+    cfg.data.augment = False  # a flip would move the class-coding square onto another class's place
+    run_dir, results = fit(cfg, log=quiet, progress=False)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    keys = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s"}
+    assert all(keys <= set(r) for r in rows)
+    # The fixture's classes are a bright square at a class-specific position: learnable, chance is 10%.
+    assert rows[-1]["val_acc"] >= 80.0, rows
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert saved["status"] == "completed" and saved["params"] == 431_594 - 2 * 16 * 9  # 1-channel first conv
+    assert saved["best_val_acc"] == max(r["val_acc"] for r in rows)
+    assert saved["final_val_acc"] == rows[-1]["val_acc"] and saved["mult_adds"] > 0
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run_dir / name, weights_only=True)
+        assert isinstance(state, dict) and "head.fc.weight" in state
+    assert (run_dir / "config.yaml").is_file() and "Total params" in (run_dir / "summary.txt").read_text()
+
+
+def test_fixed_seed_repeats_exactly(fmnist_root, tmp_path):
+    metrics = []
+    for _ in range(2):
+        run_dir, _ = fit(cfg_for(fmnist_root, tmp_path, epochs=1), log=quiet, progress=False)
+        row = json.loads((run_dir / "metrics.jsonl").read_text())
+        metrics.append((row["train_loss"], row["val_loss"], row["val_acc"]))
+    assert metrics[0] == metrics[1]
+    run_dir, _ = fit(from_dict({**cfg_for(fmnist_root, tmp_path).to_dict(), "seed": 1, "train": {
+        **cfg_for(fmnist_root, tmp_path).to_dict()["train"], "epochs": 1}}), log=quiet, progress=False)
+    other = json.loads((run_dir / "metrics.jsonl").read_text())
+    assert other["train_loss"] != metrics[0][0]
+
+
+def test_divergence_is_recorded(fmnist_root, tmp_path):
+    with pytest.raises(NonFiniteLoss):
+        fit(cfg_for(fmnist_root, tmp_path, lr=1.0e30, optimizer="sgd", schedule="constant", epochs=2),
+            log=quiet, progress=False)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "diverged" and "epoch 1" in results["error"]
+
+
+def test_grad_clip_and_label_smoothing_run(fmnist_root, tmp_path):
+    _, results = fit(cfg_for(fmnist_root, tmp_path, epochs=1, grad_clip=1.0, label_smoothing=0.1,
+                             optimizer="sgd", lr=0.05, warmup_epochs=0.5),
+                     log=quiet, progress=False)
+    assert math.isfinite(results["final_val_loss"])
