@@ -163,3 +163,28 @@ def test_grad_clip_and_label_smoothing_run(fmnist_root, tmp_path):
                              optimizer="sgd", lr=0.05, warmup_epochs=0.5),
                      log=quiet, progress=False)
     assert math.isfinite(results["final_val_loss"])
+
+
+def test_cuda_precision_choice(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert Precision.for_device(torch.device("cuda"), amp=True).dtype == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    fp16 = Precision.for_device(torch.device("cuda"), amp=True)
+    assert fp16.dtype == torch.float16 and fp16.needs_scaler
+    assert Precision.for_device(torch.device("cuda"), amp=False).dtype is None
+
+
+def test_scaled_and_clipped_step_runs_on_cpu():
+    # The GradScaler + clipping branch (fp16 on CUDA) exercised with CPU autocast.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    x = torch.randint(0, 255, (8, 1, 2, 2), dtype=torch.uint8)
+    y = torch.randint(0, 2, (8,))
+    loader = TensorLoader(x, y, batch_size=4, mean=(0.5,), std=(0.5,), image_size=2)
+    opt = build_optimizer(model, TrainConfig())
+    sched = build_scheduler(opt, TrainConfig(epochs=1), len(loader))
+    before = model[1].weight.detach().clone()
+    stats = train_one_epoch(model, loader, opt, sched, torch.nn.CrossEntropyLoss(), device=torch.device("cpu"),
+                            precision=Precision("cpu", torch.bfloat16), scaler=torch.amp.GradScaler("cpu"),
+                            grad_clip=0.5)
+    assert math.isfinite(stats["train_loss"]) and not torch.equal(before, model[1].weight)
