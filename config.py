@@ -173,7 +173,7 @@ def _build(cls: type, raw: Any, path: str) -> Any:
         if name is _REQUIRED:
             raise UserError(f"{path}.name: required but not set (python main.py --list-models shows the choices)")
         return ModelConfig(name=_convert(name, str, f"{path}.name"), kwargs=raw)
-    valid = [k for k in fields if not (cls is Config and k == "kwargs")]
+    valid = list(fields)
     for key in raw:
         if key not in fields:
             dotted = f"{path}.{key}" if path else str(key)

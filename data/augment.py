@@ -68,10 +68,10 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
-def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (or float in [0, 255]) -> float32 standardised per channel."""
-    mean_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1) * 255
-    inv_std = 1.0 / (torch.tensor(std, device=x.device).view(1, -1, 1, 1) * 255)
+def normalize(x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """uint8 (or float in [0, 255]) -> float32 standardised per channel (mean/std on the 0-1 scale)."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1) * 255
+    inv_std = 1.0 / (torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1) * 255)
     return (x.float() - mean_t) * inv_std
 
 

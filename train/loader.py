@@ -32,7 +32,10 @@ class TensorLoader:
         assert x.dtype == torch.uint8 and x.ndim == 4 and len(x) == len(y)
         self.x, self.y = x, y
         self.batch_size = batch_size
-        self.mean, self.std, self.image_size = mean, std, image_size
+        # On the data's device once, so no per-batch host-to-device copy of the statistics.
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=x.device)
+        self.std = torch.tensor(std, dtype=torch.float32, device=x.device)
+        self.image_size = image_size
         self.transform, self.shuffle, self.drop_last = transform, shuffle, drop_last
         self.generator = generator
         self.channels_last = channels_last

@@ -142,6 +142,7 @@ def fit(cfg: Config, *, log=print, progress: Optional[bool] = None) -> tuple[Pat
     spec = get_spec(cfg.data.name)
     model = build_model(cfg, spec)
     info = describe(model, spec)
+    log(f"loading {cfg.data.name} from {cfg.data.root}")
     data = load_data(cfg).to(device)  # before the run dir: a missing dataset leaves nothing behind
     model.to(device)
     train_loader, val_loader = make_loaders(cfg, data, device)
