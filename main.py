@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from errors import UserError
@@ -82,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_DIVERGED
         print(f"done: best val acc {results['best_val_acc']:.2f}% (epoch {results['best_epoch']}), "
               f"final {results['final_val_acc']:.2f}%, {results['train_time_s']:.1f}s training -> {run_dir}")
-        print(json.dumps({"run_dir": str(run_dir)}))
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -188,3 +188,19 @@ def test_scaled_and_clipped_step_runs_on_cpu():
                             precision=Precision("cpu", torch.bfloat16), scaler=torch.amp.GradScaler("cpu"),
                             grad_clip=0.5)
     assert math.isfinite(stats["train_loss"]) and not torch.equal(before, model[1].weight)
+
+
+@pytest.mark.parametrize("dataset, writer", [("cifar10", "write_cifar10"), ("imagenette", "write_imagenette")])
+def test_fit_through_each_augmentation_path(tmp_path, dataset, writer):
+    import fixtures
+
+    getattr(fixtures, writer)(tmp_path / "data")
+    cfg = from_dict({
+        "model": {"name": "cnn_tr_small"},
+        "data": {"name": dataset, "root": str(tmp_path / "data"), "download": False, "cache": False},
+        "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 8},
+        "output": {"dir": str(tmp_path / "runs"), "checkpoints": False},
+    })
+    run_dir, results = fit(cfg, log=quiet, progress=False)
+    assert results["status"] == "completed" and math.isfinite(results["final_val_loss"])
+    assert not (run_dir / "last.pt").exists()  # output.checkpoints: false
