@@ -19,10 +19,12 @@ def test_forward_backward(name, dataset):
     torch.manual_seed(0)
     model = create_model(name, num_classes=spec.num_classes, in_chans=spec.in_chans, image_size=spec.image_size)
     x = torch.randn(2, spec.in_chans, spec.image_size, spec.image_size)
-    out = model(x)
+    out = model(x)  # training mode: dropout, stochastic depth, batch statistics
     assert out.shape == (2, spec.num_classes)
     assert torch.isfinite(out).all()
-    out.logsumexp(1).mean().backward()
+    # Gradients in eval mode, where stochastic depth cannot drop a whole branch for the batch.
+    model.eval()
+    model(x).logsumexp(1).mean().backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
     assert not missing, f"parameters without gradient: {missing}"
 
@@ -89,3 +91,35 @@ def test_duplicate_registration_raises():
 def test_transformer_sweep_knobs():
     assert n_params("cnn_transformer", num_layers=6) > n_params("cnn_transformer", num_layers=3)
     assert n_params("cnn_transformer", cnn_channels=128, num_heads=4) > n_params("cnn_transformer")
+
+
+def test_seed_vit_parameter_counts():
+    # Seed 001's summary: 2,725,632 without the head; + 192 x 10 + 10 for CIFAR-10.
+    assert n_params("vit_cifar10_patch2_input32") == 2_725_632 + 1_930 == 2_727_562
+    assert n_params("vit_seed002") == 1_205_898
+
+
+@pytest.mark.parametrize("name", ["vit_cifar10_patch2_input32", "vit_seed002"])
+def test_vit_attention_weights(name):
+    model = create_model(name, num_classes=10, in_chans=3, image_size=32).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        plain = model(x)
+        logits, maps = model(x, return_attention=True)
+    torch.testing.assert_close(logits, plain, rtol=1e-4, atol=1e-5)  # SDPA path == explicit path
+    blocks, heads = len(model.blocks), model.blocks[0].attn.num_heads
+    tokens = (32 // model.patch_embed.stride[0]) ** 2 + 1
+    assert len(maps) == blocks and all(m.shape == (3, heads, tokens, tokens) for m in maps)
+    for m in maps:
+        torch.testing.assert_close(m.sum(-1), torch.ones(3, heads, tokens))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"patch_size": 5}, "patch_size=5 does not divide image size 32"),
+    ({"num_heads": 5}, "num_heads=5 does not divide embed_dim=192"),
+    ({"drop_path": 1.0}, "drop_path must be in [0, 1)"),
+])
+def test_vit_shape_errors(kwargs, message):
+    with pytest.raises(UserError) as info:
+        create_model("vit", num_classes=10, in_chans=3, image_size=32, **kwargs)
+    assert message in str(info.value)
