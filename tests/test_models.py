@@ -60,15 +60,19 @@ def test_named_sizes_cannot_be_resized():
         create_model("cnn_tr_medium", num_classes=10, in_chans=3, image_size=32, num_layers=6)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"num_heads": 3}, "num_heads=3 does not divide the token width cnn_channels=64"),
-    ({"num_layers": 0}, "num_layers must be at least 1"),
-    ({"dropout": 1.5}, "dropout must be in [0, 1)"),
-    ({"num_layer": 2}, "model.num_layer: not a parameter of model 'cnn_transformer' (did you mean 'num_layers'?)"),
+@pytest.mark.parametrize("name, kwargs, message", [
+    ("cnn_transformer", {"num_heads": 3}, "num_heads=3 does not divide the token width cnn_channels=64"),
+    ("cnn_transformer", {"num_layers": 0}, "num_layers must be at least 1"),
+    ("cnn_transformer", {"dropout": 1.5}, "dropout must be in [0, 1)"),
+    ("cnn_transformer", {"num_layer": 2},
+     "model.num_layer: not a parameter of model 'cnn_transformer' (did you mean 'num_layers'?)"),
+    ("vit", {"patch_size": 5}, "patch_size=5 does not divide image size 32"),
+    ("vit", {"num_heads": 5}, "num_heads=5 does not divide embed_dim=192"),
+    ("vit", {"drop_path": 1.0}, "drop_path must be in [0, 1)"),
 ])
-def test_architecture_errors_are_user_errors(kwargs, message):
+def test_architecture_errors_are_user_errors(name, kwargs, message):
     with pytest.raises(UserError) as info:
-        create_model("cnn_transformer", num_classes=10, in_chans=3, image_size=32, **kwargs)
+        create_model(name, num_classes=10, in_chans=3, image_size=32, **kwargs)
     assert message in str(info.value)
 
 
@@ -112,14 +116,3 @@ def test_vit_attention_weights(name):
     assert len(maps) == blocks and all(m.shape == (3, heads, tokens, tokens) for m in maps)
     for m in maps:
         torch.testing.assert_close(m.sum(-1), torch.ones(3, heads, tokens))
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    ({"patch_size": 5}, "patch_size=5 does not divide image size 32"),
-    ({"num_heads": 5}, "num_heads=5 does not divide embed_dim=192"),
-    ({"drop_path": 1.0}, "drop_path must be in [0, 1)"),
-])
-def test_vit_shape_errors(kwargs, message):
-    with pytest.raises(UserError) as info:
-        create_model("vit", num_classes=10, in_chans=3, image_size=32, **kwargs)
-    assert message in str(info.value)

@@ -13,7 +13,6 @@ import json
 import os
 import random
 import sys
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
