@@ -69,13 +69,32 @@ class CNNTransformer(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
         self.head = PredictionHead(dim, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """Logits (B, num_classes); with ``return_attention``, also a list of (B, H, N, N) per layer."""
         fmap = self.cnn(x)  # (B, D, h, w)
         b, d, h, w = fmap.shape
-        tokens = fmap.flatten(2).transpose(1, 2)  # (B, h*w, D)
-        tokens = self.encoder(self.dropout(self.pos_encoding(tokens)))  # (B, h*w, D)
-        fmap = tokens.transpose(1, 2).reshape(b, d, h, w)  # (B, D, h, w)
-        return self.head(fmap)  # (B, num_classes)
+        tokens = self.dropout(self.pos_encoding(fmap.flatten(2).transpose(1, 2)))  # (B, h*w, D)
+        if return_attention:
+            tokens, maps = self._encode_with_attention(tokens)
+        else:
+            tokens = self.encoder(tokens)  # (B, h*w, D)
+        logits = self.head(tokens.transpose(1, 2).reshape(b, d, h, w))  # (B, num_classes)
+        return (logits, maps) if return_attention else logits
+
+    def _encode_with_attention(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``self.encoder(tokens)`` step by step, asking each layer's attention for its per-head weights.
+
+        Mirrors ``nn.TransformerEncoderLayer``'s post-norm forward with the same modules, so the
+        logits are those of the fast path (which never returns weights).
+        """
+        maps = []
+        for layer in self.encoder.layers:
+            y, weights = layer.self_attn(tokens, tokens, tokens, need_weights=True, average_attn_weights=False)
+            tokens = layer.norm1(tokens + layer.dropout1(y))
+            ff = layer.linear2(layer.dropout(layer.activation(layer.linear1(tokens))))
+            tokens = layer.norm2(tokens + layer.dropout2(ff))
+            maps.append(weights)  # (B, H, N, N)
+        return self.encoder.norm(tokens), maps
 
 
 # Every size knob open, for sweeps; the class's own signature is the schema. Defaults are CNN-TR-Medium.

@@ -75,3 +75,31 @@ def simple_cnn(*, num_classes: int, in_chans: int, image_size: int) -> SimpleCNN
 def simple_cnn_huge(*, num_classes: int, in_chans: int, image_size: int) -> SimpleCNN:
     """The same CNN with its last (1x1) conv at 256 channels."""
     return SimpleCNN(num_classes=num_classes, in_chans=in_chans, image_size=image_size, layers=CONV_LAYERS_HUGE)
+
+
+class VGGStyleCNN(nn.Module):
+    """Seed 002's SimpleCNN: blocks of two 3x3 conv+BN+ReLU then a 2x2 max-pool, GAP, linear."""
+
+    def __init__(self, *, num_classes: int, in_chans: int, image_size: int, widths=(64, 128, 256, 512)):
+        super().__init__()
+        if image_size < 2 ** len(widths):  # each pool floors: 28 px -> 14 -> 7 -> 3 -> 1, then GAP
+            raise ValueError(f"image size {image_size} is too small for {len(widths)} 2x2 max-pools")
+        blocks: list[nn.Module] = []
+        channels = in_chans
+        for out in widths:
+            blocks.append(nn.Sequential(
+                nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
+                nn.Conv2d(out, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
+                nn.MaxPool2d(2)))
+            channels = out
+        self.features = nn.Sequential(*blocks)
+        self.head = PredictionHead(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@register_model
+def simple_cnn_seed002(*, num_classes: int, in_chans: int, image_size: int) -> VGGStyleCNN:
+    """Seed 002's CNN baseline: 2x(conv3x3+BN+ReLU)+pool blocks 64-128-256-512, GAP, linear (4,694,346 params)."""
+    return VGGStyleCNN(num_classes=num_classes, in_chans=in_chans, image_size=image_size)

@@ -1,11 +1,20 @@
-"""Vision Transformer (Dosovitskiy et al.), sized for small images.
+"""Vision Transformer (Dosovitskiy et al.) and DeepViT (Zhou et al.), sized for small images.
 
-Conv patch embedding, class token, learned position embedding, pre-norm blocks
+Patch embedding, class token, learned position embedding, pre-norm blocks
 (multi-head self-attention + GELU MLP, each residual with DropPath), final
 LayerNorm, linear head on the class token. Attention runs through
 ``scaled_dot_product_attention`` unless the weights are requested.
+
+Two options reproduce lucidrains' vit-pytorch, which seed 003 used:
+``patch_norm`` (LayerNorm on the flattened patch, linear, LayerNorm; instead of
+one strided conv) and ``dim_head`` (a per-head width independent of
+``embed_dim``). ``reattention`` turns the blocks into DeepViT's: a learned
+heads x heads matrix mixes the softmax maps across heads, followed by a
+LayerNorm over the head axis.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -28,37 +37,74 @@ class DropPath(nn.Module):
         return x * keep / (1 - self.p)
 
 
-class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool, attn_drop: float, proj_drop: float):
+class PatchEmbed(nn.Module):
+    """(B, C, H, W) -> (B, N, D) tokens, N = (H/p)(W/p).
+
+    Plain: one p x p conv with stride p (timm). ``norm``: vit-pytorch's
+    LayerNorm(p*p*C) -> Linear -> LayerNorm(D) over each flattened patch.
+    """
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int, *, norm: bool = False):
         super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.patch_size = patch_size
+        self.norm = norm
+        if norm:
+            patch_dim = in_chans * patch_size * patch_size
+            self.proj = nn.Sequential(nn.LayerNorm(patch_dim), nn.Linear(patch_dim, dim), nn.LayerNorm(dim))
+        else:
+            self.proj = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.norm:
+            return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        b, c, h, w = x.shape
+        p = self.patch_size
+        patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)  # (B, h, w, p, p, C)
+        return self.proj(patches.reshape(b, (h // p) * (w // p), p * p * c))  # (B, N, D)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, *, dim_head: int, qkv_bias: bool, attn_drop: float,
+                 proj_drop: float, reattention: bool = False):
+        super().__init__()
+        self.num_heads, self.dim_head = num_heads, dim_head
+        inner = num_heads * dim_head
+        self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        if reattention:  # DeepViT: Theta (H x H) mixes the heads' maps, then LayerNorm over heads
+            self.reattn_weights = nn.Parameter(torch.randn(num_heads, num_heads))
+            self.reattn_norm = nn.LayerNorm(num_heads)
+        self.reattention = reattention
+        self.proj = nn.Linear(inner, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, H, N, C/H)
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, H, N, Dh)
         drop = self.attn_drop if self.training else 0.0
-        if return_attention:
-            attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, N, N)
-            attn = attn.softmax(dim=-1)
-            out = F.dropout(attn, drop, self.training) @ v
+        if return_attention or self.reattention:
+            attn = ((q * self.dim_head ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
+            mixed = F.dropout(attn, drop, self.training)
+            if self.reattention:
+                mixed = torch.einsum("bhij,hg->bgij", mixed, self.reattn_weights)
+                mixed = self.reattn_norm(mixed.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            out = mixed @ v
         else:
             attn = None
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, H, N, C/H)
-        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))  # (B, N, C)
-        return out, attn
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, H, N, Dh)
+        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, -1)))  # (B, N, D)
+        # The per-head softmax maps (rows sum to 1), before any DeepViT head mixing.
+        return out, (attn if return_attention else None)
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float, qkv_bias: bool, dropout: float,
-                 attn_dropout: float, drop_path: float):
+    def __init__(self, dim: int, num_heads: int, *, dim_head: int, mlp_ratio: float, qkv_bias: bool, dropout: float,
+                 attn_dropout: float, drop_path: float, reattention: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_dropout, proj_drop=dropout)
+        self.attn = Attention(dim, num_heads, dim_head=dim_head, qkv_bias=qkv_bias, attn_drop=attn_dropout,
+                              proj_drop=dropout, reattention=reattention)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
@@ -90,26 +136,35 @@ class ViT(nn.Module):
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         drop_path: float = 0.1,
+        emb_dropout: Optional[float] = None,
+        dim_head: Optional[int] = None,
+        patch_norm: bool = False,
+        reattention: bool = False,
     ):
         super().__init__()
         if patch_size < 1 or image_size % patch_size:
             raise ValueError(f"patch_size={patch_size} does not divide image size {image_size}")
-        if num_heads < 1 or embed_dim % num_heads:
-            raise ValueError(f"num_heads={num_heads} does not divide embed_dim={embed_dim}")
+        if num_heads < 1 or (dim_head is None and embed_dim % num_heads):
+            raise ValueError(f"num_heads={num_heads} does not divide embed_dim={embed_dim} (or set dim_head)")
+        if dim_head is not None and dim_head < 1:
+            raise ValueError(f"dim_head must be at least 1, got {dim_head}")
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
-        for key, p in (("dropout", dropout), ("attn_dropout", attn_dropout), ("drop_path", drop_path)):
+        emb_dropout = dropout if emb_dropout is None else emb_dropout
+        for key, p in (("dropout", dropout), ("attn_dropout", attn_dropout), ("drop_path", drop_path),
+                       ("emb_dropout", emb_dropout)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{key} must be in [0, 1), got {p}")
         num_patches = (image_size // patch_size) ** 2
-        self.patch_embed = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, norm=patch_norm)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
-        self.pos_drop = nn.Dropout(dropout)
+        self.pos_drop = nn.Dropout(emb_dropout)
         rates = torch.linspace(0, drop_path, depth).tolist()  # stochastic depth grows with depth
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, dropout=dropout,
-                  attn_dropout=attn_dropout, drop_path=r) for r in rates)
+            Block(embed_dim, num_heads, dim_head=dim_head or embed_dim // num_heads, mlp_ratio=mlp_ratio,
+                  qkv_bias=qkv_bias, dropout=dropout, attn_dropout=attn_dropout, drop_path=r,
+                  reattention=reattention) for r in rates)
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -118,7 +173,7 @@ class ViT(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """Logits (B, num_classes); with ``return_attention``, also a list of (B, H, N+1, N+1) per block."""
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        x = self.patch_embed(x)  # (B, N, D)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N+1, D)
         x = self.pos_drop(x + self.pos_embed)
         maps = []
@@ -157,3 +212,39 @@ def vit_seed002(*, num_classes: int, in_chans: int, image_size: int, dropout: fl
     return ViT(num_classes=num_classes, in_chans=in_chans, image_size=image_size, patch_size=4, embed_dim=128,
                depth=6, num_heads=4, mlp_ratio=4.0, qkv_bias=True, dropout=dropout, attn_dropout=dropout,
                drop_path=0.0)
+
+
+# Seed 003 (vit-pytorch): dim 128, depth 6, 4 heads of width 64, MLP 256, dropout 0.1, no qkv bias.
+SEED003 = dict(embed_dim=128, depth=6, num_heads=4, dim_head=64, mlp_ratio=2.0, qkv_bias=False, dropout=0.1,
+               attn_dropout=0.1, emb_dropout=0.1, drop_path=0.0, patch_norm=True)
+SEED003_PATCH = {28: 7, 32: 4}  # the seed's patch per input size: 16 tokens on MNIST, 64 on CIFAR
+
+
+def _seed003_patch(image_size: int, patch_size: Optional[int]) -> int:
+    if patch_size is not None:
+        return patch_size
+    if image_size not in SEED003_PATCH:
+        raise ValueError(f"no default patch size for {image_size} px inputs (the seed used 7 at 28 px, "
+                         f"4 at 32 px); set model.patch_size")
+    return SEED003_PATCH[image_size]
+
+
+@register_model
+def vit_seed003(*, num_classes: int, in_chans: int, image_size: int, patch_size: Optional[int] = None) -> ViT:
+    """Seed 003's ViT (vit-pytorch): dim 128, depth 6, 4x64 heads, MLP 256, dropout 0.1; patch 7 @28, 4 @32 px."""
+    return ViT(num_classes=num_classes, in_chans=in_chans, image_size=image_size,
+               patch_size=_seed003_patch(image_size, patch_size), **SEED003)
+
+
+@register_model
+def deepvit_seed003(*, num_classes: int, in_chans: int, image_size: int, patch_size: Optional[int] = None) -> ViT:
+    """Seed 003's DeepViT: its ViT with re-attention (heads x heads mixing + LayerNorm over heads)."""
+    return ViT(num_classes=num_classes, in_chans=in_chans, image_size=image_size,
+               patch_size=_seed003_patch(image_size, patch_size), reattention=True, **SEED003)
+
+
+@register_model(default_dataset="imagenette")
+def vit_seed004(*, num_classes: int, in_chans: int, image_size: int, patch_size: int = 16) -> ViT:
+    """Seed 004's ViT baseline: 6 layers, 8 heads (dim 128, MLP x4), patch 16 (100 tokens at 160 px)."""
+    return ViT(num_classes=num_classes, in_chans=in_chans, image_size=image_size, patch_size=patch_size,
+               embed_dim=128, depth=6, num_heads=8, mlp_ratio=4.0, qkv_bias=True, dropout=0.1, drop_path=0.1)
