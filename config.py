@@ -42,6 +42,8 @@ class DataConfig:
     limit_train: Optional[int] = None  # keep the first N training samples; null = all
     limit_val: Optional[int] = None
     augment: bool = True  # the dataset's standard batched augmentation (see README)
+    auto_augment: Literal["none", "trivialaugment"] = "none"  # after the standard augmentation
+    random_erasing: float = 0.0  # probability per image of erasing one random box (timm's reprob)
     cache: bool = True  # keep decoded uint8 tensors so the next run starts fast
     cache_dir: Optional[str] = None  # null = $XDG_CACHE_HOME/vitlab or ~/.cache/vitlab
 
@@ -62,6 +64,9 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)  # multistep: epochs at which lr *= gamma
     gamma: float = 0.1
     label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0  # MixUp Beta(alpha, alpha); 0 = off
+    cutmix_alpha: float = 0.0  # CutMix Beta(alpha, alpha); 0 = off; with both on, each batch picks one
+    top5: bool = False  # also report top-5 validation accuracy
     grad_clip: Optional[float] = None  # max global gradient norm; null = off
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
@@ -250,6 +255,9 @@ def _check_ranges(cfg: Config) -> None:
         ("train.min_lr", t.min_lr, 0 <= t.min_lr <= t.lr, f"in [0, train.lr={t.lr}]"),
         ("train.gamma", t.gamma, t.gamma > 0, "greater than 0"),
         ("train.label_smoothing", t.label_smoothing, 0 <= t.label_smoothing < 1, "in [0, 1)"),
+        ("train.mixup_alpha", t.mixup_alpha, t.mixup_alpha >= 0, "0 (off) or more"),
+        ("train.cutmix_alpha", t.cutmix_alpha, t.cutmix_alpha >= 0, "0 (off) or more"),
+        ("data.random_erasing", d.random_erasing, 0 <= d.random_erasing <= 1, "a probability in [0, 1]"),
         ("train.grad_clip", t.grad_clip, t.grad_clip is None or t.grad_clip > 0, "greater than 0, or null"),
         ("train.log_every", t.log_every, t.log_every >= 1, "at least 1"),
         ("data.limit_train", d.limit_train, d.limit_train is None or d.limit_train >= 1, "at least 1, or null"),

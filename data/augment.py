@@ -75,8 +75,17 @@ def normalize(x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequen
     return (x.float() - mean_t) * inv_std
 
 
-def train_transform(kind: str, image_size: int) -> Transform:
-    """The dataset's standard training augmentation, by name."""
+def train_transform(kind: str, image_size: int, auto_augment: str = "none") -> Transform:
+    """The dataset's standard training augmentation, by name, optionally followed by TrivialAugment."""
+    base = _base_transform(kind, image_size)
+    if auto_augment == "trivialaugment":
+        return lambda x, g: trivial_augment(base(x, g), g)
+    if auto_augment != "none":
+        raise ValueError(f"unknown auto_augment '{auto_augment}'")
+    return base
+
+
+def _base_transform(kind: str, image_size: int) -> Transform:
     if kind == "crop_flip":
         return lambda x, g: random_hflip(random_crop(x, 4, g), g)
     if kind == "flip":
@@ -86,3 +95,189 @@ def train_transform(kind: str, image_size: int) -> Transform:
     if kind == "none":
         return lambda x, g: x
     raise ValueError(f"unknown augmentation '{kind}'")
+
+
+# ----------------------------------------------------------------------------- TrivialAugment, batched
+#
+# TrivialAugmentWide (Müller & Hutter 2021; torchvision's op list and magnitude
+# ranges): each image draws one op and one of 31 magnitudes. Images are grouped
+# by op and each group runs as one batched tensor op with per-image magnitudes,
+# so the cost is ~14 batched ops per batch, on whatever device the data is on.
+# Geometric ops act about the image centre and fill with 0.
+
+NUM_BINS = 31
+_GRAY = (0.2989, 0.587, 0.114)
+TA_OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color",
+          "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize")
+_SIGNED = {"shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color", "contrast",
+           "sharpness"}
+
+
+def _magnitudes(op: str, bins: torch.Tensor) -> torch.Tensor:
+    """The op's magnitude for each bin index (float tensor), TrivialAugmentWide's ranges."""
+    t = bins.float() / (NUM_BINS - 1)  # 0..1
+    if op in ("shear_x", "shear_y", "brightness", "color", "contrast", "sharpness"):
+        return 0.99 * t
+    if op in ("translate_x", "translate_y"):
+        return 32.0 * t  # pixels
+    if op == "rotate":
+        return 135.0 * t  # degrees
+    if op == "posterize":
+        return 8 - (bins.float() / ((NUM_BINS - 1) / 6)).round()  # bits kept, 8..2
+    if op == "solarize":
+        return 255.0 * (1 - t)  # threshold
+    return t
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    w = torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (factor * x + (1 - factor) * other).clamp(0, 255)
+
+
+def _affine(x: torch.Tensor, op: str, m: torch.Tensor) -> torch.Tensor:
+    b, _, h, w = x.shape
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    if op == "shear_x":
+        theta[:, 0, 1] = m * h / w
+    elif op == "shear_y":
+        theta[:, 1, 0] = m * w / h
+    elif op == "translate_x":  # positive moves the content right/down, as torchvision's affine
+        theta[:, 0, 2] = -2 * m / w
+    elif op == "translate_y":
+        theta[:, 1, 2] = -2 * m / h
+    else:  # rotate
+        a = torch.deg2rad(m)
+        theta[:, 0, 0], theta[:, 0, 1] = a.cos(), -a.sin() * h / w
+        theta[:, 1, 0], theta[:, 1, 1] = a.sin() * w / h, a.cos()
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def _sharpness_degenerate(x: torch.Tensor) -> torch.Tensor:
+    """PIL's SMOOTH filter (3x3, centre 5, /13) inside, original pixels on the border."""
+    c = x.shape[1]
+    k = torch.ones(3, 3, device=x.device, dtype=x.dtype)
+    k[1, 1] = 5.0
+    k = (k / k.sum()).expand(c, 1, 3, 3)
+    out = x.clone()
+    out[..., 1:-1, 1:-1] = F.conv2d(x, k, groups=c)
+    return out
+
+
+def _apply_op(x: torch.Tensor, op: str, m: torch.Tensor) -> torch.Tensor:
+    """One op on a float (B, C, H, W) batch in [0, 255], magnitude per image (B,)."""
+    f = m.view(-1, 1, 1, 1)
+    if op in ("shear_x", "shear_y", "translate_x", "translate_y", "rotate"):
+        return _affine(x, op, m)
+    if op == "brightness":
+        return (x * (1 + f)).clamp(0, 255)
+    if op == "color":
+        return _blend(x, _gray(x), 1 + f)
+    if op == "contrast":
+        return _blend(x, _gray(x).mean((1, 2, 3), keepdim=True), 1 + f)
+    if op == "sharpness":
+        return _blend(x, _sharpness_degenerate(x), 1 + f)
+    if op == "posterize":
+        step = 2.0 ** (8 - f)  # keep the top `bits` bits
+        return torch.div(x, step, rounding_mode="floor") * step
+    if op == "solarize":
+        return torch.where(x >= f, 255 - x, x)
+    if op == "autocontrast":
+        lo = x.amin((2, 3), keepdim=True)
+        hi = x.amax((2, 3), keepdim=True)
+        scale = torch.where(hi > lo, 255 / (hi - lo).clamp(min=1e-6), torch.ones_like(hi))
+        return torch.where(hi > lo, (x - lo) * scale, x).clamp(0, 255)
+    if op == "equalize":
+        from torchvision.transforms.v2.functional import equalize  # batched, per image and channel
+        return equalize(x.round().to(torch.uint8)).float()
+    return x  # identity
+
+
+def trivial_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """TrivialAugmentWide on a batch (uint8, or float in [0, 255]); returns float in [0, 255]."""
+    x = x.float().round()
+    b = x.shape[0]
+    ops = torch.randint(0, len(TA_OPS), (b,), device=x.device, generator=gen)
+    bins = torch.randint(0, NUM_BINS, (b,), device=x.device, generator=gen)
+    signs = torch.where(torch.rand(b, device=x.device, generator=gen) < 0.5, -1.0, 1.0)
+    out = x.clone()
+    for i, op in enumerate(TA_OPS[1:], 1):
+        chosen = ops == i
+        if x.is_cuda:  # every op on the whole batch, then select: no host sync, and the GPU has the headroom
+            m = _magnitudes(op, bins) * (signs if op in _SIGNED else 1)
+            out = torch.where(chosen.view(-1, 1, 1, 1), _apply_op(x, op, m), out)
+            continue
+        idx = chosen.nonzero().squeeze(1)  # CPU: only the images that drew the op
+        if idx.numel():
+            m = _magnitudes(op, bins[idx]) * (signs[idx] if op in _SIGNED else 1)
+            out[idx] = _apply_op(x[idx], op, m)
+    return out.round()
+
+
+# ----------------------------------------------------------------------------- random erasing
+
+
+def random_erasing(x: torch.Tensor, p: float, gen: torch.Generator, scale=(0.02, 1 / 3),
+                   ratio=(0.3, 3.3)) -> torch.Tensor:
+    """timm's RandomErasing ('pixel' mode) on a normalised float batch: with probability ``p`` per image,
+    one rectangle of random area/aspect is replaced by N(0, 1) noise. One box draw per image, clamped to fit."""
+    b, c, h, w = x.shape
+    dev = x.device
+    area = torch.empty(b, device=dev).uniform_(*scale, generator=gen) * h * w
+    aspect = torch.empty(b, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen).exp()
+    eh = (area * aspect).sqrt().round().clamp(1, h)
+    ew = (area / aspect).sqrt().round().clamp(1, w)
+    top = (torch.rand(b, device=dev, generator=gen) * (h - eh + 1)).floor()
+    left = (torch.rand(b, device=dev, generator=gen) * (w - ew + 1)).floor()
+    apply = torch.rand(b, device=dev, generator=gen) < p
+    rows = torch.arange(h, device=dev).view(1, h, 1)
+    cols = torch.arange(w, device=dev).view(1, 1, w)
+    box = ((rows >= top.view(b, 1, 1)) & (rows < (top + eh).view(b, 1, 1))
+           & (cols >= left.view(b, 1, 1)) & (cols < (left + ew).view(b, 1, 1)) & apply.view(b, 1, 1))
+    noise = torch.randn(x.shape, device=dev, generator=gen, dtype=x.dtype)
+    return torch.where(box.unsqueeze(1), noise, x)
+
+
+# ----------------------------------------------------------------------------- MixUp / CutMix
+
+
+class Mixer:
+    """MixUp and CutMix on a training batch (timm's Mixup, batch mode): mixes each image with the
+    batch reversed and returns soft targets. With both alphas set, each batch picks one at random.
+
+    The mixing coefficient is drawn on the host from its own seeded RNG, so no device sync is needed.
+    """
+
+    def __init__(self, num_classes: int, *, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, seed: int = 0):
+        import random
+
+        assert mixup_alpha > 0 or cutmix_alpha > 0
+        self.num_classes = num_classes
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+        self.rng = random.Random(seed)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or self.rng.random() < 0.5)
+        alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
+        lam = self.rng.betavariate(alpha, alpha)
+        if use_cutmix:
+            h, w = x.shape[-2:]
+            cut = math.sqrt(1 - lam)
+            ch, cw = int(h * cut), int(w * cut)
+            cy, cx = self.rng.randrange(h), self.rng.randrange(w)
+            y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+            x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+            x = x.clone()
+            x[..., y0:y1, x0:x1] = x.flip(0)[..., y0:y1, x0:x1]
+            lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the area actually pasted
+        else:
+            x = x * lam + x.flip(0) * (1 - lam)
+        one_hot = F.one_hot(y, self.num_classes).float()
+        return x, one_hot * lam + one_hot.flip(0) * (1 - lam)

@@ -70,6 +70,10 @@ def test_scientific_notation_string_becomes_float():
     ({"train": {"schedule": "multistep"}}, "train.milestones: got []; must be a non-empty list"),
     ({"train": 3}, "train: expected a mapping of keys, got 3 (int)"),
     ({"seed": "zero"}, "seed: expected an integer, got 'zero' (str)"),
+    ({"data": {"auto_augment": "randaug"}}, "data.auto_augment: got 'randaug'; valid: none, trivialaugment"),
+    ({"data": {"random_erasing": 1.5}}, "data.random_erasing: got 1.5; must be a probability in [0, 1]"),
+    ({"train": {"mixup_alpha": -0.2}}, "train.mixup_alpha: got -0.2; must be 0 (off) or more"),
+    ({"train": {"top5": "yes"}}, "train.top5: expected true or false, got 'yes' (str)"),
 ])
 def test_bad_values_are_named(sections, expected):
     assert expected in error_of(build, **sections)

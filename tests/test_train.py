@@ -204,3 +204,38 @@ def test_fit_through_each_augmentation_path(tmp_path, dataset, writer):
     run_dir, results = fit(cfg, log=quiet, progress=False)
     assert results["status"] == "completed" and math.isfinite(results["final_val_loss"])
     assert not (run_dir / "last.pt").exists()  # output.checkpoints: false
+
+
+def test_fit_with_seed001_recipe_features(tmp_path):
+    import fixtures
+
+    fixtures.write_cifar100(tmp_path / "data")
+    cfg = from_dict({
+        "model": {"name": "vit", "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+        "data": {"name": "cifar100", "root": str(tmp_path / "data"), "download": False, "cache": False,
+                 "auto_augment": "trivialaugment", "random_erasing": 0.25},
+        "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 8, "mixup_alpha": 0.8, "cutmix_alpha": 1.0,
+                  "label_smoothing": 0.1, "grad_clip": 1.0, "warmup_epochs": 1, "top5": True},
+        "output": {"dir": str(tmp_path / "runs"), "checkpoints": False},
+    })
+    run_dir, results = fit(cfg, log=quiet, progress=False)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert results["status"] == "completed" and len(rows) == 2
+    for row in rows:
+        assert math.isfinite(row["train_loss"]) and row["val_acc"] <= row["val_top5"] <= 100
+    assert results["final_val_top5"] == rows[-1]["val_top5"]
+
+
+def test_top5_counts_a_label_among_the_five_largest_logits():
+    from train.engine import evaluate
+
+    logits = torch.tensor([[9.0, 8, 7, 6, 5, 4], [0, 1, 2, 3, 4, 5], [5, 0, 0, 0, 0, 0]])
+    labels = torch.tensor([4, 0, 0])  # 2nd: label 0 has the smallest logit; 3rd: top-1 right
+    model = torch.nn.Linear(1, 6)
+    with torch.no_grad():
+        model.weight.zero_()
+    loader = [(torch.zeros(3, 1), labels)]
+    model.forward = lambda x: logits  # fixed logits through the real evaluate()
+    out = evaluate(model, loader, torch.nn.CrossEntropyLoss(), device=torch.device("cpu"),
+                   precision=Precision("cpu"), top5=True)
+    assert out["val_acc"] == pytest.approx(100 / 3) and out["val_top5"] == pytest.approx(200 / 3)

@@ -70,7 +70,10 @@ def train_one_epoch(
     log_every: int = 50,
     progress: bool = False,
     desc: str = "train",
+    mixer=None,
 ) -> dict:
+    """One pass over ``loader``. With a ``mixer`` (MixUp/CutMix), the loss is taken against its soft
+    targets and training accuracy counts a prediction as right when it names the dominant label."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -79,9 +82,13 @@ def train_one_epoch(
     start = time.perf_counter()
     bar = _progress(loader, desc, progress)
     for step, (images, labels) in enumerate(bar, 1):
+        targets = labels
+        if mixer is not None:
+            images, targets = mixer(images, labels)
+            labels = targets.argmax(1)
         with precision.autocast():
             logits = model(images)
-            loss = criterion(logits, labels)
+            loss = criterion(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -133,10 +140,12 @@ def evaluate(
     device: torch.device,
     precision: Precision,
     progress: bool = False,
+    top5: bool = False,
 ) -> dict:
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    correct5 = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     _sync(device)
     start = time.perf_counter()
@@ -147,9 +156,15 @@ def evaluate(
         seen += labels.shape[0]
         loss_sum += loss.float() * labels.shape[0]
         correct += (logits.argmax(1) == labels).sum()
+        if top5:
+            k = min(5, logits.shape[1])
+            correct5 += (logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum()
     _sync(device)
-    return {
+    out = {
         "val_loss": loss_sum.item() / max(1, seen),
         "val_acc": 100.0 * correct.item() / max(1, seen),
         "eval_time_s": time.perf_counter() - start,
     }
+    if top5:
+        out["val_top5"] = 100.0 * correct5.item() / max(1, seen)
+    return out

@@ -5,7 +5,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from data.augment import Transform, normalize, resize
+from data.augment import Transform, normalize, random_erasing, resize
 
 
 class TensorLoader:
@@ -28,6 +28,7 @@ class TensorLoader:
         drop_last: bool = False,
         generator: Optional[torch.Generator] = None,
         channels_last: bool = False,
+        erase_prob: float = 0.0,
     ):
         assert x.dtype == torch.uint8 and x.ndim == 4 and len(x) == len(y)
         self.x, self.y = x, y
@@ -39,6 +40,7 @@ class TensorLoader:
         self.transform, self.shuffle, self.drop_last = transform, shuffle, drop_last
         self.generator = generator
         self.channels_last = channels_last
+        self.erase_prob = erase_prob
 
     def __len__(self) -> int:
         n = len(self.x)
@@ -61,6 +63,8 @@ class TensorLoader:
             if self.transform is not None:
                 xb = self.transform(xb, self.generator)
             xb = normalize(resize(xb, self.image_size), self.mean, self.std)
+            if self.erase_prob > 0:
+                xb = random_erasing(xb, self.erase_prob, self.generator)
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             yield xb, yb

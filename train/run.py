@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from config import Config, dump_config
 from data import DatasetSpec, ImageData, get_spec, load_dataset
-from data.augment import train_transform
+from data.augment import Mixer, train_transform
 from data.datasets import default_cache_dir
 from errors import UserError
 from models import MODELS, create_model
@@ -117,9 +117,10 @@ def make_loaders(cfg: Config, data: ImageData, device: torch.device, channels_la
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
     common = dict(mean=spec.mean, std=spec.std, image_size=spec.image_size, channels_last=channels_last)
+    transform = train_transform(spec.augment if cfg.data.augment else "none", spec.image_size,
+                                cfg.data.auto_augment)
     train = TensorLoader(*data.train, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
-                         transform=train_transform(spec.augment if cfg.data.augment else "none", spec.image_size),
-                         generator=gen, **common)
+                         transform=transform, generator=gen, erase_prob=cfg.data.random_erasing, **common)
     val = TensorLoader(*data.val, batch_size=cfg.train.eval_batch_size, **common)
     if len(train) == 0:
         raise UserError(f"train.batch_size: {cfg.train.batch_size} is larger than the {len(data.train[1])} "
@@ -128,8 +129,9 @@ def make_loaders(cfg: Config, data: ImageData, device: torch.device, channels_la
 
 
 def format_epoch(m: dict[str, Any], epochs: int) -> str:
+    top5 = f" top-5 {m['val_top5']:.2f}%" if "val_top5" in m else ""
     return (f"epoch {m['epoch']:>{len(str(epochs))}}/{epochs}  train loss {m['train_loss']:.4f} "
-            f"acc {m['train_acc']:.2f}%  val loss {m['val_loss']:.4f} acc {m['val_acc']:.2f}%  "
+            f"acc {m['train_acc']:.2f}%  val loss {m['val_loss']:.4f} acc {m['val_acc']:.2f}%{top5}  "
             f"lr {m['lr']:.2e}  {m['epoch_time_s']:.1f}s  {m['images_per_s']:.0f} img/s")
 
 
@@ -158,6 +160,9 @@ def fit(cfg: Config, *, log=print, progress: Optional[bool] = None) -> tuple[Pat
     scheduler = build_scheduler(optimizer, cfg.train, len(train_loader))
     scaler = torch.amp.GradScaler("cuda") if precision.needs_scaler else None
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    t = cfg.train
+    mixer = (Mixer(spec.num_classes, mixup_alpha=t.mixup_alpha, cutmix_alpha=t.cutmix_alpha, seed=cfg.seed)
+             if t.mixup_alpha > 0 or t.cutmix_alpha > 0 else None)
     eval_criterion = nn.CrossEntropyLoss()
 
     results: dict[str, Any] = {
@@ -174,15 +179,18 @@ def fit(cfg: Config, *, log=print, progress: Optional[bool] = None) -> tuple[Pat
             try:
                 tr = train_one_epoch(model, train_loader, optimizer, scheduler, criterion, device=device,
                                      precision=precision, scaler=scaler, grad_clip=cfg.train.grad_clip,
-                                     log_every=cfg.train.log_every, progress=progress, desc=desc)
+                                     log_every=cfg.train.log_every, progress=progress, desc=desc, mixer=mixer)
             except NonFiniteLoss as e:
                 results.update(status="diverged", error=f"epoch {epoch}: {e}")
                 raise NonFiniteLoss(f"epoch {epoch}: {e}") from None
-            ev = evaluate(model, val_loader, eval_criterion, device=device, precision=precision, progress=progress)
+            ev = evaluate(model, val_loader, eval_criterion, device=device, precision=precision, progress=progress,
+                          top5=cfg.train.top5)
             train_time += tr["train_time_s"]
             row = {"epoch": epoch, "train_loss": tr["train_loss"], "train_acc": tr["train_acc"],
                    "val_loss": ev["val_loss"], "val_acc": ev["val_acc"], "lr": tr["lr"],
                    "epoch_time_s": tr["train_time_s"] + ev["eval_time_s"], "images_per_s": tr["images_per_s"]}
+            if "val_top5" in ev:
+                row["val_top5"] = ev["val_top5"]
             history.append(row)
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
@@ -201,6 +209,7 @@ def fit(cfg: Config, *, log=print, progress: Optional[bool] = None) -> tuple[Pat
             best_epoch=best_epoch,
             final_val_acc=history[-1]["val_acc"],
             final_val_loss=history[-1]["val_loss"],
+            **({"final_val_top5": history[-1]["val_top5"]} if cfg.train.top5 else {}),
             final_train_loss=history[-1]["train_loss"],
             train_time_s=train_time,
             images_per_s=rates[len(rates) // 2],
