@@ -122,3 +122,19 @@ def test_resolved_config_round_trips(tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_configs_build(path, capsys):
+    from main import main
+
+    assert main(["--cfg", str(path), "--dry-run"]) == 0  # builds the model for the dataset, torchinfo summary
+    out = capsys.readouterr().out
+    assert "Total params" in out and f"name: {load_config(path).model.name}" in out
+
+
+def test_every_seed_has_configs():
+    groups = {p.parent.name for p in CONFIGS}
+    assert {"seed001", "seed002", "seed003", "seed004"} <= groups
+    seed003 = {p.stem for p in CONFIGS if p.parent.name == "seed003"}
+    assert seed003 == {f"{m}_{d}" for m in ("cnn", "vit", "deepvit", "hybrid") for d in ("mnist", "cifar10", "cifar100")}
