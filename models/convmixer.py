@@ -22,7 +22,7 @@ class Residual(nn.Module):
 
 
 class ConvMixer(nn.Module):
-    """Every knob open, for sweeps: ``dim``, ``depth``, ``kernel_size``, ``patch_size``."""
+    """ConvMixer with every knob open, for sweeps: dim, depth, kernel_size, patch_size (defaults = 256/8)."""
 
     def __init__(self, *, num_classes: int, in_chans: int, image_size: int, dim: int = 256, depth: int = 8,
                  kernel_size: int = 5, patch_size: int = 2):
