@@ -70,6 +70,8 @@ class TrainConfig:
     grad_clip: Optional[float] = None  # max global gradient norm; null = off
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
+    channels_last: Optional[bool] = None  # NHWC activations for conv nets; null = on for CUDA, off for CPU
+    compile: bool = False  # torch.compile the model (first steps are slow while it compiles)
     log_every: int = 50  # steps between progress-bar updates (each one is a host sync)
 
 

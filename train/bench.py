@@ -1,29 +1,52 @@
-"""Training throughput: this project's tensor loop vs. a conventional DataLoader + PIL loop.
+"""Benchmark every model: this project's loop vs. a conventional loop, FLOP/s vs. the device's peak, latency.
 
-    python -m train.bench --model simple_cnn --dataset fashion_mnist --root /usr/share/datasets/fashion-mnist
+    python -m train.bench                                   # every registered model, synthetic data
+    python -m train.bench --models simple_cnn,resnet18 --dataset fashion_mnist --root /usr/share/datasets/fashion-mnist
+    python -m train.bench --device cuda --batch-size 256 --markdown BENCH.md --json bench.json
 
-Both loops train the same model (same init, optimizer, batch size) on the same
-decoded images; the reference reads them as torchvision datasets do
-(``Image.fromarray`` per sample), applies PIL transforms (random crop with
-padding, flip, ToTensor, Normalize) in a ``DataLoader`` with 2 workers, and
-calls ``.item()`` every step, as seed 002's script does. Reported: median
-images/s over timed steps after warm-up, with the device synchronised. The two
-are measured alternately, in rounds, so machine noise hits both alike.
+Per model, in one process:
+
+* **ours**: images/s of the project's own ``train_one_epoch`` (the loader with
+  on-device augmentation, autocast, channels_last, fused optimizer; no host
+  sync inside the epoch), timed over ``--steps`` steps per round, device
+  synchronised at both ends; median over rounds.
+* **reference**: the same model trained the way seed 002's script does it: a
+  torchvision-style dataset (array -> PIL per item), PIL RandomCrop(pad 4) +
+  flip + ToTensor + Normalize, a ``DataLoader`` with 2 workers, fp32, ``.item()``
+  every step. Median images/s; measured alternately with ours, in rounds, so
+  machine noise hits both alike.
+* **outside**: the share of our step time not spent in forward/backward/
+  optimizer, i.e. 1 - (the same steps on one fixed device-resident batch) / ours.
+* **FLOP/s**: training FLOPs per image counted by ``torch.utils.flop_counter``
+  on one forward + backward (matmuls, convolutions and attention; about 3x the
+  forward), times ours' images/s; and its share of the device's peak, measured in
+  the same run as a large matmul (fp32 on CPU, bf16 on CUDA).
+* **latency**: inference, batch 1 and batched (``--eval-batch-size``), median
+  over repeats after warm-up, device synchronised.
+
+Data: the dataset's real files with ``--root``, else synthetic uint8 images of
+the dataset's shape (``--synthetic N``): throughput does not depend on the pixels.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import platform
 import statistics
 import sys
 import time
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
 
 from config import from_dict
+from data import ImageData, get_spec
 from errors import UserError
-from train.run import build_model, load_data, make_loaders, resolve_device
+from models import MODELS, list_models
+from train.engine import Precision, train_one_epoch, train_step
+from train.run import build_model, load_data, prepare, resolve_device
 from train.schedule import build_optimizer
 
 
@@ -44,23 +67,23 @@ class PILDataset(torch.utils.data.Dataset):
         return self.transform(img), self.y[i]
 
 
-def reference_loader(data, batch_size: int, workers: int):
+def reference_loader(data: ImageData, batch_size: int, workers: int, *, train: bool = True):
     from torchvision import transforms as T
 
     spec = data.spec
-    transform = T.Compose([T.RandomCrop(spec.image_size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                           T.Normalize(spec.mean, spec.std)])
-    ds = PILDataset(*data.train, transform)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                       drop_last=True, persistent_workers=workers > 0)
+    tail = [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
+    aug = [T.RandomCrop(spec.image_size, padding=4), T.RandomHorizontalFlip()] if train else []
+    x, y = data.train if train else data.val
+    return torch.utils.data.DataLoader(PILDataset(x, y, T.Compose(aug + tail)), batch_size=batch_size,
+                                       shuffle=train, num_workers=workers, drop_last=train,
+                                       persistent_workers=workers > 0)
 
 
-def timed_steps(model, batches, optimizer, criterion, device, steps: int, warmup: int, item_every_step: bool):
-    """Per-step wall times (s) for ``steps`` steps after ``warmup``; batches is an endless iterator."""
+def reference_steps(model, batches: Iterator, optimizer, criterion, device, steps: int) -> list[float]:
+    """Seconds per step of the conventional loop: host batch -> device, fp32, ``.item()`` every step."""
     times = []
     model.train()
-    for i in range(warmup + steps):
-        sync(device)
+    for _ in range(steps):
         t0 = time.perf_counter()
         images, labels = next(batches)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -68,72 +91,229 @@ def timed_steps(model, batches, optimizer, criterion, device, steps: int, warmup
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if item_every_step:
-            loss.item()
-        sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+        loss.item()  # syncs
+        times.append(time.perf_counter() - t0)
     return times
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class Take:
+    """The first ``n`` batches of an endless stream, as a loader ``train_one_epoch`` can run."""
+
+    def __init__(self, stream: Iterator, n: int):
+        self.stream, self.n = stream, n
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        for _ in range(self.n):
+            yield next(self.stream)
 
 
-def endless(loader):
+def endless(loader) -> Iterator:
     while True:
         yield from loader
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="simple_cnn")
-    p.add_argument("--dataset", default="fashion_mnist")
-    p.add_argument("--root", default="./datasets")
-    p.add_argument("--batch-size", type=int, default=128)
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthetic_data(name: str, n: int, seed: int = 0) -> ImageData:
+    spec = get_spec(name)
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, spec.in_chans, spec.image_size, spec.image_size)
+    split = lambda: (torch.randint(0, 256, shape, generator=g, dtype=torch.uint8),  # noqa: E731
+                     torch.randint(0, spec.num_classes, (n,), generator=g))
+    return ImageData(spec, split(), split())
+
+
+def matmul_peak(device: torch.device) -> tuple[float, str]:
+    """FLOP/s of a large square matmul: fp32 on CPU, bf16 on CUDA (median of repeats)."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    times = []
+    for i in range(13 if device.type == "cuda" else 6):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        if i >= (3 if device.type == "cuda" else 1):
+            times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times), f"{n}x{n} {str(dtype).removeprefix('torch.')} matmul"
+
+
+def train_flops_per_image(model: nn.Module, spec, device, precision: Precision, channels_last: bool) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = copy.deepcopy(model).train()
+    x = torch.randn(2, spec.in_chans, spec.image_size, spec.image_size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter:
+        with precision.autocast():
+            out = m(x)
+        out.float().logsumexp(1).sum().backward()
+    return counter.get_total_flops() / 2
+
+
+@torch.inference_mode()
+def latency_ms(model: nn.Module, spec, device, precision: Precision, batch: int, channels_last: bool,
+               repeats: int) -> float:
+    """Median milliseconds per image for inference at this batch size."""
+    model.eval()
+    x = torch.randn(batch, spec.in_chans, spec.image_size, spec.image_size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    times = []
+    for i in range(repeats + 3):
+        sync(device)
+        t0 = time.perf_counter()
+        with precision.autocast():
+            model(x)
+        sync(device)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    model.train()
+    return 1000 * statistics.median(times) / batch
+
+
+def bench_model(name: str, args, device: torch.device, peak: float) -> dict:
+    spec = get_spec(args.dataset or MODELS.meta(name).get("default_dataset", "cifar10"))
+    train = {"batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size, "device": str(device),
+             "epochs": 1, "log_every": 10 ** 9, "compile": args.compile}
+    if args.channels_last is not None:
+        train["channels_last"] = args.channels_last
+    cfg = from_dict({"model": {"name": name},
+                     "data": {"name": spec.name, "root": args.root or "./datasets", "download": False},
+                     "train": train})
+    data = load_data(cfg) if args.root else synthetic_data(spec.name, args.synthetic)
+    s = prepare(cfg, build_model(cfg, spec), data.to(device), device)
+    ref_model = build_model(cfg, spec).to(device)
+    ref_opt, ref_crit = build_optimizer(ref_model, cfg.train), nn.CrossEntropyLoss()
+
+    ours_stream = endless(s.train_loader)
+    ref_stream = endless(reference_loader(data, args.batch_size, args.workers))
+    run_ours = lambda n: train_one_epoch(  # noqa: E731
+        s.model, Take(ours_stream, n), s.optimizer, s.scheduler, s.criterion, device=device,
+        precision=s.precision, scaler=s.scaler, log_every=10 ** 9)["images_per_s"]
+    run_ours(args.warmup)
+    reference_steps(ref_model, ref_stream, ref_opt, ref_crit, device, args.warmup)
+    ours, ref = [], []
+    for _ in range(args.rounds):
+        ours.append(run_ours(args.steps))
+        ref += reference_steps(ref_model, ref_stream, ref_opt, ref_crit, device, args.steps)
+    ours_ips = statistics.median(ours)
+    ref_ips = args.batch_size / statistics.median(ref)
+
+    # The same steps on one fixed, device-resident batch: forward/backward/optimizer and nothing else.
+    images, labels = next(ours_stream)
+    compute = []
+    for _ in range(args.rounds):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            train_step(s.model, images, labels, s.optimizer, s.scheduler, s.criterion, precision=s.precision,
+                       scaler=s.scaler)
+        sync(device)
+        compute.append((time.perf_counter() - t0) / args.steps)
+    outside = max(0.0, 1 - statistics.median(compute) * ours_ips / args.batch_size)
+
+    flops = train_flops_per_image(s.model, spec, device, s.precision, s.channels_last)
+    params = sum(p.numel() for p in s.model.parameters())
+    return {
+        "model": name, "dataset": spec.name, "params": params, "batch_size": args.batch_size,
+        "precision": str(s.precision), "channels_last": s.channels_last, "compile": args.compile,
+        "ours_images_per_s": ours_ips, "reference_images_per_s": ref_ips, "speedup": ours_ips / ref_ips,
+        "outside_share": outside, "train_gflop_per_image": flops / 1e9,
+        "achieved_tflop_s": flops * ours_ips / 1e12, "peak_share": flops * ours_ips / peak,
+        "latency_ms_batch1": latency_ms(s.model, spec, device, s.precision, 1, s.channels_last, args.latency_repeats),
+        "latency_ms_batched": latency_ms(s.model, spec, device, s.precision, args.eval_batch_size,
+                                         s.channels_last, max(3, args.latency_repeats // 10)),
+    }
+
+
+def markdown(results: list[dict], header: dict) -> str:
+    lines = [f"Device: {header['device']} ({header['machine']}), torch {header['torch']}, "
+             f"{header['threads']} threads. Peak: {header['peak_tflop_s']:.3g} TFLOP/s ({header['peak_op']}). "
+             f"Batch {header['batch_size']}, {header['rounds']} rounds x {header['steps']} steps, medians.", "",
+             "| model | dataset | params | GFLOP/img (train) | ours img/s | reference img/s | ratio | outside fwd/bwd/opt "
+             "| TFLOP/s | % of peak | latency b1 (ms) | latency batched (ms/img) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['model']} | – | – | – | – | – | – | – | – | – | – | error: {r['error']} |")
+            continue
+        lines.append(
+            f"| {r['model']} | {r['dataset']} | {r['params']:,} | {r['train_gflop_per_image']:.3f} "
+            f"| {r['ours_images_per_s']:,.0f} | {r['reference_images_per_s']:,.0f} | {r['speedup']:.2f}x "
+            f"| {100 * r['outside_share']:.1f}% | {r['achieved_tflop_s']:.3g} | {100 * r['peak_share']:.1f}% "
+            f"| {r['latency_ms_batch1']:.2f} | {r['latency_ms_batched']:.3f} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Optional[list[str]]):
+    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="all", help="comma-separated model names, or 'all' (default)")
+    p.add_argument("--dataset", help="dataset shape to use (default: each model's own, CIFAR-10 for most)")
+    p.add_argument("--root", help="read the dataset's real files from here; otherwise synthetic images")
+    p.add_argument("--synthetic", type=int, default=2048, metavar="N", help="synthetic images per split")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--steps", type=int, default=30, help="timed steps per round")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--eval-batch-size", type=int, default=256, help="batch for the batched latency")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of both loops")
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--latency-repeats", type=int, default=30)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the reference loop")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    args = p.parse_args(argv)
+    p.add_argument("--channels-last", type=lambda v: v.lower() in ("1", "true", "yes"), default=None,
+                   metavar="BOOL", help="force NHWC on or off (default: the training loop's own choice)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (ours only)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
     try:
-        cfg = from_dict({"model": {"name": args.model},
-                         "data": {"name": args.dataset, "root": args.root, "download": False},
-                         "train": {"batch_size": args.batch_size, "device": args.device}})
-        device = resolve_device(cfg.train.device)
-        data = load_data(cfg)
+        names = list_models() if args.models == "all" else [n.strip() for n in args.models.split(",") if n.strip()]
+        for n in names:
+            MODELS.get(n)  # unknown names: one line, with the choices
+        if args.dataset:
+            get_spec(args.dataset)
+        device = resolve_device(args.device)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    criterion = nn.CrossEntropyLoss()
-    ours_model = build_model(cfg).to(device)
-    ref_model = build_model(cfg).to(device)
-    ours_opt, ref_opt = build_optimizer(ours_model, cfg.train), build_optimizer(ref_model, cfg.train)
-    train_loader, _ = make_loaders(cfg, data.to(device), device)
-    ours_batches = endless(train_loader)
-    ref_batches = endless(reference_loader(data, args.batch_size, args.workers))
-    ours, ref = [], []
-    for r in range(args.rounds):
-        warm = args.warmup if r == 0 else 1
-        ours += timed_steps(ours_model, ours_batches, ours_opt, criterion, device, args.steps, warm, False)
-        ref += timed_steps(ref_model, ref_batches, ref_opt, criterion, device, args.steps, warm, True)
-    result = {
-        "model": args.model, "dataset": args.dataset, "device": str(device), "batch_size": args.batch_size,
-        "threads": torch.get_num_threads(), "steps": len(ours),
-        "ours_images_per_s": args.batch_size / statistics.median(ours),
-        "reference_images_per_s": args.batch_size / statistics.median(ref),
-    }
-    result["speedup"] = result["ours_images_per_s"] / result["reference_images_per_s"]
-    print(f"| model | dataset | device | batch | ours img/s | DataLoader+PIL img/s | ratio |\n"
-          f"|---|---|---|---|---|---|---|\n"
-          f"| {args.model} | {args.dataset} | {device} | {args.batch_size} | {result['ours_images_per_s']:.0f} "
-          f"| {result['reference_images_per_s']:.0f} | {result['speedup']:.2f}x |")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    peak, peak_op = matmul_peak(device)
+    header = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "machine": f"{platform.machine()}, {torch.get_num_threads()} threads" if device.type == "cpu"
+              else platform.node(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "peak_tflop_s": peak / 1e12, "peak_op": peak_op, "batch_size": args.batch_size,
+              "steps": args.steps, "rounds": args.rounds}
+    results = []
+    for name in names:
+        try:
+            r = bench_model(name, args, device, peak)
+        except UserError as e:  # e.g. a model whose patch does not fit the chosen dataset
+            r = {"model": name, "error": str(e)}
+        results.append(r)
+        print(json.dumps(r), file=sys.stderr, flush=True)
+    table = markdown(results, header)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+            json.dump({"header": header, "results": results}, f, indent=2)
     return 0
 
 

@@ -56,6 +56,30 @@ def _progress(loader, desc: str, enabled: bool):
     return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not enabled)
 
 
+def train_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, optimizer, scheduler, criterion,
+               *, precision: Precision, scaler: Optional[torch.amp.GradScaler] = None,
+               grad_clip: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward, (unscale, clip,) optimizer and schedule step. Returns (logits, loss), not synced."""
+    with precision.autocast():
+        logits = model(images)
+        loss = criterion(logits, targets)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if grad_clip is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+    scheduler.step()
+    return logits, loss
+
+
 def train_one_epoch(
     model: nn.Module,
     loader,
@@ -86,23 +110,8 @@ def train_one_epoch(
         if mixer is not None:
             images, targets = mixer(images, labels)
             labels = targets.argmax(1)
-        with precision.autocast():
-            logits = model(images)
-            loss = criterion(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if grad_clip is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-        scheduler.step()
+        logits, loss = train_step(model, images, targets, optimizer, scheduler, criterion, precision=precision,
+                                  scaler=scaler, grad_clip=grad_clip)
         n = labels.shape[0]
         seen += n
         loss_sum += loss.detach().float() * n

@@ -128,6 +128,45 @@ def make_loaders(cfg: Config, data: ImageData, device: torch.device, channels_la
     return train, val
 
 
+@dataclass
+class Setup:
+    """Everything one training run (or the benchmark) steps through."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Optional[torch.amp.GradScaler]
+    criterion: nn.Module
+    precision: Precision
+    train_loader: TensorLoader
+    val_loader: TensorLoader
+    mixer: Optional[Mixer]
+    channels_last: bool
+
+
+def prepare(cfg: Config, model: nn.Module, data: ImageData, device: torch.device) -> Setup:
+    """Model on the device (NHWC, compiled if asked), loaders, optimizer, schedule, loss, precision."""
+    t = cfg.train
+    channels_last = device.type == "cuda" if t.channels_last is None else t.channels_last
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    train_loader, val_loader = make_loaders(cfg, data, device, channels_last=channels_last)
+    optimizer = build_optimizer(model, t, fused=device.type == "cuda")
+    precision = Precision.for_device(device, t.amp)
+    mixer = (Mixer(data.spec.num_classes, mixup_alpha=t.mixup_alpha, cutmix_alpha=t.cutmix_alpha, seed=cfg.seed)
+             if t.mixup_alpha > 0 or t.cutmix_alpha > 0 else None)
+    return Setup(
+        model=torch.compile(model) if t.compile else model,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, t, len(train_loader)),
+        scaler=torch.amp.GradScaler("cuda") if precision.needs_scaler else None,
+        criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
+        precision=precision, train_loader=train_loader, val_loader=val_loader, mixer=mixer,
+        channels_last=channels_last,
+    )
+
+
 def format_epoch(m: dict[str, Any], epochs: int) -> str:
     top5 = f" top-5 {m['val_top5']:.2f}%" if "val_top5" in m else ""
     return (f"epoch {m['epoch']:>{len(str(epochs))}}/{epochs}  train loss {m['train_loss']:.4f} "
@@ -145,24 +184,17 @@ def fit(cfg: Config, *, log=print, progress: Optional[bool] = None) -> tuple[Pat
     info = describe(model, spec)
     log(f"loading {cfg.data.name} from {cfg.data.root}")
     data = load_data(cfg).to(device)  # before the run dir: a missing dataset leaves nothing behind
-    model.to(device)
-    train_loader, val_loader = make_loaders(cfg, data, device)
+    s = prepare(cfg, model, data, device)
+    train_loader, val_loader, precision = s.train_loader, s.val_loader, s.precision
 
     run_dir = new_run_dir(cfg.output.dir, cfg.run_name)
     atomic_write(run_dir / "config.yaml", dump_config(cfg))
     atomic_write(run_dir / "summary.txt", info.summary + "\n")
     log(info.summary)
-    precision = Precision.for_device(device, cfg.train.amp)
-    log(f"run dir: {run_dir}\ndevice: {device} ({precision}), "
+    log(f"run dir: {run_dir}\ndevice: {device} ({precision}{', channels_last' if s.channels_last else ''}"
+        f"{', compiled' if cfg.train.compile else ''}), "
         f"{len(data.train[1])} train / {len(data.val[1])} val images, {len(train_loader)} steps/epoch")
 
-    optimizer = build_optimizer(model, cfg.train, fused=device.type == "cuda")
-    scheduler = build_scheduler(optimizer, cfg.train, len(train_loader))
-    scaler = torch.amp.GradScaler("cuda") if precision.needs_scaler else None
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-    t = cfg.train
-    mixer = (Mixer(spec.num_classes, mixup_alpha=t.mixup_alpha, cutmix_alpha=t.cutmix_alpha, seed=cfg.seed)
-             if t.mixup_alpha > 0 or t.cutmix_alpha > 0 else None)
     eval_criterion = nn.CrossEntropyLoss()
 
     results: dict[str, Any] = {
@@ -177,14 +209,14 @@ def fit(cfg: Config, *, log=print, progress: Optional[bool] = None) -> tuple[Pat
         for epoch in range(1, cfg.train.epochs + 1):
             desc = f"epoch {epoch}/{cfg.train.epochs}"
             try:
-                tr = train_one_epoch(model, train_loader, optimizer, scheduler, criterion, device=device,
-                                     precision=precision, scaler=scaler, grad_clip=cfg.train.grad_clip,
-                                     log_every=cfg.train.log_every, progress=progress, desc=desc, mixer=mixer)
+                tr = train_one_epoch(s.model, train_loader, s.optimizer, s.scheduler, s.criterion, device=device,
+                                     precision=precision, scaler=s.scaler, grad_clip=cfg.train.grad_clip,
+                                     log_every=cfg.train.log_every, progress=progress, desc=desc, mixer=s.mixer)
             except NonFiniteLoss as e:
                 results.update(status="diverged", error=f"epoch {epoch}: {e}")
                 raise NonFiniteLoss(f"epoch {epoch}: {e}") from None
-            ev = evaluate(model, val_loader, eval_criterion, device=device, precision=precision, progress=progress,
-                          top5=cfg.train.top5)
+            ev = evaluate(s.model, val_loader, eval_criterion, device=device, precision=precision,
+                          progress=progress, top5=cfg.train.top5)
             train_time += tr["train_time_s"]
             row = {"epoch": epoch, "train_loss": tr["train_loss"], "train_acc": tr["train_acc"],
                    "val_loss": ev["val_loss"], "val_acc": ev["val_acc"], "lr": tr["lr"],
