@@ -183,7 +183,8 @@ def latency_ms(model: nn.Module, spec, device, precision: Precision, batch: int,
 def bench_model(name: str, args, device: torch.device, peak: float) -> dict:
     spec = get_spec(args.dataset or MODELS.meta(name).get("default_dataset", "cifar10"))
     train = {"batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size, "device": str(device),
-             "epochs": 1, "log_every": 10 ** 9, "compile": args.compile}
+             "epochs": 1, "log_every": 10 ** 9, "compile": args.compile is not None,
+             "compile_mode": args.compile or "default"}
     if args.channels_last is not None:
         train["channels_last"] = args.channels_last
     cfg = from_dict({"model": {"name": name},
@@ -221,7 +222,7 @@ def bench_model(name: str, args, device: torch.device, peak: float) -> dict:
         compute.append((time.perf_counter() - t0) / args.steps)
     outside = max(0.0, 1 - statistics.median(compute) * ours_ips / args.batch_size)
 
-    flops = train_flops_per_image(s.model, spec, device, s.precision, s.channels_last)
+    flops = train_flops_per_image(getattr(s.model, "_orig_mod", s.model), spec, device, s.precision, s.channels_last)
     params = sum(p.numel() for p in s.model.parameters())
     return {
         "model": name, "dataset": spec.name, "params": params, "batch_size": args.batch_size,
@@ -271,7 +272,8 @@ def parse_args(argv: Optional[list[str]]):
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the reference loop")
     p.add_argument("--channels-last", type=lambda v: v.lower() in ("1", "true", "yes"), default=None,
                    metavar="BOOL", help="force NHWC on or off (default: the training loop's own choice)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (ours only)")
+    p.add_argument("--compile", nargs="?", const="default", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile the model (ours only), optionally with a mode")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")

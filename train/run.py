@@ -157,7 +157,7 @@ def prepare(cfg: Config, model: nn.Module, data: ImageData, device: torch.device
     mixer = (Mixer(data.spec.num_classes, mixup_alpha=t.mixup_alpha, cutmix_alpha=t.cutmix_alpha, seed=cfg.seed)
              if t.mixup_alpha > 0 or t.cutmix_alpha > 0 else None)
     return Setup(
-        model=torch.compile(model) if t.compile else model,
+        model=torch.compile(model, mode=t.compile_mode) if t.compile else model,
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, t, len(train_loader)),
         scaler=torch.amp.GradScaler("cuda") if precision.needs_scaler else None,
