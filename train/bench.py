@@ -75,14 +75,18 @@ def reference_loader(data: ImageData, batch_size: int, workers: int, *, train: b
     aug = [T.RandomCrop(spec.image_size, padding=4), T.RandomHorizontalFlip()] if train else []
     x, y = data.train if train else data.val
     return torch.utils.data.DataLoader(PILDataset(x, y, T.Compose(aug + tail)), batch_size=batch_size,
-                                       shuffle=train, num_workers=workers, drop_last=train,
-                                       persistent_workers=workers > 0)
+                                       shuffle=train, num_workers=workers, drop_last=train)
 
 
-def reference_steps(model, batches: Iterator, optimizer, criterion, device, steps: int) -> list[float]:
-    """Seconds per step of the conventional loop: host batch -> device, fp32, ``.item()`` every step."""
+def reference_steps(model, loader, optimizer, criterion, device, steps: int) -> list[float]:
+    """Seconds per step of the conventional loop: host batch -> device, fp32, ``.item()`` every step.
+
+    The loader's workers start with the round and are shut down after it, so they never compete
+    with the other loop for the CPU; the median per-step time leaves their start-up out.
+    """
     times = []
     model.train()
+    batches = endless(loader)
     for _ in range(steps):
         t0 = time.perf_counter()
         images, labels = next(batches)
@@ -93,6 +97,7 @@ def reference_steps(model, batches: Iterator, optimizer, criterion, device, step
         optimizer.step()
         loss.item()  # syncs
         times.append(time.perf_counter() - t0)
+    batches.close()  # shuts the workers down
     return times
 
 
@@ -130,7 +135,7 @@ def synthetic_data(name: str, n: int, seed: int = 0) -> ImageData:
 
 
 def matmul_peak(device: torch.device) -> tuple[float, str]:
-    """FLOP/s of a large square matmul: fp32 on CPU, bf16 on CUDA (median of repeats)."""
+    """FLOP/s of a large square matmul: fp32 on CPU, bf16 on CUDA (the fastest repeat: a peak)."""
     n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
@@ -142,21 +147,23 @@ def matmul_peak(device: torch.device) -> tuple[float, str]:
         sync(device)
         if i >= (3 if device.type == "cuda" else 1):
             times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times), f"{n}x{n} {str(dtype).removeprefix('torch.')} matmul"
+    return 2 * n ** 3 / min(times), f"{n}x{n} {str(dtype).removeprefix('torch.')} matmul, best of repeats"
 
 
-def train_flops_per_image(model: nn.Module, spec, device, precision: Precision, channels_last: bool) -> float:
+def train_flops_per_image(model: nn.Module, spec, device) -> float:
+    """3x the forward FLOPs counted by ``torch.utils.flop_counter`` (matmuls, convolutions, attention).
+
+    The backward is taken as 2x the forward (the usual 6 FLOPs per mult-add for training) rather than
+    counted, because the counter overcounts ``convolution_backward`` of grouped (depthwise) convs by
+    the group count.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    m = copy.deepcopy(model).train()
+    m = copy.deepcopy(model).eval()
     x = torch.randn(2, spec.in_chans, spec.image_size, spec.image_size, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with FlopCounterMode(display=False) as counter:
-        with precision.autocast():
-            out = m(x)
-        out.float().logsumexp(1).sum().backward()
-    return counter.get_total_flops() / 2
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        m(x)
+    return 3 * counter.get_total_flops() / 2
 
 
 @torch.inference_mode()
@@ -190,22 +197,24 @@ def bench_model(name: str, args, device: torch.device, peak: float) -> dict:
     cfg = from_dict({"model": {"name": name},
                      "data": {"name": spec.name, "root": args.root or "./datasets", "download": False},
                      "train": train})
-    data = load_data(cfg) if args.root else synthetic_data(spec.name, args.synthetic)
+    # Enough images that neither loop starts a new epoch (and new workers) inside a round.
+    data = load_data(cfg) if args.root else synthetic_data(
+        spec.name, max(args.synthetic, (args.steps + args.warmup + 1) * args.batch_size))
     s = prepare(cfg, build_model(cfg, spec), data.to(device), device)
     ref_model = build_model(cfg, spec).to(device)
     ref_opt, ref_crit = build_optimizer(ref_model, cfg.train), nn.CrossEntropyLoss()
 
     ours_stream = endless(s.train_loader)
-    ref_stream = endless(reference_loader(data, args.batch_size, args.workers))
+    ref_loader = reference_loader(data, args.batch_size, args.workers)
     run_ours = lambda n: train_one_epoch(  # noqa: E731
         s.model, Take(ours_stream, n), s.optimizer, s.scheduler, s.criterion, device=device,
         precision=s.precision, scaler=s.scaler, log_every=10 ** 9)["images_per_s"]
     run_ours(args.warmup)
-    reference_steps(ref_model, ref_stream, ref_opt, ref_crit, device, args.warmup)
+    reference_steps(ref_model, ref_loader, ref_opt, ref_crit, device, args.warmup)
     ours, ref = [], []
     for _ in range(args.rounds):
         ours.append(run_ours(args.steps))
-        ref += reference_steps(ref_model, ref_stream, ref_opt, ref_crit, device, args.steps)
+        ref += reference_steps(ref_model, ref_loader, ref_opt, ref_crit, device, args.steps)
     ours_ips = statistics.median(ours)
     ref_ips = args.batch_size / statistics.median(ref)
 
@@ -222,7 +231,7 @@ def bench_model(name: str, args, device: torch.device, peak: float) -> dict:
         compute.append((time.perf_counter() - t0) / args.steps)
     outside = max(0.0, 1 - statistics.median(compute) * ours_ips / args.batch_size)
 
-    flops = train_flops_per_image(getattr(s.model, "_orig_mod", s.model), spec, device, s.precision, s.channels_last)
+    flops = train_flops_per_image(getattr(s.model, "_orig_mod", s.model), spec, device)
     params = sum(p.numel() for p in s.model.parameters())
     return {
         "model": name, "dataset": spec.name, "params": params, "batch_size": args.batch_size,
