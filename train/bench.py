@@ -159,7 +159,7 @@ def train_flops_per_image(model: nn.Module, spec, device) -> float:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    m = copy.deepcopy(model).eval()
+    m = copy.deepcopy(model).train()  # eval would send nn.TransformerEncoder down its uncounted fused path
     x = torch.randn(2, spec.in_chans, spec.image_size, spec.image_size, device=device)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         m(x)
