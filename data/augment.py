@@ -7,10 +7,12 @@ touches PIL or leaves the device.
 from __future__ import annotations
 
 import math
+import random
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2.functional import equalize  # batched, per image and channel
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -195,7 +197,6 @@ def _apply_op(x: torch.Tensor, op: str, m: torch.Tensor) -> torch.Tensor:
         scale = torch.where(hi > lo, 255 / (hi - lo).clamp(min=1e-6), torch.ones_like(hi))
         return torch.where(hi > lo, (x - lo) * scale, x).clamp(0, 255)
     if op == "equalize":
-        from torchvision.transforms.v2.functional import equalize  # batched, per image and channel
         return equalize(x.round().to(torch.uint8)).float()
     return x  # identity
 
@@ -256,8 +257,6 @@ class Mixer:
     """
 
     def __init__(self, num_classes: int, *, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, seed: int = 0):
-        import random
-
         assert mixup_alpha > 0 or cutmix_alpha > 0
         self.num_classes = num_classes
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
