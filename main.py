@@ -1,7 +1,9 @@
-"""Train and compare CNNs, vision transformers and hybrids from a YAML config.
+"""Train and compare CNNs, vision transformers and hybrids from YAML configs.
 
     python main.py --cfg configs/cnn_tr_medium.yaml
     python main.py --cfg configs/cnn_tr_medium.yaml --set train.epochs=5 --set data.name=fashion_mnist
+    python main.py --cfg configs/cnn_tr_small.yaml configs/cnn_tr_medium.yaml   # several runs + a comparison
+    python main.py --cfg configs/sweeps/fmnist_sizes.yaml                      # a sweep: grid of runs + a comparison
     python main.py --cfg configs/cnn_tr_medium.yaml --dry-run
     python main.py --list-models
 """
@@ -13,7 +15,8 @@ import sys
 from errors import UserError
 
 EXIT_USER_ERROR = 2
-EXIT_DIVERGED = 1
+EXIT_RUN_FAILED = 1  # training diverged, or some runs of a multi-run call failed
+EXIT_INTERRUPTED = 130
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,12 +27,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "into a new directory under output.dir.",
         epilog="Example: python main.py --cfg configs/fashion_mnist.yaml --set train.epochs=2",
     )
-    p.add_argument("--cfg", metavar="FILE", help="YAML config (see configs/ and the README's config reference)")
+    p.add_argument("--cfg", metavar="FILE", nargs="+",
+                   help="YAML config(s) (see configs/ and the README's config reference); several files, or "
+                        "one with a sweep: section, run one after another and end with a comparison")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override a config value, dotted key, value parsed as YAML "
-                        "(repeatable), e.g. --set train.lr=3e-4 --set data.limit_train=5000")
+                        "(repeatable, applied to every config), e.g. --set train.lr=3e-4 --set data.limit_train=5000")
+    p.add_argument("--out", metavar="DIR",
+                   help="where a multi-run call writes its comparison (default: a new compare-DATE-TIME "
+                        "directory under the first run's output.dir)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved config and the model summary, then exit without training")
+                   help="print the resolved config and the model summary (for several runs: each run's name, "
+                        "swept values and parameter count), then exit without training")
     p.add_argument("--list-models", action="store_true",
                    help="list registered models with their parameter counts, then exit")
     args = p.parse_args(argv)
@@ -55,6 +64,54 @@ def list_models_table() -> str:
     return "\n".join(lines)
 
 
+def dry_run(points) -> int:
+    from config import dump_config
+    from data import get_spec
+    from train.run import build_model, describe
+
+    if len(points) == 1 and not points[0].values:
+        cfg = points[0].cfg
+        model = build_model(cfg)  # checks the model name, its arguments and the shapes
+        print(dump_config(cfg).rstrip())
+        print(describe(model, get_spec(cfg.data.name)).summary)
+        return 0
+    failed = 0
+    print(f"{len(points)} runs:")
+    for i, p in enumerate(points, 1):
+        swept = ", ".join(f"{k}={v}" for k, v in p.values.items()) or p.source
+        try:
+            params = sum(t.numel() for t in build_model(p.cfg).parameters())
+            status = f"{params:,} params"
+        except UserError as e:
+            failed += 1
+            status = f"error: {e}"
+        print(f"{i:>4}. {p.name}  ({swept})  {p.cfg.model.name} on {p.cfg.data.name}: {status}")
+    return EXIT_USER_ERROR if failed else 0
+
+
+def run_many(points, out: str | None, command: str) -> int:
+    from pathlib import Path
+
+    from plots import compare
+    from train.run import new_run_dir
+    from train.sweep import check_points, run_points, summary
+
+    check_points(points)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    outcomes = run_points(points)
+    print("\n" + summary(outcomes))
+    failures = [{"name": o.point.name, "status": o.status, "error": o.error, "traceback": o.traceback}
+                for o in outcomes if o.status != "completed"]
+    run_dirs = [o.run_dir for o in outcomes if o.run_dir is not None]
+    out_dir = Path(out) if out is not None else new_run_dir(points[0].cfg.output.dir, "compare")
+    index = compare(run_dirs, out_dir, failures=failures, command=command)
+    print(f"comparison: {index}")
+    if any(o.status == "interrupted" for o in outcomes):
+        return EXIT_INTERRUPTED
+    return EXIT_RUN_FAILED if failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -62,23 +119,22 @@ def main(argv: list[str] | None = None) -> int:
             print(list_models_table())
             return 0
 
-        from config import dump_config, load_config
+        from config import load_points
         from train.engine import NonFiniteLoss
-        from train.run import build_model, describe, fit
+        from train.run import fit
 
-        cfg = load_config(args.cfg, args.overrides)
+        points = load_points(args.cfg, args.overrides)
         if args.dry_run:
-            model = build_model(cfg)  # checks the model name, its arguments and the shapes
-            from data import get_spec
-
-            print(dump_config(cfg).rstrip())
-            print(describe(model, get_spec(cfg.data.name)).summary)
-            return 0
+            return dry_run(points)
+        if len(points) > 1 or points[0].values:
+            return run_many(points, args.out, "python main.py " + " ".join(sys.argv[1:] if argv is None else argv))
+        if args.out is not None:
+            raise UserError("--out: only used to compare several runs (several --cfg files, or a sweep: section)")
         try:
-            run_dir, results = fit(cfg)
+            run_dir, results = fit(points[0].cfg)
         except NonFiniteLoss as e:
             print(f"error: training stopped: {e}", file=sys.stderr)
-            return EXIT_DIVERGED
+            return EXIT_RUN_FAILED
         print(f"done: best val acc {results['best_val_acc']:.2f}% (epoch {results['best_epoch']}), "
               f"final {results['final_val_acc']:.2f}%, {results['train_time_s']:.1f}s training -> {run_dir}")
         return 0
@@ -87,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

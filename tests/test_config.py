@@ -2,8 +2,9 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
-from config import Config, apply_override, dump_config, from_dict, load_config
+from config import Config, apply_override, dump_config, from_dict, load_config, load_points
 from errors import UserError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("**/*.yaml"))
@@ -30,8 +31,10 @@ def error_of(fn, *args, **kwargs) -> str:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_load(path):
-    cfg = load_config(path)
-    assert isinstance(cfg, Config) and cfg.model.name and cfg.data.name
+    points = load_points([path])
+    for p in points:
+        assert isinstance(p.cfg, Config) and p.cfg.model.name and p.cfg.data.name
+    assert len(points) > 1 if "sweep" in yaml.safe_load(path.read_text()) else len(points) == 1
 
 
 def test_seed000_configs_exist():
@@ -130,7 +133,11 @@ def test_shipped_configs_build(path, capsys):
 
     assert main(["--cfg", str(path), "--dry-run"]) == 0  # builds the model for the dataset, torchinfo summary
     out = capsys.readouterr().out
-    assert "Total params" in out and f"name: {load_config(path).model.name}" in out
+    points = load_points([path])
+    if points[0].values:  # a sweep: one line per point, each model built
+        assert out.startswith(f"{len(points)} runs:") and out.count(" params\n") == len(points)
+    else:
+        assert "Total params" in out and f"name: {points[0].cfg.model.name}" in out
 
 
 def test_every_seed_has_configs():

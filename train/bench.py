@@ -45,7 +45,7 @@ from config import from_dict
 from data import ImageData, get_spec
 from errors import UserError
 from models import MODELS, list_models
-from train.engine import Precision, train_one_epoch, train_step
+from train.engine import latency_ms, train_one_epoch, train_step
 from train.run import build_model, load_data, prepare, resolve_device
 from train.schedule import build_optimizer
 
@@ -67,12 +67,16 @@ class PILDataset(torch.utils.data.Dataset):
         return self.transform(img), self.y[i]
 
 
-def reference_loader(data: ImageData, batch_size: int, workers: int, *, train: bool = True):
+def reference_loader(data: ImageData, batch_size: int, workers: int, *, train: bool = True,
+                     augment: str = "crop_flip"):
+    """torchvision's way: PIL transforms per item in ``workers`` processes. ``augment`` as in
+    ``data.augment.train_transform`` (the bench uses seed 002's crop + flip for every dataset)."""
     from torchvision import transforms as T
 
     spec = data.spec
     tail = [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
-    aug = [T.RandomCrop(spec.image_size, padding=4), T.RandomHorizontalFlip()] if train else []
+    aug = {"crop_flip": [T.RandomCrop(spec.image_size, padding=4), T.RandomHorizontalFlip()],
+           "flip": [T.RandomHorizontalFlip()], "none": []}[augment] if train else []
     x, y = data.train if train else data.val
     return torch.utils.data.DataLoader(PILDataset(x, y, T.Compose(aug + tail)), batch_size=batch_size,
                                        shuffle=train, num_workers=workers, drop_last=train)
@@ -166,27 +170,6 @@ def train_flops_per_image(model: nn.Module, spec, device) -> float:
     return 3 * counter.get_total_flops() / 2
 
 
-@torch.inference_mode()
-def latency_ms(model: nn.Module, spec, device, precision: Precision, batch: int, channels_last: bool,
-               repeats: int) -> float:
-    """Median milliseconds per image for inference at this batch size."""
-    model.eval()
-    x = torch.randn(batch, spec.in_chans, spec.image_size, spec.image_size, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    times = []
-    for i in range(repeats + 3):
-        sync(device)
-        t0 = time.perf_counter()
-        with precision.autocast():
-            model(x)
-        sync(device)
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    model.train()
-    return 1000 * statistics.median(times) / batch
-
-
 def bench_model(name: str, args, device: torch.device, peak: float) -> dict:
     spec = get_spec(args.dataset or MODELS.meta(name).get("default_dataset", "cifar10"))
     train = {"batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size, "device": str(device),
@@ -239,9 +222,10 @@ def bench_model(name: str, args, device: torch.device, peak: float) -> dict:
         "ours_images_per_s": ours_ips, "reference_images_per_s": ref_ips, "speedup": ours_ips / ref_ips,
         "outside_share": outside, "train_gflop_per_image": flops / 1e9,
         "achieved_tflop_s": flops * ours_ips / 1e12, "peak_share": flops * ours_ips / peak,
-        "latency_ms_batch1": latency_ms(s.model, spec, device, s.precision, 1, s.channels_last, args.latency_repeats),
+        "latency_ms_batch1": latency_ms(s.model, spec, device, s.precision, 1, s.channels_last,
+                                        max_repeats=args.latency_repeats),
         "latency_ms_batched": latency_ms(s.model, spec, device, s.precision, args.eval_batch_size,
-                                         s.channels_last, max(3, args.latency_repeats // 10)),
+                                         s.channels_last, max_repeats=max(3, args.latency_repeats // 10)),
     }
 
 

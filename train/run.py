@@ -4,7 +4,7 @@ Run directory contents:
   config.yaml    the resolved config (after --set overrides)
   summary.txt    torchinfo summary
   metrics.jsonl  one JSON line per epoch
-  results.json   params, mult-adds, best/final accuracy, timings
+  results.json   params, mult-adds, best/final accuracy, timings, inference latency
   last.pt, best.pt  model state dicts (``torch.load`` + ``load_state_dict``)
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -28,7 +28,7 @@ from data.datasets import default_cache_dir
 from errors import UserError
 from models import MODELS, create_model
 from models.registry import DATASET_KEYS
-from train.engine import NonFiniteLoss, Precision, evaluate, train_one_epoch
+from train.engine import NonFiniteLoss, Precision, evaluate, latency_ms, train_one_epoch
 from train.loader import TensorLoader
 from train.schedule import build_optimizer, build_scheduler
 
@@ -174,8 +174,13 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
             f"lr {m['lr']:.2e}  {m['epoch_time_s']:.1f}s  {m['images_per_s']:.0f} img/s")
 
 
-def fit(cfg: Config, *, log=print, progress: Optional[bool] = None) -> tuple[Path, dict[str, Any]]:
-    """Train ``cfg`` end to end. Returns (run directory, results). Raises UserError / NonFiniteLoss."""
+def fit(cfg: Config, *, log=print, progress: Optional[bool] = None,
+        started: Optional[Callable[[Path], None]] = None) -> tuple[Path, dict[str, Any]]:
+    """Train ``cfg`` end to end. Returns (run directory, results). Raises UserError / NonFiniteLoss.
+
+    ``started`` is called with the run directory as soon as it exists (a sweep records it, so a run
+    that fails later can still be compared).
+    """
     if progress is None:
         progress = sys.stderr.isatty()
     device = resolve_device(cfg.train.device)
@@ -188,6 +193,8 @@ def fit(cfg: Config, *, log=print, progress: Optional[bool] = None) -> tuple[Pat
     train_loader, val_loader, precision = s.train_loader, s.val_loader, s.precision
 
     run_dir = new_run_dir(cfg.output.dir, cfg.run_name)
+    if started is not None:
+        started(run_dir)
     atomic_write(run_dir / "config.yaml", dump_config(cfg))
     atomic_write(run_dir / "summary.txt", info.summary + "\n")
     log(info.summary)
@@ -234,7 +241,12 @@ def fit(cfg: Config, *, log=print, progress: Optional[bool] = None) -> tuple[Pat
                 if cfg.output.checkpoints:
                     save_checkpoint(model, run_dir / "best.pt")
         rates = sorted(r["images_per_s"] for r in history)
+        # Inference latency of the trained model (eager, even when training was compiled).
+        latency = {f"latency_ms_{k}": latency_ms(model, spec, device, precision, batch, s.channels_last)
+                   for k, batch in (("batch1", 1), ("batched", cfg.train.eval_batch_size))}
         results.update(
+            **latency,
+            latency_batch_size=cfg.train.eval_batch_size,
             status="completed",
             epochs=cfg.train.epochs,
             best_val_acc=best_acc,

@@ -1,0 +1,5 @@
+import sys
+
+from plots.report import main
+
+sys.exit(main())

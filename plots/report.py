@@ -1,0 +1,152 @@
+"""``compare(run_dirs, out)``: every figure and table of a comparison, tied together by ``index.md``."""
+from __future__ import annotations
+
+import re
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+from errors import UserError
+from plots import curves, table
+from plots.runs import Group, find_runs, group_runs
+
+DEFAULT_IMAGES = 4
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", label).strip("_") or "run"
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _inspect(groups: list[Group], out: Path, images: int, log) -> tuple[list, list, list[str]]:
+    """Attention and feature-map figures, one per experiment (its first run with a checkpoint)."""
+    from plots import inspect
+
+    attention, features, notes = [], [], []
+    cache: dict = {}
+    for g in groups:
+        run = next((r for r in g.runs if r.checkpoint() is not None), None)
+        if run is None:
+            notes.append(f"{g.label}: no checkpoint (output.checkpoints was off or the run stopped before "
+                         f"its first epoch), so no attention or feature maps")
+            continue
+        try:
+            model = inspect.load_model(run)
+            sample = inspect.load_sample(run, images, cache)
+            slug = _slug(g.label)
+            if inspect.has_attention(model):
+                attention.append((g.label, inspect.attention_figure(run, g.label, model, sample,
+                                                                    out / f"attention_{slug}.png")))
+            path = inspect.feature_figure(run, g.label, model, sample, out / f"features_{slug}.png")
+            if path is not None:
+                features.append((g.label, path))
+        except (UserError, FileNotFoundError, RuntimeError, ValueError) as e:
+            notes.append(f"{g.label}: attention/feature maps skipped ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})")
+            log(f"warning: {notes[-1]}")
+    return attention, features, notes
+
+
+def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[list[dict[str, Any]]] = None,
+            images: int = DEFAULT_IMAGES, inspect_models: bool = True, command: Optional[str] = None,
+            log=print) -> Path:
+    """Write the comparison of ``run_dirs`` into ``out`` and return the path of its ``index.md``.
+
+    ``failures`` are runs of a sweep that never produced a comparable run (name, status, error,
+    traceback); they are listed in the index, with tracebacks in ``failures.log``.
+    """
+    failures = failures or []
+    runs = find_runs(run_dirs) if run_dirs else []
+    if not runs and not failures:
+        raise UserError("nothing to compare: give run directories written by main.py")
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create ({e.strerror})") from None
+    groups = group_runs(runs)
+    colour = curves.colours(groups)
+    lines = [f"# Comparison of {len(runs)} run{'s' * (len(runs) != 1)}", "",
+             f"Written {datetime.now():%Y-%m-%d %H:%M} by `{command or 'python -m plots'}`. "
+             "Each experiment keeps its colour in every figure; repeats over seeds are shown as "
+             "mean ± sample std.", ""]
+    if groups:
+        _write(out / "results.md", table.markdown(groups) + "\n")
+        _write(out / "results.csv", table.runs_csv(groups))
+        _write(out / "summary.csv", table.summary_csv(groups))
+        lines += ["## Results", "", table.markdown(groups), "",
+                  "Accuracies are top-1 on the validation split, in %. Time per epoch is training plus "
+                  "evaluation. Latency is inference per image after warm-up with the device synchronised, "
+                  "at batch 1 and at the run's `train.eval_batch_size`, measured on the training device "
+                  "at the end of the run. Mult-adds are torchinfo's, per image (a lower bound for "
+                  "`nn.MultiheadAttention` models).", "",
+                  "This table: [results.md](results.md). Per run: [results.csv](results.csv). "
+                  "Per experiment (mean and std columns): [summary.csv](summary.csv).", ""]
+    if failures:
+        lines += ["## Runs that did not complete", ""]
+        lines += [f"- **{f['name']}** ({f['status']}): {f['error']}" for f in failures]
+        logged = [f for f in failures if f.get("traceback")]
+        if logged:
+            _write(out / "failures.log", "\n".join(f"== {f['name']}\n{f['traceback']}" for f in logged))
+            lines += ["", "Tracebacks: [failures.log](failures.log)."]
+        lines.append("")
+    if groups:
+        figures = [
+            ("Validation accuracy", curves.val_accuracy(groups, colour, out / "val_accuracy.png")),
+            ("Training loss and validation accuracy", curves.loss_and_accuracy(groups, colour, out / "loss_accuracy.png")),
+            ("Convergence: training vs. validation loss", curves.convergence(groups, colour, out / "convergence.png")),
+        ]
+        for title, path in figures:
+            lines += [f"## {title}", "", f"![{title}]({path.name})", ""]
+    notes: list[str] = []
+    if groups and inspect_models:
+        attention, features, notes = _inspect(groups, out, images, log)
+        if attention:
+            lines += ["## Attention maps", "",
+                      "Last layer (mean over heads) and attention rollout across layers, on the same "
+                      "validation images for every run of a dataset.", ""]
+            lines += [f"### {label}\n\n![attention, {label}]({p.name})\n" for label, p in attention]
+        if features:
+            lines += ["## Feature maps of the first conv layers", ""]
+            lines += [f"### {label}\n\n![feature maps, {label}]({p.name})\n" for label, p in features]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    if runs:
+        lines += ["## Runs", "", "| experiment | run | status | directory |", "|---|---|---|---|"]
+        lines += [f"| {g.label} | {r.name} | {r.status} | `{r.path}` |" for g in groups for r in g.runs]
+    index = out / "index.md"
+    _write(index, "\n".join(lines) + "\n")
+    return index
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m plots",
+        description="Compare finished runs: accuracy and loss curves, a results table (Markdown and CSV), "
+                    "attention and feature maps, tied together by DIR/index.md.",
+        epilog="Example: python -m plots runs/cnn_tr_small-* runs/simple_cnn-* --out comparisons/fmnist")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by main.py, or folders of them")
+    p.add_argument("--out", required=True, metavar="DIR", help="where to write the figures, tables and index.md")
+    p.add_argument("--images", type=int, default=DEFAULT_IMAGES,
+                   help=f"validation images per attention figure (default {DEFAULT_IMAGES})")
+    p.add_argument("--no-maps", action="store_true",
+                   help="skip attention and feature maps (they rebuild each model and read the dataset)")
+    args = p.parse_args(argv)
+    if args.images < 1:
+        p.error("--images must be at least 1")
+    try:
+        index = compare(args.runs, args.out, images=args.images, inspect_models=not args.no_maps,
+                        command="python -m plots " + " ".join(sys.argv[1:] if argv is None else argv))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"comparison: {index}")
+    return 0

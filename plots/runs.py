@@ -1,0 +1,176 @@
+"""Read run directories (only what ``main.py`` wrote) and group repeats of one experiment over seeds."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from errors import UserError
+
+RUN_FILES = "config.yaml, metrics.jsonl and results.json"
+
+# Keys that do not change what was trained, so runs differing only there are repeats of one experiment.
+_NOT_THE_EXPERIMENT = {"name": None, "seed": None, "output": None,
+                       "data": ("root", "download", "cache", "cache_dir"), "train": ("log_every", "device")}
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    results: dict[str, Any]
+    metrics: list[dict[str, Any]]
+
+    @property
+    def name(self) -> str:
+        return str(self.results.get("name") or self.config.get("name") or self.path.name)
+
+    @property
+    def model(self) -> str:
+        return str(self.config.get("model", {}).get("name", "?"))
+
+    @property
+    def dataset(self) -> str:
+        return str(self.config.get("data", {}).get("name", "?"))
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed")
+
+    @property
+    def status(self) -> str:
+        return str(self.results.get("status", "incomplete"))
+
+    def series(self, key: str) -> list[float]:
+        return [float(m[key]) for m in self.metrics if key in m]
+
+    def value(self, key: str) -> Optional[float]:
+        """A number from results.json, else derived from metrics.jsonl (runs that stopped early)."""
+        if self.results.get(key) is not None:
+            return float(self.results[key])
+        accs = self.series("val_acc")
+        derived = {
+            "best_val_acc": max(accs) if accs else None,
+            "final_val_acc": accs[-1] if accs else None,
+            "time_per_epoch_s": statistics.fmean(self.series("epoch_time_s")) if self.metrics else None,
+        }
+        return derived.get(key)
+
+    def checkpoint(self) -> Optional[Path]:
+        for name in ("best.pt", "last.pt"):
+            if (self.path / name).is_file():
+                return self.path / name
+        return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read ({e})") from None
+
+
+def load_run(path: Path) -> Run:
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path / 'config.yaml'}: cannot read ({e})") from None
+    results = _read_json(path / "results.json") if (path / "results.json").is_file() else {}
+    metrics = []
+    if (path / "metrics.jsonl").is_file():
+        for i, line in enumerate((path / "metrics.jsonl").read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                metrics.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a crash: keep the epochs before it
+                break
+    return Run(path, config, results, metrics)
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
+    """Each path is a run directory or a folder of them (e.g. ``runs/``), taken in name order."""
+    runs: list[Run] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise UserError(f"{p}: no such directory (give run directories written by main.py, or a folder of them)")
+        if (p / "config.yaml").is_file():
+            runs.append(load_run(p))
+            continue
+        children = sorted(c for c in p.iterdir() if (c / "config.yaml").is_file()) if p.is_dir() else []
+        if not children:
+            raise UserError(f"{p}: not a run directory and holds none (a run directory has {RUN_FILES})")
+        runs += [load_run(c) for c in children]
+    seen, unique = set(), []
+    for r in runs:  # the same run named twice (a folder and one of its runs) counts once
+        if r.path.resolve() not in seen:
+            seen.add(r.path.resolve())
+            unique.append(r)
+    return unique
+
+
+@dataclass
+class Group:
+    """Runs of one experiment that differ only in seed (one run when there are no repeats)."""
+
+    label: str
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def first(self) -> Run:
+        return self.runs[0]
+
+    def stat(self, key: str) -> tuple[Optional[float], Optional[float]]:
+        """(mean, sample std) over runs that have the value; std is None for a single value."""
+        values = [v for v in (r.value(key) for r in self.runs) if v is not None and math.isfinite(v)]
+        if not values:
+            return None, None
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+    def curve(self, key: str) -> tuple[list[int], list[float], list[Optional[float]]]:
+        """Epochs, mean and std (None where only one run has that epoch) of a per-epoch metric."""
+        by_epoch: dict[int, list[float]] = {}
+        for r in self.runs:
+            for m in r.metrics:
+                if key in m and m[key] is not None and math.isfinite(m[key]):
+                    by_epoch.setdefault(int(m["epoch"]), []).append(float(m[key]))
+        epochs = sorted(by_epoch)
+        means = [statistics.fmean(by_epoch[e]) for e in epochs]
+        stds = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else None for e in epochs]
+        return epochs, means, stds
+
+
+def _experiment_key(config: dict[str, Any]) -> str:
+    c = json.loads(json.dumps(config))  # a deep copy
+    for section, keys in _NOT_THE_EXPERIMENT.items():
+        if keys is None:
+            c.pop(section, None)
+        elif isinstance(c.get(section), dict):
+            for k in keys:
+                c[section].pop(k, None)
+    return json.dumps(c, sort_keys=True)
+
+
+_SEED_PART = re.compile(r"-?\bseed=[^-]*")
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Group repeats over seeds, in order of first appearance; labels are unique."""
+    groups: dict[str, Group] = {}
+    for r in runs:
+        key = _experiment_key(r.config)
+        if key not in groups:
+            groups[key] = Group(_SEED_PART.sub("", r.name).strip("-") or r.name)
+        groups[key].runs.append(r)
+    out, used = list(groups.values()), {}
+    for g in out:
+        n = used[g.label] = used.get(g.label, 0) + 1
+        if n > 1:
+            g.label = f"{g.label} ({n})"
+    return out

@@ -1,0 +1,161 @@
+"""Comparisons from small real runs: the table matches the runs' files, every figure is a real PNG."""
+import csv
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from config import from_dict
+from plots import compare
+from plots.inspect import attention_grids, first_convs, rollout, token_layout
+from plots.runs import find_runs, group_runs
+from train.run import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "cnn_tr": {"name": "cnn_transformer", "cnn_channels": 16, "num_layers": 2, "dim_feedforward": 32},
+    "vit": {"name": "vit", "patch_size": 7, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0},
+    "cnn": {"name": "simple_cnn"},
+}
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Four real runs on MNIST-format files: a CNN+Transformer over two seeds, a ViT, a CNN."""
+    from fixtures import write_mnist
+
+    tmp = tmp_path_factory.mktemp("plots")
+    root = write_mnist(tmp / "fmnist", n_train=256, n_test=128)
+    dirs = []
+    for label, seed in (("cnn_tr", 0), ("cnn_tr", 1), ("vit", 0), ("cnn", 0)):
+        cfg = from_dict({"name": f"{label}-seed={seed}", "seed": seed, "model": TINY[label],
+                         "data": {"name": "fashion_mnist", "root": str(root), "download": False, "cache": False},
+                         "train": {"epochs": 3, "batch_size": 64, "eval_batch_size": 64, "log_every": 2},
+                         "output": {"dir": str(tmp / "runs")}})
+        dirs.append(fit(cfg, log=quiet, progress=False)[0])
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def comparison(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp")
+    index = compare(runs, out, images=3, log=quiet)
+    return out, index
+
+
+def read_csv(path):
+    return list(csv.DictReader(io.StringIO(path.read_text())))
+
+
+def test_grouping_by_seed(runs):
+    groups = group_runs(find_runs(runs))
+    assert [(g.label, len(g.runs)) for g in groups] == [("cnn_tr", 2), ("vit", 1), ("cnn", 1)]
+
+
+def test_runs_table_matches_each_runs_files(runs, comparison):
+    out, _ = comparison
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 4
+    for row, d in zip(rows, runs):
+        results = json.loads((d / "results.json").read_text())
+        metrics = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        assert row["path"] == str(d) and row["run"] == results["name"]
+        assert int(row["params"]) == results["params"] and int(row["mult_adds"]) == results["mult_adds"]
+        assert float(row["best_val_acc"]) == pytest.approx(max(m["val_acc"] for m in metrics))
+        assert float(row["best_val_acc"]) == pytest.approx(results["best_val_acc"])
+        assert float(row["final_val_acc"]) == pytest.approx(metrics[-1]["val_acc"])
+        assert float(row["time_per_epoch_s"]) == pytest.approx(statistics.fmean(m["epoch_time_s"] for m in metrics))
+        for key in ("latency_ms_batch1", "latency_ms_batched"):
+            assert results[key] > 0 and float(row[key]) == pytest.approx(results[key])
+
+
+def test_summary_is_mean_and_std_over_seeds(runs, comparison):
+    out, index = comparison
+    (row,) = [r for r in read_csv(out / "summary.csv") if r["experiment"] == "cnn_tr"]
+    best = [json.loads((d / "results.json").read_text())["best_val_acc"] for d in runs[:2]]
+    assert row["runs"] == "2" and row["seeds"] == "0 1"
+    assert float(row["best_val_acc_mean"]) == pytest.approx(statistics.fmean(best))
+    assert float(row["best_val_acc_std"]) == pytest.approx(statistics.stdev(best))
+    single = [r for r in read_csv(out / "summary.csv") if r["experiment"] == "vit"][0]
+    assert single["best_val_acc_std"] == ""  # one run: no spread to report
+    text = index.read_text()
+    assert "| cnn_tr | cnn_transformer | fashion_mnist | 2 |" in text
+    assert f"{statistics.fmean(best):.2f} ± {statistics.stdev(best):.2f}" in text
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        return im.size
+
+
+def test_every_figure_is_a_sensible_png_and_linked_from_the_index(comparison):
+    out, index = comparison
+    text = index.read_text()
+    expected = ["val_accuracy.png", "loss_accuracy.png", "convergence.png",
+                "attention_cnn_tr.png", "attention_vit.png",  # the attention models
+                "features_cnn_tr.png", "features_cnn.png"]  # models with conv layers (the ViT has only its patchify)
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(expected)
+    for name in expected:
+        w, h = png_size(out / name)
+        assert 400 <= w <= 4000 and 250 <= h <= 4000, (name, w, h)
+        assert f"]({name})" in text
+    assert not list(out.glob(".*tmp*"))  # no temporary files left behind
+
+
+def test_plots_cli_on_a_folder_of_runs(runs, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "plots", str(runs[0].parent), "--out", str(tmp_path / "c"), "--no-maps"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert len(read_csv(tmp_path / "c" / "results.csv")) == 4
+    assert not list((tmp_path / "c").glob("attention_*.png"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nowhere"], "nowhere: no such directory"),
+    (["."], ": not a run directory and holds none (a run directory has config.yaml"),
+])
+def test_plots_cli_bad_input(tmp_path, args, message):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # run from elsewhere, as a user in their own folder would
+    p = subprocess.run([sys.executable, "-m", "plots", *args, "--out", str(tmp_path / "c")], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and message in p.stderr and p.stderr.count("\n") == 1
+    assert not (tmp_path / "c").exists()
+
+
+def test_token_layout_and_rollout():
+    assert token_layout(65) == (True, 8) and token_layout(64) == (False, 8) and token_layout(50) == (True, 7)
+    with pytest.raises(ValueError):
+        token_layout(60)
+    a = torch.softmax(torch.randn(2, 3, 5, 5), -1)
+    one = rollout([a])
+    expected = 0.5 * a.mean(1) + 0.5 * torch.eye(5)
+    assert torch.allclose(one, expected / expected.sum(-1, keepdim=True))
+    two = rollout([a, a.flip(1)])
+    assert torch.allclose(two.sum(-1), torch.ones(2, 5))  # products of row-stochastic maps stay row-stochastic
+    last, joint, cls = attention_grids([a, a])
+    assert cls and last.shape == joint.shape == (2, 2, 2)
+    assert torch.allclose(last, a.mean(1)[:, 0, 1:].reshape(2, 2, 2))
+
+
+def test_first_convs_skip_patch_embeddings():
+    from models import create_model
+
+    vit = create_model("vit", num_classes=10, in_chans=1, image_size=28, patch_size=7, embed_dim=32, depth=1, num_heads=2)
+    assert first_convs(vit) == []
+    cnn = create_model("simple_cnn", num_classes=10, in_chans=1, image_size=28)
+    assert len(first_convs(cnn)) == 2
