@@ -18,6 +18,15 @@ import torch.nn as nn
 from plots.curves import plt, save
 from plots.runs import Run
 
+# Class names where they are short enough to label a figure (others show the class index).
+CLASS_NAMES = {
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+    "fashion_mnist": ["T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                      "ankle boot"],
+    "imagenette": ["tench", "English springer", "cassette player", "chain saw", "church", "French horn",
+                   "garbage truck", "gas pump", "golf ball", "parachute"],  # folders n01440764 ... in order
+}
+
 FEATURE_CHANNELS = 8  # channels shown per conv layer
 FEATURE_LAYERS = 2  # first conv layers shown
 
@@ -27,6 +36,11 @@ class Sample:
     images: torch.Tensor  # (k, C, S, S), normalised as the model saw them in validation
     display: torch.Tensor  # (k, S, S, C) in [0, 1]
     labels: list[int]
+    dataset: str
+
+    def name(self, label: int) -> str:
+        names = CLASS_NAMES.get(self.dataset)
+        return names[label] if names and 0 <= label < len(names) else str(label)
 
 
 def has_attention(model: nn.Module) -> bool:
@@ -79,7 +93,7 @@ def load_sample(run: Run, k: int, cache: dict) -> Sample:
         mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
         std = torch.tensor(spec.std).view(1, -1, 1, 1)
         display = (images * std + mean).clamp(0, 1).permute(0, 2, 3, 1)
-        cache[key] = Sample(images, display, labels.tolist())
+        cache[key] = Sample(images, display, labels.tolist(), spec.name)
     return cache[key]
 
 
@@ -150,7 +164,8 @@ def attention_figure(run: Run, label: str, model: nn.Module, sample: Sample, pat
     titles = ["input", f"last layer ({len(maps)}), mean over heads", f"rollout over {len(maps)} layers"]
     for i in range(k):
         _show_image(axes[i, 0], sample.display[i])
-        axes[i, 0].set_ylabel(f"label {sample.labels[i]}, pred {preds[i]}", fontsize="small")
+        axes[i, 0].set_ylabel(f"true: {sample.name(sample.labels[i])}\npredicted: {sample.name(preds[i])}",
+                              fontsize="small")
         _overlay(axes[i, 1], sample.display[i], last[i])
         _overlay(axes[i, 2], sample.display[i], joint[i])
     for ax, title in zip(axes[0], titles):
@@ -180,7 +195,7 @@ def feature_figure(run: Run, label: str, model: nn.Module, sample: Sample, path:
         fmap = outputs[name]
         if row == 0:
             _show_image(axes[row, 0], sample.display[0])
-            axes[row, 0].set_title(f"input (label {sample.labels[0]})", fontsize="x-small")
+            axes[row, 0].set_title(f"input ({sample.name(sample.labels[0])})", fontsize="x-small")
         else:
             axes[row, 0].axis("off")
         for c in range(FEATURE_CHANNELS):

@@ -239,3 +239,19 @@ def test_top5_counts_a_label_among_the_five_largest_logits():
     out = evaluate(model, loader, torch.nn.CrossEntropyLoss(), device=torch.device("cpu"),
                    precision=Precision("cpu"), top5=True)
     assert out["val_acc"] == pytest.approx(100 / 3) and out["val_top5"] == pytest.approx(200 / 3)
+
+
+@pytest.mark.parametrize("channels_last", [True, False, None])
+def test_channels_last_setting_reaches_model_and_batches(fmnist_root, tmp_path, channels_last):
+    from train.run import build_model, load_data, prepare
+
+    cfg = cfg_for(fmnist_root, tmp_path, channels_last=channels_last)
+    s = prepare(cfg, build_model(cfg), load_data(cfg), torch.device("cpu"))
+    on = channels_last is not False  # null is the default: on
+    fmt = torch.channels_last if on else torch.contiguous_format
+    # A conv with several input channels and a spatial kernel: otherwise both layouts have the same strides.
+    conv = [m for m in s.model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1
+            and m.kernel_size[0] > 1][-1]
+    assert conv.in_channels > 1 and s.channels_last == on
+    assert conv.weight.is_contiguous(memory_format=fmt)
+    assert not conv.weight.is_contiguous(memory_format=torch.contiguous_format if on else torch.channels_last)
