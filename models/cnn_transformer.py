@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn as nn
 
+from models.layers import Dropout
 from models.registry import register_model
 from models.simple_cnn import CONV_LAYERS, ConvBackbone, PredictionHead, check_feature_map
 
@@ -64,9 +65,11 @@ class CNNTransformer(nn.Module):
         side = check_feature_map(image_size, self.cnn.reduction)
         dim = cnn_channels
         self.pos_encoding = SinusoidalPositionalEncoding(dim, side * side)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         layer = nn.TransformerEncoderLayer(dim, num_heads, dim_feedforward, dropout, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
+        for enc in self.encoder.layers:  # the cheaper CPU dropout mask (models/layers.py); same p, no parameters
+            enc.dropout, enc.dropout1, enc.dropout2 = Dropout(dropout), Dropout(dropout), Dropout(dropout)
         self.head = PredictionHead(dim, num_classes)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from models.layers import Dropout
 from models.registry import register_model
 from models.vit import SEED003, ViT
 
@@ -38,8 +39,8 @@ class MNISTExampleCNN(nn.Module):
         super().__init__()
         side = stem_side(image_size)
         self.stem = mnist_example_stem(in_chans)
-        self.head = nn.Sequential(nn.Dropout(0.25), nn.Flatten(), nn.Linear(64 * side * side, 128),
-                                  nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(128, num_classes))
+        self.head = nn.Sequential(Dropout(0.25), nn.Flatten(), nn.Linear(64 * side * side, 128),
+                                  nn.ReLU(inplace=True), Dropout(0.5), nn.Linear(128, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stem(x))

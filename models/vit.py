@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.layers import Dropout, dropout
 from models.registry import register_model
 
 
@@ -76,16 +77,17 @@ class Attention(nn.Module):
             self.reattn_norm = nn.LayerNorm(num_heads)
         self.reattention = reattention
         self.proj = nn.Linear(inner, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, Dh)
         drop = self.attn_drop if self.training else 0.0
-        if return_attention or self.reattention:
+        # On the CPU, attention dropout goes the explicit way too, to use the cheaper dropout mask.
+        if return_attention or self.reattention or (drop > 0 and x.device.type == "cpu"):
             attn = ((q * self.dim_head ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
-            mixed = F.dropout(attn, drop, self.training)
+            mixed = dropout(attn, drop, self.training)
             if self.reattention:
                 mixed = torch.einsum("bhij,hg->bgij", mixed, self.reattn_weights)
                 mixed = self.reattn_norm(mixed.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -108,8 +110,8 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, dim), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), Dropout(dropout),
+                                 nn.Linear(hidden, dim), Dropout(dropout))
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         y, attn = self.attn(self.norm1(x), return_attention)
@@ -159,7 +161,7 @@ class ViT(nn.Module):
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, norm=patch_norm)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
-        self.pos_drop = nn.Dropout(emb_dropout)
+        self.pos_drop = Dropout(emb_dropout)
         rates = torch.linspace(0, drop_path, depth).tolist()  # stochastic depth grows with depth
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, dim_head=dim_head or embed_dim // num_heads, mlp_ratio=mlp_ratio,

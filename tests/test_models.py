@@ -221,3 +221,39 @@ def test_seed003_vit_needs_a_patch_for_unknown_sizes():
     with pytest.raises(UserError, match="no default patch size for 160 px inputs"):
         create_model("vit_seed003", num_classes=10, in_chans=3, image_size=160)
     assert n_params_on("vit_seed003", 10, 3, 160, patch_size=16) > 0
+
+
+# ----------------------------------------------------------------------------- the CPU dropout
+
+
+def test_cpu_dropout_mask_rate_scale_and_gradient():
+    from models.layers import Dropout, keep_mask
+
+    torch.manual_seed(0)
+    for p in (0.1, 0.25, 0.5):
+        keep = keep_mask(torch.Size([1000, 1001]), p)  # odd count: the last draw is used by half
+        half = keep.numel() // 2
+        for part in (keep.flatten()[:half], keep.flatten()[half:]):  # both bit fields drop at rate p
+            assert abs(1 - part.float().mean().item() - p) < 0.003
+    drop = Dropout(0.25)
+    x = (torch.rand(64, 65, 32) + 0.5).requires_grad_()
+    y = drop(x)
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / 0.75) and 0.24 < 1 - kept.float().mean().item() < 0.26
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / 0.75)  # gradient flows through the kept elements only
+    drop.eval()
+    assert drop(x) is x and Dropout(0.0)(x) is x
+    torch.manual_seed(1)
+    a = drop.train()(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, drop(x))  # seeded like any torch RNG use
+
+
+def test_models_use_the_cpu_dropout():
+    from models.layers import Dropout
+
+    for name in ("vit_seed003", "cnn_tr_medium", "hybrid_seed003", "cnn_seed003"):
+        model = create_model(name, num_classes=10, in_chans=3, image_size=32)
+        drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert drops and all(type(m) is Dropout for m in drops), name
