@@ -255,3 +255,30 @@ def test_channels_last_setting_reaches_model_and_batches(fmnist_root, tmp_path, 
     assert conv.in_channels > 1 and s.channels_last == on
     assert conv.weight.is_contiguous(memory_format=fmt)
     assert not conv.weight.is_contiguous(memory_format=torch.contiguous_format if on else torch.channels_last)
+
+
+class _Counting(torch.nn.Module):
+    def __init__(self, sleep_s: float = 0.0):
+        super().__init__()
+        self.calls, self.sleep_s = 0, sleep_s
+
+    def forward(self, x):
+        import time
+
+        self.calls += 1
+        time.sleep(self.sleep_s)
+        return x
+
+
+def test_latency_warms_up_times_and_respects_its_budget():
+    from data import get_spec
+    from train.engine import latency_ms
+
+    spec, cpu = get_spec("mnist"), torch.device("cpu")
+    fast = _Counting()
+    assert latency_ms(fast, spec, cpu, Precision.for_device(cpu, True), 4, max_repeats=10) >= 0
+    assert fast.calls == 3 + 10 and not fast.training  # 3 warm-ups, then every repeat (far under budget)
+    slow = _Counting(0.12)
+    ms = latency_ms(slow, spec, cpu, Precision.for_device(cpu, True), 2, max_repeats=10, budget_s=0.2)
+    assert slow.calls == 2 + 3  # warm-up cut after 0.24 s > budget, then the minimum of 3 timed passes
+    assert ms == pytest.approx(120 / 2, rel=0.5)  # per image
