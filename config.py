@@ -69,7 +69,7 @@ class TrainConfig:
     top5: bool = False  # also report top-5 validation accuracy
     grad_clip: Optional[float] = None  # max global gradient norm; null = off
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU
+    amp: bool = True  # mixed precision: CUDA bf16 (else fp16); CPU bf16 where it has AMX/AVX512-BF16, else fp32
     channels_last: Optional[bool] = True  # NHWC activations (faster for conv nets on CPU and CUDA); null = true
     compile: bool = False  # torch.compile the model (first steps are slow while it compiles)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # reduce-overhead: CUDA graphs

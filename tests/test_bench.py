@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from train import bench, layout_ab, tta
+from train import ab, bench, tta
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,9 +52,10 @@ def test_tta_runs_both_loops_from_the_same_weights(fmnist_root, tmp_path, capsys
     assert "Time to 0%: ours" in capsys.readouterr().out
 
 
-def test_layout_ab_prints_a_row_per_model(capsys):
-    assert layout_ab.main(["--models", "simple_cnn", "--device", "cpu", "--batch-size", "8", "--steps", "1",
-                           "--rounds", "1"]) == 0
+@pytest.mark.parametrize("setting", ["channels_last", "bf16"])
+def test_ab_prints_a_row_per_model(capsys, setting):
+    assert ab.main(["--setting", setting, "--models", "simple_cnn", "--device", "cpu", "--batch-size", "8",
+                    "--steps", "1", "--rounds", "1"]) == 0
     row = capsys.readouterr().out.strip().splitlines()[-1]
     name, nchw, nhwc, ratio = (c.strip().replace(",", "") for c in row.strip("|").split("|"))
     assert name == "simple_cnn" and ratio.endswith("x")

@@ -109,9 +109,17 @@ def test_cuda_request_without_cuda(monkeypatch):
     assert resolve_device("auto").type == "cpu"
 
 
-def test_precision_choice():
-    assert Precision.for_device(torch.device("cpu"), amp=True).dtype is None
-    assert str(Precision.for_device(torch.device("cpu"), amp=True)) == "fp32"
+def test_precision_choice(monkeypatch):
+    import train.engine
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train.engine, "cpu_has_native_bf16", lambda: False)  # an AVX2 CPU
+    assert Precision.for_device(cpu, amp=True).dtype is None
+    assert str(Precision.for_device(cpu, amp=True)) == "fp32"
+    monkeypatch.setattr(train.engine, "cpu_has_native_bf16", lambda: True)  # AMX / AVX512-BF16
+    assert str(Precision.for_device(cpu, amp=True)) == "bfloat16"
+    assert not Precision.for_device(cpu, amp=True).needs_scaler
+    assert Precision.for_device(cpu, amp=False).dtype is None
 
 
 def test_fit_writes_everything_and_learns(fmnist_root, tmp_path):

@@ -45,7 +45,7 @@ from config import from_dict
 from data import ImageData, get_spec
 from errors import UserError
 from models import MODELS, list_models
-from train.engine import latency_ms, train_one_epoch, train_step
+from train.engine import Precision, latency_ms, train_one_epoch, train_step
 from train.run import build_model, load_data, prepare, resolve_device
 from train.schedule import build_optimizer
 
@@ -138,9 +138,9 @@ def synthetic_data(name: str, n: int, seed: int = 0) -> ImageData:
     return ImageData(spec, split(), split())
 
 
-def matmul_peak(device: torch.device) -> tuple[float, str]:
-    """FLOP/s of a large square matmul: fp32 on CPU, bf16 on CUDA (the fastest repeat: a peak)."""
-    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
+def matmul_peak(device: torch.device, cpu_dtype: torch.dtype = torch.float32) -> tuple[float, str]:
+    """FLOP/s of a large square matmul: on CPU in the loop's precision, bf16 on CUDA (the fastest repeat)."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, cpu_dtype)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     times = []
@@ -178,6 +178,8 @@ def bench_model(name: str, args, device: torch.device, peak: float) -> dict:
              "compile_mode": args.compile or "default"}
     if args.channels_last is not None:
         train["channels_last"] = args.channels_last
+    if args.amp is not None:
+        train["amp"] = args.amp
     cfg = from_dict({"model": {"name": name},
                      "data": {"name": spec.name, "root": args.root or "./datasets", "download": False},
                      "train": train})
@@ -234,7 +236,7 @@ def markdown(results: list[dict], header: dict) -> str:
     lines = [f"Device: {header['device']} ({header['machine']}), torch {header['torch']}, "
              f"{header['threads']} threads. Peak: {header['peak_tflop_s']:.3g} TFLOP/s ({header['peak_op']}; "
              f"the higher of {header['peak_start_tflop_s']:.3g} before and {header['peak_end_tflop_s']:.3g} after "
-             f"the models). "
+             f"the models). Ours: {', '.join(sorted({r['precision'] for r in results if 'precision' in r}))}. "
              f"Batch {header['batch_size']}, {header['rounds']} rounds x {header['steps']} steps, medians.", "",
              "| model | dataset | params | GFLOP/img (train) | ours img/s | reference img/s | ratio | outside fwd/bwd/opt "
              "| TFLOP/s | % of peak | latency b1 (ms) | latency batched (ms/img) |",
@@ -268,6 +270,8 @@ def parse_args(argv: Optional[list[str]]):
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the reference loop")
     p.add_argument("--channels-last", type=lambda v: v.lower() in ("1", "true", "yes"), default=None,
                    metavar="BOOL", help="force NHWC on or off (default: the training loop's own choice)")
+    p.add_argument("--amp", type=lambda v: v.lower() in ("1", "true", "yes"), default=None, metavar="BOOL",
+                   help="force mixed precision on or off (default: the loop's own choice; false = fp32)")
     p.add_argument("--compile", nargs="?", const="default", choices=["default", "reduce-overhead", "max-autotune"],
                    help="torch.compile the model (ours only), optionally with a mode")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
@@ -290,7 +294,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    peak, peak_op = matmul_peak(device)
+    # On the CPU, the peak of the precision our loop trains in (fp32, or bf16 on CPUs with bf16 hardware).
+    cpu_dtype = Precision.for_device(device, args.amp is not False).dtype or torch.float32
+    peak, peak_op = matmul_peak(device, cpu_dtype)
     header = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads" if device.type == "cpu"
               else platform.node(), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -306,7 +312,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(json.dumps(r), file=sys.stderr, flush=True)
     # The peak again after the models: the machine's clock can drift over a long run (shared hosts, turbo).
     # Shares use the higher of the two, so they never flatter the loop.
-    peak_end, _ = matmul_peak(device)
+    peak_end, _ = matmul_peak(device, cpu_dtype)
     header.update(peak_tflop_s=max(peak, peak_end) / 1e12, peak_start_tflop_s=peak / 1e12,
                   peak_end_tflop_s=peak_end / 1e12)
     for r in results:

@@ -22,6 +22,12 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX512-BF16: bf16 matmuls in hardware, where bf16 autocast pays off for training."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 @dataclass
 class Precision:
     """Autocast settings for one device: dtype None means plain fp32."""
@@ -33,7 +39,9 @@ class Precision:
     def for_device(cls, device: torch.device, amp: bool) -> "Precision":
         if device.type == "cuda" and amp:
             return cls("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-        return cls(device.type)  # fp32: bf16 autocast is slower than fp32 for training on AVX2 CPUs
+        if device.type == "cpu" and amp and cpu_has_native_bf16():
+            return cls("cpu", torch.bfloat16)  # 1.35-2.25x faster training on an AMX CPU (BENCHMARKS.md)
+        return cls(device.type)  # fp32: bf16 autocast is slower than fp32 on CPUs without bf16 units (AVX2)
 
     def autocast(self):
         if self.dtype is None:
