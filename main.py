@@ -12,11 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from errors import UserError
-
-EXIT_USER_ERROR = 2
-EXIT_RUN_FAILED = 1  # training diverged, or some runs of a multi-run call failed
-EXIT_INTERRUPTED = 130
+from core.cli import EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_USER_ERROR, run_cli
+from core.errors import UserError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,10 +48,14 @@ def list_models_table() -> str:
     from data import get_spec
     from models import MODELS, create_model
 
+    import torch
+
     rows = []
     for name in MODELS.names():
         spec = get_spec(MODELS.meta(name).get("default_dataset", "cifar10"))
-        model = create_model(name, num_classes=spec.num_classes, in_chans=spec.in_chans, image_size=spec.image_size)
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            model = create_model(name, num_classes=spec.num_classes, in_chans=spec.in_chans,
+                                 image_size=spec.image_size)
         params = sum(p.numel() for p in model.parameters())
         doc = (MODELS.get(name).__doc__ or "").strip().splitlines()
         rows.append((name, f"{params:,}", spec.name, doc[0] if doc else ""))
@@ -67,20 +68,22 @@ def list_models_table() -> str:
 def dry_run(points) -> int:
     from config import dump_config
     from data import get_spec
-    from train.run import build_model, describe
+    from models import build_model
+    from train.measure import describe
 
     if len(points) == 1 and not points[0].values:
         cfg = points[0].cfg
-        model = build_model(cfg)  # checks the model name, its arguments and the shapes
+        spec = get_spec(cfg.data.name)
+        model = build_model(cfg, spec)  # checks the model name, its arguments and the shapes
         print(dump_config(cfg).rstrip())
-        print(describe(model, get_spec(cfg.data.name)).summary)
+        print(describe(model, spec).summary)
         return 0
     failed = 0
     print(f"{len(points)} runs:")
     for i, p in enumerate(points, 1):
         swept = ", ".join(f"{k}={v}" for k, v in p.values.items()) or p.source
         try:
-            params = sum(t.numel() for t in build_model(p.cfg).parameters())
+            params = sum(t.numel() for t in build_model(p.cfg, get_spec(p.cfg.data.name)).parameters())
             status = f"{params:,} params"
         except UserError as e:
             failed += 1
@@ -93,7 +96,7 @@ def run_many(points, out: str | None, command: str) -> int:
     from pathlib import Path
 
     from plots import compare
-    from train.run import new_run_dir
+    from train.rundir import new_dir
     from train.sweep import check_points, run_points, summary
 
     check_points(points)
@@ -104,7 +107,7 @@ def run_many(points, out: str | None, command: str) -> int:
     failures = [{"name": o.point.name, "status": o.status, "error": o.error, "traceback": o.traceback}
                 for o in outcomes if o.status != "completed"]
     run_dirs = [o.run_dir for o in outcomes if o.run_dir is not None]
-    out_dir = Path(out) if out is not None else new_run_dir(points[0].cfg.output.dir, "compare")
+    out_dir = Path(out) if out is not None else new_dir(points[0].cfg.output.dir, "compare")
     index = compare(run_dirs, out_dir, failures=failures, command=command)
     print(f"comparison: {index}")
     if any(o.status == "interrupted" for o in outcomes):
@@ -113,37 +116,37 @@ def run_many(points, out: str | None, command: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
-    try:
-        if args.list_models:
-            print(list_models_table())
-            return 0
-
-        from config import load_points
-        from train.engine import NonFiniteLoss
-        from train.run import fit
-
-        points = load_points(args.cfg, args.overrides)
-        if args.dry_run:
-            return dry_run(points)
-        if len(points) > 1 or points[0].values:
-            return run_many(points, args.out, "python main.py " + " ".join(sys.argv[1:] if argv is None else argv))
-        if args.out is not None:
-            raise UserError("--out: only used to compare several runs (several --cfg files, or a sweep: section)")
-        try:
-            run_dir, results = fit(points[0].cfg)
-        except NonFiniteLoss as e:
-            print(f"error: training stopped: {e}", file=sys.stderr)
-            return EXIT_RUN_FAILED
-        print(f"done: best val acc {results['best_val_acc']:.2f}% (epoch {results['best_epoch']}), "
-              f"final {results['final_val_acc']:.2f}%, {results['train_time_s']:.1f}s training -> {run_dir}")
+    if args.list_models:
+        print(list_models_table())
         return 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+
+    from train.engine import NonFiniteLoss
+    from train.fit import fit
+    from train.rundir import RunDir
+    from train.sweep import load_points
+
+    points = load_points(args.cfg, args.overrides)
+    if args.dry_run:
+        return dry_run(points)
+    if len(points) > 1 or points[0].values:
+        return run_many(points, args.out, "python main.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    if args.out is not None:
+        raise UserError("--out: only used to compare several runs (several --cfg files, or a sweep: section)")
+    cfg = points[0].cfg
+    run_dir = RunDir(cfg.output.dir, cfg.run_name)
+    try:
+        results = fit(cfg, run_dir)
+    except NonFiniteLoss as e:
+        print(f"error: training stopped: {e}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    print(f"done: best val acc {results['best_val_acc']:.2f}% (epoch {results['best_epoch']}), "
+          f"final {results['final_val_acc']:.2f}%, {results['train_time_s']:.1f}s training -> {run_dir.path}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Datasets as in-memory uint8 tensors, plus batched tensor augmentation."""
-from data.datasets import DATASETS, DatasetSpec, ImageData, get_spec, list_datasets, load_dataset
+"""Datasets as in-memory uint8 tensors, batched tensor augmentation, and the loader that serves them."""
+from data.augment import mixup_cutmix, train_transform
+from data.datasets import DATASETS, DatasetSpec, ImageData, get_spec, list_datasets, load_data, load_dataset
+from data.loader import TensorLoader
 
-__all__ = ["DATASETS", "DatasetSpec", "ImageData", "get_spec", "list_datasets", "load_dataset"]
+__all__ = ["DATASETS", "DatasetSpec", "ImageData", "TensorLoader", "get_spec", "list_datasets", "load_data",
+           "load_dataset", "mixup_cutmix", "train_transform"]

@@ -7,11 +7,11 @@ touches PIL or leaves the device.
 from __future__ import annotations
 
 import math
-import random
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import equalize  # batched, per image and channel
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -62,12 +62,6 @@ def random_resized_crop(
     theta[:, 1, 1], theta[:, 1, 2] = bh, cy
     grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
     return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    return F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -249,34 +243,15 @@ def random_erasing(x: torch.Tensor, p: float, gen: torch.Generator, scale=(0.02,
 # ----------------------------------------------------------------------------- MixUp / CutMix
 
 
-class Mixer:
-    """MixUp and CutMix on a training batch (timm's Mixup, batch mode): mixes each image with the
-    batch reversed and returns soft targets. With both alphas set, each batch picks one at random.
+def mixup_cutmix(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
+    """torchvision's batch ``MixUp`` / ``CutMix`` (one of them, chosen per batch, when both are on), or None.
 
-    The mixing coefficient is drawn on the host from its own seeded RNG, so no device sync is needed.
+    Called as ``images, soft_targets = mix(images, labels)``. Each mixes the batch with itself rolled by one
+    and draws its coefficient (and CutMix's box) on the host from torch's global generator, so it needs no
+    device sync and is seeded by ``torch.manual_seed``.
     """
-
-    def __init__(self, num_classes: int, *, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, seed: int = 0):
-        assert mixup_alpha > 0 or cutmix_alpha > 0
-        self.num_classes = num_classes
-        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
-        self.rng = random.Random(seed)
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or self.rng.random() < 0.5)
-        alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
-        lam = self.rng.betavariate(alpha, alpha)
-        if use_cutmix:
-            h, w = x.shape[-2:]
-            cut = math.sqrt(1 - lam)
-            ch, cw = int(h * cut), int(w * cut)
-            cy, cx = self.rng.randrange(h), self.rng.randrange(w)
-            y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
-            x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
-            x = x.clone()
-            x[..., y0:y1, x0:x1] = x.flip(0)[..., y0:y1, x0:x1]
-            lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the area actually pasted
-        else:
-            x = x * lam + x.flip(0) * (1 - lam)
-        one_hot = F.one_hot(y, self.num_classes).float()
-        return x, one_hot * lam + one_hot.flip(0) * (1 - lam)
+    ops = ([v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []) \
+        + ([v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else [])
+    if not ops:
+        return None
+    return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)

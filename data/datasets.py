@@ -21,8 +21,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from errors import UserError
-from registry import Registry
+from core.errors import UserError
+from core.files import atomic_write
+from core.registry import Registry
 
 CACHE_FORMAT = 1  # bump when decoding changes, so old caches are not reused
 
@@ -42,6 +43,10 @@ class DatasetSpec:
     decode: Callable[[list[Path]], tuple[Split, Split]]
     download: Callable[[Path], None]
     expected: Callable[[Path], str]  # human description of the files looked for
+    classes: tuple[str, ...] = ()  # class names by label index
+
+    def class_name(self, label: int) -> str:
+        return self.classes[label] if 0 <= label < len(self.classes) else str(label)
 
 
 @dataclass
@@ -100,7 +105,17 @@ def _concat(splits: list[Split]) -> Split:
     return torch.cat([s[0] for s in splits]), torch.cat([s[1] for s in splits])
 
 
-def _cifar(name, folder, train, test, label_key, num_classes, mean, std, tv_class):
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = tuple("""apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly
+camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin
+elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man
+maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain
+plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake
+spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip
+turtle wardrobe whale willow_tree wolf woman worm""".split())  # the fine labels, in label order
+
+
+def _cifar(name, folder, train, test, label_key, num_classes, mean, std, tv_class, classes):
     find, expected = _cifar_files(folder, train, test)
 
     def decode(files: list[Path]) -> tuple[Split, Split]:
@@ -112,14 +127,15 @@ def _cifar(name, folder, train, test, label_key, num_classes, mean, std, tv_clas
 
         getattr(tvd, tv_class)(str(root), train=True, download=True)
 
-    return DatasetSpec(name, num_classes, 3, 32, mean, std, "crop_flip", find, decode, download, expected)
+    return DatasetSpec(name, num_classes, 3, 32, mean, std, "crop_flip", find, decode, download, expected, classes)
 
 
 DATASETS.register(_cifar("cifar10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
                          ["test_batch"], b"labels", 10,
-                         (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "CIFAR10"), name="cifar10")
+                         (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "CIFAR10", CIFAR10_CLASSES), name="cifar10")
 DATASETS.register(_cifar("cifar100", "cifar-100-python", ["train"], ["test"], b"fine_labels", 100,
-                         (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "CIFAR100"), name="cifar100")
+                         (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "CIFAR100", CIFAR100_CLASSES),
+                  name="cifar100")
 
 
 # ----------------------------------------------------------------------------- MNIST family (idx files)
@@ -145,7 +161,12 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(dims)
 
 
-def _mnist(name: str, folder: str, mean: float, std: float, augment: str, tv_class: str) -> DatasetSpec:
+FASHION_MNIST_CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                         "ankle boot")
+
+
+def _mnist(name: str, folder: str, mean: float, std: float, augment: str, tv_class: str,
+           classes: tuple[str, ...]) -> DatasetSpec:
     def find(root: Path) -> Optional[list[Path]]:
         for base in (root, root / folder / "raw"):
             files = []
@@ -176,12 +197,12 @@ def _mnist(name: str, folder: str, mean: float, std: float, augment: str, tv_cla
         cls = getattr(tvd, tv_class)
         cls(str(root), train=True, download=True)
 
-    return DatasetSpec(name, 10, 1, 28, (mean,), (std,), augment, find, decode, download, expected)
+    return DatasetSpec(name, 10, 1, 28, (mean,), (std,), augment, find, decode, download, expected, classes)
 
 
-DATASETS.register(_mnist("mnist", "MNIST", 0.1307, 0.3081, "none", "MNIST"), name="mnist")
-DATASETS.register(_mnist("fashion_mnist", "FashionMNIST", 0.2860, 0.3530, "flip", "FashionMNIST"),
-                  name="fashion_mnist")
+DATASETS.register(_mnist("mnist", "MNIST", 0.1307, 0.3081, "none", "MNIST", tuple("0123456789")), name="mnist")
+DATASETS.register(_mnist("fashion_mnist", "FashionMNIST", 0.2860, 0.3530, "flip", "FashionMNIST",
+                         FASHION_MNIST_CLASSES), name="fashion_mnist")
 
 
 # ----------------------------------------------------------------------------- Imagenette (image folders)
@@ -189,6 +210,9 @@ DATASETS.register(_mnist("fashion_mnist", "FashionMNIST", 0.2860, 0.3530, "flip"
 IMAGENETTE_DIR = "imagenette2-160"
 IMAGENETTE_SIZE = 160  # stored size: shorter side resized to 160, centre-cropped square
 IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png"}
+# The folders n01440764, n02102040, ... in sorted order, i.e. label order.
+IMAGENETTE_CLASSES = ("tench", "English springer", "cassette player", "chain saw", "church", "French horn",
+                      "garbage truck", "gas pump", "golf ball", "parachute")
 
 
 def _class_dirs(split_dir: Path) -> list[Path]:
@@ -243,7 +267,7 @@ def _imagenette_download(root: Path) -> None:
 DATASETS.register(DatasetSpec(
     "imagenette", 10, 3, IMAGENETTE_SIZE, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "rrc_flip",
     _imagenette_find, _imagenette_decode, _imagenette_download,
-    lambda root: f"{root / IMAGENETTE_DIR}/{{train,val}}/<class folder>/*.JPEG",
+    lambda root: f"{root / IMAGENETTE_DIR}/{{train,val}}/<class folder>/*.JPEG", IMAGENETTE_CLASSES,
 ), name="imagenette")
 
 
@@ -264,15 +288,6 @@ def _cache_key(name: str, files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _decode_cached(spec: DatasetSpec, files: list[Path], cache_dir: Optional[Path]) -> tuple[Split, Split]:
     if cache_dir is None:
         return spec.decode(files)
@@ -286,10 +301,18 @@ def _decode_cached(spec: DatasetSpec, files: list[Path], cache_dir: Optional[Pat
     train, val = spec.decode(files)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_torch_save({"train_x": train[0], "train_y": train[1], "val_x": val[0], "val_y": val[1]}, path)
+        blob = {"train_x": train[0], "train_y": train[1], "val_x": val[0], "val_y": val[1]}
+        atomic_write(path, lambda f: torch.save(blob, f))
     except OSError:
         pass  # an unwritable cache only costs speed next time
     return train, val
+
+
+def load_data(d) -> ImageData:
+    """The dataset a config's ``data`` section describes (``config.schema.DataConfig``)."""
+    cache = (Path(d.cache_dir) if d.cache_dir else default_cache_dir()) if d.cache else None
+    return load_dataset(d.name, d.root, download=d.download, limit_train=d.limit_train, limit_val=d.limit_val,
+                        cache_dir=cache)
 
 
 def load_dataset(

@@ -1,13 +1,17 @@
-"""Seed 000's CNNTransformer: the SimpleCNN's feature map read as a token sequence.
+"""CNN+Transformer: the SimpleCNN's feature map read as a token sequence.
 
-The CNN turns a (B, C, H, W) image into a (B, D, H/4, W/4) map; its h*w cells
-become tokens of width D (64 tokens on CIFAR), get a sinusoidal positional
-encoding and dropout, pass through a post-norm ``nn.TransformerEncoder`` with a
-final LayerNorm, are folded back into a map and classified by the same head
-(global average pool + linear) as the plain CNN.
+The CNN (models/simple_cnn.py) turns a (B, C, H, W) image into a
+(B, D, H/4, W/4) map; its h*w cells become tokens of width D (64 tokens at
+32 px), get a sinusoidal positional encoding and dropout, pass through
+post-norm transformer encoder blocks and a final LayerNorm, are folded back
+into a map and classified by the same head (global average pool + linear) as
+the plain CNN.
 
-Named sizes follow the configs of the project seed 000 came from (2 heads,
-feed-forward 128, dropout 0.1), varying only depth and, for huge, the CNN width.
+The encoder block is the post-norm layer of "Attention Is All You Need"
+written out (``nn.TransformerEncoderLayer``'s computation, parameter count and
+initialisation), so the attention maps come from the modules that compute the
+logits. Named sizes: 2 heads, feed-forward 128, dropout 0.1, varying depth and,
+for huge, the CNN width.
 """
 from __future__ import annotations
 
@@ -15,9 +19,9 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from models.layers import Dropout
-from models.registry import register_model
+from models.factory import register_model
 from models.simple_cnn import CONV_LAYERS, ConvBackbone, PredictionHead, check_feature_map
 
 
@@ -37,8 +41,62 @@ class SinusoidalPositionalEncoding(nn.Module):
         return x + self.pe
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with ``nn.MultiheadAttention``'s parameters and initialisation.
+
+    A fused (D -> 3D) input projection with bias and a (D -> D) output projection;
+    dropout on the attention weights.
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.attn_drop = nn.Dropout(dropout)
+        self.proj = nn.Linear(dim, dim)
+        # nn.MultiheadAttention._reset_parameters: xavier on the fused projection, zero biases;
+        # the output projection's weight keeps nn.Linear's default.
+        nn.init.xavier_uniform_(self.qkv.weight)
+        nn.init.zeros_(self.qkv.bias)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """(B, N, D) -> (B, N, D), and the (B, H, N, N) softmax maps if asked (else None)."""
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        if return_attention:
+            attn = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)  # (B, H, N, N)
+            out = self.attn_drop(attn) @ v
+        else:
+            attn = None
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d)), attn  # out: (B, H, N, Dh) -> (B, N, D)
+
+
+class PostNormBlock(nn.Module):
+    """x = norm1(x + drop1(attn(x))); x = norm2(x + drop2(ff(x))), ff = linear2(drop(relu(linear1(x))))."""
+
+    def __init__(self, dim: int, num_heads: int, dim_feedforward: int, dropout: float):
+        super().__init__()
+        self.attn = SelfAttention(dim, num_heads, dropout)
+        self.drop1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.linear1 = nn.Linear(dim, dim_feedforward)
+        self.drop = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, dim)
+        self.drop2 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        y, attn = self.attn(x, return_attention)
+        x = self.norm1(x + self.drop1(y))  # (B, N, D)
+        ff = self.linear2(self.drop(F.relu(self.linear1(x))))
+        x = self.norm2(x + self.drop2(ff))
+        return x, attn
+
+
 class CNNTransformer(nn.Module):
-    """CNN feature map -> tokens -> transformer encoder -> head. Every size knob open, for sweeps."""
+    """CNN feature map -> tokens -> post-norm transformer encoder -> GAP + linear head."""
 
     def __init__(
         self,
@@ -65,56 +123,61 @@ class CNNTransformer(nn.Module):
         side = check_feature_map(image_size, self.cnn.reduction)
         dim = cnn_channels
         self.pos_encoding = SinusoidalPositionalEncoding(dim, side * side)
-        self.dropout = Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(dim, num_heads, dim_feedforward, dropout, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
-        for enc in self.encoder.layers:  # the cheaper CPU dropout mask (models/layers.py); same p, no parameters
-            enc.dropout, enc.dropout1, enc.dropout2 = Dropout(dropout), Dropout(dropout), Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(PostNormBlock(dim, num_heads, dim_feedforward, dropout)
+                                    for _ in range(num_layers))
+        self.norm = nn.LayerNorm(dim)
         self.head = PredictionHead(dim, num_classes)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
-        """Logits (B, num_classes); with ``return_attention``, also a list of (B, H, N, N) per layer."""
+        """Logits (B, num_classes); with ``return_attention``, also a list of (B, H, N, N) per block."""
         fmap = self.cnn(x)  # (B, D, h, w)
         b, d, h, w = fmap.shape
-        tokens = self.dropout(self.pos_encoding(fmap.flatten(2).transpose(1, 2)))  # (B, h*w, D)
-        if return_attention:
-            tokens, maps = self._encode_with_attention(tokens)
-        else:
-            tokens = self.encoder(tokens)  # (B, h*w, D)
+        tokens = self.dropout(self.pos_encoding(fmap.flatten(2).transpose(1, 2)))  # (B, N = h*w, D)
+        maps = []
+        for block in self.blocks:
+            tokens, attn = block(tokens, return_attention)
+            maps.append(attn)
+        tokens = self.norm(tokens)  # (B, N, D)
         logits = self.head(tokens.transpose(1, 2).reshape(b, d, h, w))  # (B, num_classes)
         return (logits, maps) if return_attention else logits
 
-    def _encode_with_attention(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``self.encoder(tokens)`` step by step, asking each layer's attention for its per-head weights.
 
-        Mirrors ``nn.TransformerEncoderLayer``'s post-norm forward with the same modules, so the
-        logits are those of the fast path (which never returns weights).
-        """
-        maps = []
-        for layer in self.encoder.layers:
-            y, weights = layer.self_attn(tokens, tokens, tokens, need_weights=True, average_attn_weights=False)
-            tokens = layer.norm1(tokens + layer.dropout1(y))
-            ff = layer.linear2(layer.dropout(layer.activation(layer.linear1(tokens))))
-            tokens = layer.norm2(tokens + layer.dropout2(ff))
-            maps.append(weights)  # (B, H, N, N)
-        return self.encoder.norm(tokens), maps
-
-
-# Every size knob open, for sweeps; the class's own signature is the schema. Defaults are CNN-TR-Medium.
-cnn_transformer = register_model(CNNTransformer, name="cnn_transformer")
+@register_model
+def cnn_transformer(*, num_classes: int, in_chans: int, image_size: int, cnn_channels: int = 64,
+                    num_layers: int = 3, num_heads: int = 2, dim_feedforward: int = 128,
+                    dropout: float = 0.1) -> CNNTransformer:
+    """CNN+Transformer with every size knob open, for sweeps (defaults: cnn_tr_medium)."""
+    return CNNTransformer(num_classes=num_classes, in_chans=in_chans, image_size=image_size,
+                          cnn_channels=cnn_channels, num_layers=num_layers, num_heads=num_heads,
+                          dim_feedforward=dim_feedforward, dropout=dropout)
 
 
 # Named sizes: only dropout may be changed, so a config cannot silently alter what "medium" means.
-def _sized(num_layers: int, cnn_channels: int = 64):
-    def build(*, num_classes: int, in_chans: int, image_size: int, dropout: float = 0.1) -> CNNTransformer:
-        return CNNTransformer(num_classes=num_classes, in_chans=in_chans, image_size=image_size,
-                              cnn_channels=cnn_channels, num_layers=num_layers, dropout=dropout)
 
-    build.__doc__ = f"{num_layers} encoder layers over the {cnn_channels}-channel CNN map, 2 heads, feed-forward 128."
-    return build
+@register_model
+def cnn_tr_small(*, num_classes: int, in_chans: int, image_size: int, dropout: float = 0.1) -> CNNTransformer:
+    """2 encoder blocks over the 64-channel CNN map, 2 heads, feed-forward 128."""
+    return CNNTransformer(num_classes=num_classes, in_chans=in_chans, image_size=image_size,
+                          cnn_channels=64, num_layers=2, num_heads=2, dim_feedforward=128, dropout=dropout)
 
 
-cnn_tr_small = register_model(_sized(2), name="cnn_tr_small")
-cnn_tr_medium = register_model(_sized(3), name="cnn_tr_medium")  # seed 000's table: 532,138 parameters
-cnn_tr_large = register_model(_sized(4), name="cnn_tr_large")
-cnn_tr_huge = register_model(_sized(4, cnn_channels=256), name="cnn_tr_huge")
+@register_model
+def cnn_tr_medium(*, num_classes: int, in_chans: int, image_size: int, dropout: float = 0.1) -> CNNTransformer:
+    """3 encoder blocks over the 64-channel CNN map, 2 heads, feed-forward 128 (532,138 params on CIFAR-10)."""
+    return CNNTransformer(num_classes=num_classes, in_chans=in_chans, image_size=image_size,
+                          cnn_channels=64, num_layers=3, num_heads=2, dim_feedforward=128, dropout=dropout)
+
+
+@register_model
+def cnn_tr_large(*, num_classes: int, in_chans: int, image_size: int, dropout: float = 0.1) -> CNNTransformer:
+    """4 encoder blocks over the 64-channel CNN map, 2 heads, feed-forward 128."""
+    return CNNTransformer(num_classes=num_classes, in_chans=in_chans, image_size=image_size,
+                          cnn_channels=64, num_layers=4, num_heads=2, dim_feedforward=128, dropout=dropout)
+
+
+@register_model
+def cnn_tr_huge(*, num_classes: int, in_chans: int, image_size: int, dropout: float = 0.1) -> CNNTransformer:
+    """4 encoder blocks over a 256-channel CNN map, 2 heads, feed-forward 128."""
+    return CNNTransformer(num_classes=num_classes, in_chans=in_chans, image_size=image_size,
+                          cnn_channels=256, num_layers=4, num_heads=2, dim_feedforward=128, dropout=dropout)

@@ -1,15 +1,16 @@
-"""ConvMixer (Trockman & Kolter, "Patches Are All You Need?"), as seed 004 reimplements it.
+"""ConvMixer (Trockman & Kolter, "Patches Are All You Need?").
 
 Patch embedding (a p x p conv with stride p, GELU, BatchNorm), then ``depth``
 isotropic blocks: a residual depthwise k x k conv (GELU, BatchNorm) followed by
 a pointwise conv (GELU, BatchNorm); global average pool and a linear head.
+Named ``convmixer_<dim>_<depth>_ks<kernel>_p<patch>``.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from models.registry import register_model
+from models.factory import register_model
 
 
 class Residual(nn.Module):
@@ -22,8 +23,6 @@ class Residual(nn.Module):
 
 
 class ConvMixer(nn.Module):
-    """ConvMixer with every knob open, for sweeps: dim, depth, kernel_size, patch_size (defaults = 256/8)."""
-
     def __init__(self, *, num_classes: int, in_chans: int, image_size: int, dim: int = 256, depth: int = 8,
                  kernel_size: int = 5, patch_size: int = 2):
         super().__init__()
@@ -45,21 +44,26 @@ class ConvMixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))  # (B, dim, H/p, W/p)
-        return self.head(self.pool(x).flatten(1))
+        return self.head(self.pool(x).flatten(1))  # (B, num_classes)
 
 
-convmixer = register_model(ConvMixer, name="convmixer")
+@register_model
+def convmixer(*, num_classes: int, in_chans: int, image_size: int, dim: int = 256, depth: int = 8,
+              kernel_size: int = 5, patch_size: int = 2) -> ConvMixer:
+    """ConvMixer with every knob open, for sweeps (defaults: convmixer_256_8_ks5_p2)."""
+    return ConvMixer(num_classes=num_classes, in_chans=in_chans, image_size=image_size, dim=dim, depth=depth,
+                     kernel_size=kernel_size, patch_size=patch_size)
 
 
 @register_model(default_dataset="imagenette")
-def convmixer_256_12(*, num_classes: int, in_chans: int, image_size: int) -> ConvMixer:
-    """Seed 004's Imagenette ConvMixer-256/12: kernel 7, patch 7."""
+def convmixer_256_12_ks7_p7(*, num_classes: int, in_chans: int, image_size: int) -> ConvMixer:
+    """ConvMixer-256/12 for 160 px: kernel 7, patch 7 (996,362 params on Imagenette)."""
     return ConvMixer(num_classes=num_classes, in_chans=in_chans, image_size=image_size, dim=256, depth=12,
                      kernel_size=7, patch_size=7)
 
 
 @register_model
-def convmixer_256_8(*, num_classes: int, in_chans: int, image_size: int) -> ConvMixer:
-    """The ConvMixer authors' CIFAR-10 setting, ConvMixer-256/8: kernel 5, patch 2."""
+def convmixer_256_8_ks5_p2(*, num_classes: int, in_chans: int, image_size: int) -> ConvMixer:
+    """ConvMixer-256/8, the ConvMixer paper's CIFAR-10 setting: kernel 5, patch 2 (594,186 params on CIFAR-10)."""
     return ConvMixer(num_classes=num_classes, in_chans=in_chans, image_size=image_size, dim=256, depth=8,
                      kernel_size=5, patch_size=2)

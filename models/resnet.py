@@ -12,13 +12,13 @@ from typing import Literal
 import torch.nn as nn
 import torchvision
 
-from models.registry import register_model
+from models.factory import register_model
 
 
 @register_model
 def resnet18(*, num_classes: int, in_chans: int, image_size: int,
              stem: Literal["auto", "cifar", "imagenet"] = "auto") -> nn.Module:
-    """ResNet-18 baseline (seed 004): CIFAR stem (3x3 conv, no max-pool) up to 64 px, standard stem above."""
+    """ResNet-18 (torchvision): CIFAR stem (3x3 conv, no max-pool) up to 64 px, standard stem above."""
     if stem not in ("auto", "cifar", "imagenet"):
         raise ValueError(f"stem must be one of auto, cifar, imagenet; got {stem!r}")
     if stem == "auto":

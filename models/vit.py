@@ -1,16 +1,15 @@
-"""Vision Transformer (Dosovitskiy et al.) and DeepViT (Zhou et al.), sized for small images.
+"""Vision Transformer (Dosovitskiy et al.), sized for small images.
 
 Patch embedding, class token, learned position embedding, pre-norm blocks
-(multi-head self-attention + GELU MLP, each residual with DropPath), final
-LayerNorm, linear head on the class token. Attention runs through
-``scaled_dot_product_attention`` unless the weights are requested.
+(multi-head self-attention + GELU MLP, each residual branch with stochastic
+depth at a rate growing linearly with depth), final LayerNorm, linear head on
+the class token. Attention runs through ``F.scaled_dot_product_attention``
+unless the weights are requested.
 
-Two options reproduce lucidrains' vit-pytorch, which seed 003 used:
-``patch_norm`` (LayerNorm on the flattened patch, linear, LayerNorm; instead of
-one strided conv) and ``dim_head`` (a per-head width independent of
-``embed_dim``). ``reattention`` turns the blocks into DeepViT's: a learned
-heads x heads matrix mixes the softmax maps across heads, followed by a
-LayerNorm over the head axis.
+Two options follow lucidrains' vit-pytorch: ``patch_norm`` (LayerNorm on the
+flattened patch, linear, LayerNorm; instead of one strided conv) and
+``dim_head`` (a per-head width independent of ``embed_dim``).
+DeepViT (models/deepvit.py) reuses these pieces with another attention.
 """
 from __future__ import annotations
 
@@ -19,23 +18,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.ops import StochasticDepth
 
-from models.layers import Dropout, dropout
-from models.registry import register_model
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop a residual branch per sample, rescaling the kept ones."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
+from models.factory import register_model
 
 
 class PatchEmbed(nn.Module):
@@ -65,63 +50,66 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention: (B, N, D) -> (B, N, D), heads of width ``dim_head``."""
+
     def __init__(self, dim: int, num_heads: int, *, dim_head: int, qkv_bias: bool, attn_drop: float,
-                 proj_drop: float, reattention: bool = False):
+                 proj_drop: float):
         super().__init__()
         self.num_heads, self.dim_head = num_heads, dim_head
         inner = num_heads * dim_head
         self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        if reattention:  # DeepViT: Theta (H x H) mixes the heads' maps, then LayerNorm over heads
-            self.reattn_weights = nn.Parameter(torch.randn(num_heads, num_heads))
-            self.reattn_norm = nn.LayerNorm(num_heads)
-        self.reattention = reattention
+        self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(inner, dim)
-        self.proj_drop = Dropout(proj_drop)
+        self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, H, N, Dh)
-        drop = self.attn_drop if self.training else 0.0
-        # On the CPU, attention dropout goes the explicit way too, to use the cheaper dropout mask.
-        if return_attention or self.reattention or (drop > 0 and x.device.type == "cpu"):
-            attn = ((q * self.dim_head ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
-            mixed = dropout(attn, drop, self.training)
-            if self.reattention:
-                mixed = torch.einsum("bhij,hg->bgij", mixed, self.reattn_weights)
-                mixed = self.reattn_norm(mixed.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-            out = mixed @ v
+        return qkv.unbind(0)  # q, k, v: each (B, H, N, Dh)
+
+    def softmax_maps(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return (q @ k.transpose(-2, -1) * self.dim_head ** -0.5).softmax(dim=-1)  # (B, H, N, N), rows sum to 1
+
+    def merge_heads(self, out: torch.Tensor) -> torch.Tensor:
+        b, _, n, _ = out.shape
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, -1)))  # (B, H, N, Dh) -> (B, N, D)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """The output, and the (B, H, N, N) softmax maps if asked (else None)."""
+        q, k, v = self.split_heads(x)
+        if return_attention:
+            attn = self.softmax_maps(q, k)
+            out = self.attn_drop(attn) @ v
         else:
             attn = None
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, H, N, Dh)
-        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, -1)))  # (B, N, D)
-        # The per-head softmax maps (rows sum to 1), before any DeepViT head mixing.
-        return out, (attn if return_attention else None)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        return self.merge_heads(out), attn
 
 
 class Block(nn.Module):
+    """Pre-norm block: x + sd(attn(norm1(x))), then x + sd(mlp(norm2(x))), sd = row-wise stochastic depth."""
+
     def __init__(self, dim: int, num_heads: int, *, dim_head: int, mlp_ratio: float, qkv_bias: bool, dropout: float,
-                 attn_dropout: float, drop_path: float, reattention: bool = False):
+                 attn_dropout: float, drop_path: float, attn_layer: type[Attention] = Attention):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, dim_head=dim_head, qkv_bias=qkv_bias, attn_drop=attn_dropout,
-                              proj_drop=dropout, reattention=reattention)
-        self.drop_path = DropPath(drop_path)
+        self.attn = attn_layer(dim, num_heads, dim_head=dim_head, qkv_bias=qkv_bias, attn_drop=attn_dropout,
+                               proj_drop=dropout)
+        self.drop_path = StochasticDepth(drop_path, "row")  # stateless: one module serves both branches
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), Dropout(dropout),
-                                 nn.Linear(hidden, dim), Dropout(dropout))
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, dim), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         y, attn = self.attn(self.norm1(x), return_attention)
-        x = x + self.drop_path(y)
+        x = x + self.drop_path(y)  # (B, N, D)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, attn
 
 
 class ViT(nn.Module):
-    """Patch embedding + class token + pre-norm transformer blocks. Every knob open, for sweeps."""
+    """Patch embedding + class token + pre-norm transformer blocks + linear head on the class token."""
 
     def __init__(
         self,
@@ -141,7 +129,7 @@ class ViT(nn.Module):
         emb_dropout: Optional[float] = None,
         dim_head: Optional[int] = None,
         patch_norm: bool = False,
-        reattention: bool = False,
+        attn_layer: type[Attention] = Attention,
     ):
         super().__init__()
         if patch_size < 1 or image_size % patch_size:
@@ -161,12 +149,12 @@ class ViT(nn.Module):
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, norm=patch_norm)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
-        self.pos_drop = Dropout(emb_dropout)
-        rates = torch.linspace(0, drop_path, depth).tolist()  # stochastic depth grows with depth
+        self.pos_drop = nn.Dropout(emb_dropout)
+        rates = [drop_path * i / max(1, depth - 1) for i in range(depth)]  # stochastic depth grows with depth
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, dim_head=dim_head or embed_dim // num_heads, mlp_ratio=mlp_ratio,
                   qkv_bias=qkv_bias, dropout=dropout, attn_dropout=attn_dropout, drop_path=r,
-                  reattention=reattention) for r in rates)
+                  attn_layer=attn_layer) for r in rates)
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -182,7 +170,7 @@ class ViT(nn.Module):
         for block in self.blocks:
             x, attn = block(x, return_attention)
             maps.append(attn)
-        logits = self.head(self.norm(x)[:, 0])  # class token
+        logits = self.head(self.norm(x)[:, 0])  # class token -> (B, num_classes)
         return (logits, maps) if return_attention else logits
 
 
@@ -196,57 +184,58 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-# Every knob open, for sweeps; the class's signature is the schema.
-vit = register_model(ViT, name="vit")
+# The patch-normed "mini" ViTs' patch per input size: 16 tokens at 28 px, 64 at 32 px.
+MINI_PATCH_SIZE = {28: 7, 32: 4}
+
+
+def mini_patch_size(image_size: int, patch_size: Optional[int]) -> int:
+    """``patch_size`` if set, else the default for this input size (a ValueError for other sizes)."""
+    if patch_size is not None:
+        return patch_size
+    if image_size not in MINI_PATCH_SIZE:
+        raise ValueError(f"no default patch size for {image_size} px inputs (defaults: 7 at 28 px, 4 at 32 px); "
+                         f"set model.patch_size")
+    return MINI_PATCH_SIZE[image_size]
 
 
 @register_model
-def vit_cifar10_patch2_input32(*, num_classes: int, in_chans: int, image_size: int,
-                               drop_path: float = 0.1) -> ViT:
-    """Seed 001: patch 2, dim 192, depth 9, 12 heads, MLP x2, qkv bias, DropPath (2,727,562 params)."""
+def vit(*, num_classes: int, in_chans: int, image_size: int, patch_size: int = 4, embed_dim: int = 192,
+        depth: int = 9, num_heads: int = 12, mlp_ratio: float = 2.0, qkv_bias: bool = True, dropout: float = 0.0,
+        attn_dropout: float = 0.0, drop_path: float = 0.1, emb_dropout: Optional[float] = None,
+        dim_head: Optional[int] = None, patch_norm: bool = False) -> ViT:
+    """ViT with every knob open, for sweeps (emb_dropout defaults to dropout, dim_head to embed_dim/num_heads)."""
+    return ViT(num_classes=num_classes, in_chans=in_chans, image_size=image_size, patch_size=patch_size,
+               embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+               dropout=dropout, attn_dropout=attn_dropout, drop_path=drop_path, emb_dropout=emb_dropout,
+               dim_head=dim_head, patch_norm=patch_norm)
+
+
+@register_model
+def vit_tiny_patch2_32(*, num_classes: int, in_chans: int, image_size: int, drop_path: float = 0.1) -> ViT:
+    """ViT, patch 2, dim 192, depth 9, 12 heads, MLP x2, qkv bias, stochastic depth (2,727,562 params on CIFAR-10)."""
     return ViT(num_classes=num_classes, in_chans=in_chans, image_size=image_size, patch_size=2, embed_dim=192,
                depth=9, num_heads=12, mlp_ratio=2.0, qkv_bias=True, drop_path=drop_path)
 
 
 @register_model
-def vit_seed002(*, num_classes: int, in_chans: int, image_size: int, dropout: float = 0.1) -> ViT:
-    """Seed 002: patch 4, dim 128, depth 6, 4 heads, MLP x4, dropout 0.1 (1,205,898 params)."""
+def vit_mini_patch4_32(*, num_classes: int, in_chans: int, image_size: int, dropout: float = 0.1) -> ViT:
+    """ViT, patch 4, dim 128, depth 6, 4 heads, MLP x4, dropout 0.1 (1,205,898 params on CIFAR-10)."""
     return ViT(num_classes=num_classes, in_chans=in_chans, image_size=image_size, patch_size=4, embed_dim=128,
                depth=6, num_heads=4, mlp_ratio=4.0, qkv_bias=True, dropout=dropout, attn_dropout=dropout,
                drop_path=0.0)
 
 
-# Seed 003 (vit-pytorch): dim 128, depth 6, 4 heads of width 64, MLP 256, dropout 0.1, no qkv bias.
-SEED003 = dict(embed_dim=128, depth=6, num_heads=4, dim_head=64, mlp_ratio=2.0, qkv_bias=False, dropout=0.1,
-               attn_dropout=0.1, emb_dropout=0.1, drop_path=0.0, patch_norm=True)
-SEED003_PATCH = {28: 7, 32: 4}  # the seed's patch per input size: 16 tokens on MNIST, 64 on CIFAR
-
-
-def _seed003_patch(image_size: int, patch_size: Optional[int]) -> int:
-    if patch_size is not None:
-        return patch_size
-    if image_size not in SEED003_PATCH:
-        raise ValueError(f"no default patch size for {image_size} px inputs (the seed used 7 at 28 px, "
-                         f"4 at 32 px); set model.patch_size")
-    return SEED003_PATCH[image_size]
-
-
 @register_model
-def vit_seed003(*, num_classes: int, in_chans: int, image_size: int, patch_size: Optional[int] = None) -> ViT:
-    """Seed 003's ViT (vit-pytorch): dim 128, depth 6, 4x64 heads, MLP 256, dropout 0.1; patch 7 @28, 4 @32 px."""
+def vit_mini_patchnorm(*, num_classes: int, in_chans: int, image_size: int, patch_size: Optional[int] = None) -> ViT:
+    """vit-pytorch-style ViT: normed patches, dim 128, depth 6, 4x64 heads, MLP 256, dropout 0.1; patch 7@28, 4@32."""
     return ViT(num_classes=num_classes, in_chans=in_chans, image_size=image_size,
-               patch_size=_seed003_patch(image_size, patch_size), **SEED003)
-
-
-@register_model
-def deepvit_seed003(*, num_classes: int, in_chans: int, image_size: int, patch_size: Optional[int] = None) -> ViT:
-    """Seed 003's DeepViT: its ViT with re-attention (heads x heads mixing + LayerNorm over heads)."""
-    return ViT(num_classes=num_classes, in_chans=in_chans, image_size=image_size,
-               patch_size=_seed003_patch(image_size, patch_size), reattention=True, **SEED003)
+               patch_size=mini_patch_size(image_size, patch_size), patch_norm=True, embed_dim=128, depth=6,
+               num_heads=4, dim_head=64, mlp_ratio=2.0, qkv_bias=False, dropout=0.1, attn_dropout=0.1,
+               emb_dropout=0.1, drop_path=0.0)
 
 
 @register_model(default_dataset="imagenette")
-def vit_seed004(*, num_classes: int, in_chans: int, image_size: int, patch_size: int = 16) -> ViT:
-    """Seed 004's ViT baseline: 6 layers, 8 heads (dim 128, MLP x4), patch 16 (100 tokens at 160 px)."""
+def vit_mini_patch16_160(*, num_classes: int, in_chans: int, image_size: int, patch_size: int = 16) -> ViT:
+    """ViT for 160 px: patch 16 (100 tokens), dim 128, depth 6, 8 heads, MLP x4, dropout 0.1, stochastic depth 0.1."""
     return ViT(num_classes=num_classes, in_chans=in_chans, image_size=image_size, patch_size=patch_size,
                embed_dim=128, depth=6, num_heads=8, mlp_ratio=4.0, qkv_bias=True, dropout=0.1, drop_path=0.1)

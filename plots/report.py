@@ -7,7 +7,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
-from errors import UserError
+from core.cli import run_cli
+from core.errors import UserError
+from core.files import atomic_write
 from plots import curves, table
 from plots.runs import Group, find_runs, group_runs
 
@@ -19,14 +21,12 @@ def _slug(label: str) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, text)
 
 
 def _inspect(groups: list[Group], out: Path, images: int, log) -> tuple[list, list, list[str]]:
     """Attention and feature-map figures, one per experiment (its first run with a checkpoint)."""
-    from plots import inspect
+    from plots import maps as inspect
 
     attention, features, notes = [], [], []
     cache: dict = {}
@@ -53,9 +53,39 @@ def _inspect(groups: list[Group], out: Path, images: int, log) -> tuple[list, li
     return attention, features, notes
 
 
+def _measure_latency(groups: list[Group], log) -> list[str]:
+    """Inference latency of every run with a checkpoint, on the CPU, into its results (in memory only)."""
+    import torch
+
+    from data import get_spec
+    from plots import maps
+    from train.measure import latency_ms
+    from train.setup import Precision
+
+    notes = []
+    precision = Precision.for_device(torch.device("cpu"), amp=False)
+    for g in groups:
+        for run in g.runs:
+            if run.checkpoint() is None:
+                notes.append(f"{run.name}: no checkpoint, so no latency")
+                continue
+            try:
+                model = maps.load_model(run)
+            except (UserError, RuntimeError, ValueError) as e:
+                notes.append(f"{run.name}: latency skipped ({type(e).__name__}: {e})")
+                continue
+            spec = get_spec(run.dataset)
+            batch = int(run.config.get("train", {}).get("eval_batch_size", 512))
+            run.results.update(latency_ms_batch1=latency_ms(model, spec, torch.device("cpu"), precision, 1),
+                               latency_ms_batched=latency_ms(model, spec, torch.device("cpu"), precision, batch),
+                               latency_batch_size=batch)
+            log(f"latency {run.name}: {run.results['latency_ms_batch1']:.2f} ms at batch 1")
+    return notes
+
+
 def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[list[dict[str, Any]]] = None,
-            images: int = DEFAULT_IMAGES, inspect_models: bool = True, command: Optional[str] = None,
-            log=print) -> Path:
+            images: int = DEFAULT_IMAGES, inspect_models: bool = True, latency: bool = False,
+            command: Optional[str] = None, log=print) -> Path:
     """Write the comparison of ``run_dirs`` into ``out`` and return the path of its ``index.md``.
 
     ``failures`` are runs of a sweep that never produced a comparable run (name, status, error,
@@ -71,6 +101,7 @@ def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[l
     except OSError as e:
         raise UserError(f"--out {out}: cannot create ({e.strerror})") from None
     groups = group_runs(runs)
+    latency_notes = _measure_latency(groups, log) if latency else []
     colour = curves.colours(groups)
     lines = [f"# Comparison of {len(runs)} run{'s' * (len(runs) != 1)}", "",
              f"Written {datetime.now():%Y-%m-%d %H:%M} by `{command or 'python -m plots'}`. "
@@ -82,10 +113,10 @@ def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[l
         _write(out / "summary.csv", table.summary_csv(groups))
         lines += ["## Results", "", table.markdown(groups), "",
                   "Accuracies are top-1 on the validation split, in %. Time per epoch is training plus "
-                  "evaluation. Latency is inference per image after warm-up with the device synchronised, "
-                  "at batch 1 and at the run's `train.eval_batch_size`, measured on the training device "
-                  "at the end of the run. Mult-adds are torchinfo's, per image (a lower bound for "
-                  "`nn.MultiheadAttention` models).", "",
+                  "evaluation. Latency (with `--latency`) is inference per image on this machine's CPU "
+                  "after warm-up, median over repeats, at batch 1 and at the run's `train.eval_batch_size`, "
+                  "from each run's checkpoint. Mult-adds are torchinfo's, per image (they leave out the "
+                  "attention matmuls).", "",
                   "This table: [results.md](results.md). Per run: [results.csv](results.csv). "
                   "Per experiment (mean and std columns): [summary.csv](summary.csv).", ""]
     if failures:
@@ -115,6 +146,7 @@ def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[l
         if features:
             lines += ["## Feature maps of the first conv layers", ""]
             lines += [f"### {label}\n\n![feature maps, {label}]({p.name})\n" for label, p in features]
+    notes = latency_notes + notes
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     if runs:
@@ -126,6 +158,10 @@ def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[l
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    return run_cli(_main, argv)
+
+
+def _main(argv: Optional[list[str]]) -> int:
     import argparse
 
     p = argparse.ArgumentParser(
@@ -139,14 +175,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help=f"validation images per attention figure (default {DEFAULT_IMAGES})")
     p.add_argument("--no-maps", action="store_true",
                    help="skip attention and feature maps (they rebuild each model and read the dataset)")
+    p.add_argument("--latency", action="store_true",
+                   help="measure each run's inference latency on this machine's CPU (from its checkpoint)")
     args = p.parse_args(argv)
     if args.images < 1:
         p.error("--images must be at least 1")
-    try:
-        index = compare(args.runs, args.out, images=args.images, inspect_models=not args.no_maps,
-                        command="python -m plots " + " ".join(sys.argv[1:] if argv is None else argv))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    index = compare(args.runs, args.out, images=args.images, inspect_models=not args.no_maps, latency=args.latency,
+                    command="python -m plots " + " ".join(sys.argv[1:] if argv is None else argv))
     print(f"comparison: {index}")
     return 0

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any, Optional
 
 import yaml
 
-from errors import UserError
+from core.errors import UserError
 
 RUN_FILES = "config.yaml, metrics.jsonl and results.json"
 
@@ -157,16 +156,13 @@ def _experiment_key(config: dict[str, Any]) -> str:
     return json.dumps(c, sort_keys=True)
 
 
-_SEED_PART = re.compile(r"-?\bseed=[^-]*")
-
-
 def group_runs(runs: list[Run]) -> list[Group]:
     """Group repeats over seeds, in order of first appearance; labels are unique."""
     groups: dict[str, Group] = {}
     for r in runs:
         key = _experiment_key(r.config)
         if key not in groups:
-            groups[key] = Group(_SEED_PART.sub("", r.name).strip("-") or r.name)
+            groups[key] = Group(str(r.results.get("experiment") or r.name))
         groups[key].runs.append(r)
     out, used = list(groups.values()), {}
     for g in out:

@@ -9,6 +9,7 @@ import gzip
 import pickle
 import struct
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -89,3 +90,85 @@ def write_imagenette(root: Path, per_class: int = 2, classes: int = 10, seed: in
 def _pickle(path: Path, obj) -> None:
     with open(path, "wb") as f:
         pickle.dump(obj, f)
+
+
+# ----------------------------------------------------------------------------- shared test helpers
+
+
+def quiet(*args, **kwargs) -> None:
+    """A ``log`` that prints nothing."""
+
+
+# A ViT small enough that a test epoch over a fixture takes a fraction of a second on 2 cores.
+TINY_VIT = {"name": "vit", "patch_size": 7, "embed_dim": 16, "depth": 1, "num_heads": 2, "drop_path": 0.0}
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_raw(root: Path, out: Path, *, model: Optional[dict] = None, dataset: str = "fashion_mnist",
+             seed: int = 0, name: Optional[str] = "t", data: Optional[dict] = None, **train) -> dict:
+    """A small, fast config (as a raw dict) over fixture files: a tiny ViT, 2 epochs of batch 32, no cache."""
+    return {
+        **({"name": name} if name else {}), "seed": seed,
+        "model": model or dict(TINY_VIT),
+        "data": {"name": dataset, "root": str(root), "download": False, "cache": False, **(data or {})},
+        "train": {"epochs": 2, "batch_size": 32, "eval_batch_size": 64, "lr": 2.0e-3, "log_every": 2, **train},
+        "output": {"dir": str(out)},
+    }
+
+
+def tiny_config(root: Path, out: Path, **kwargs):
+    """``tiny_raw`` as a validated ``Config``."""
+    from config import from_dict
+
+    return from_dict(tiny_raw(root, out, **kwargs))
+
+
+def write_yaml(path: Path, raw: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def run_main(*args, module: Optional[str] = None, cwd: Path = ROOT):
+    """``python main.py ARGS`` (or ``python -m MODULE ARGS``) as a user runs it: a subprocess, output captured."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    cmd = [sys.executable, "-m", module] if module else [sys.executable, str(ROOT / "main.py")]
+    return subprocess.run([*cmd, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def run_fit(cfg, **extra):
+    """``train.fit.fit`` into a new ``RunDir``: (run directory, results)."""
+    from train.fit import fit
+    from train.rundir import RunDir
+
+    run_dir = RunDir(cfg.output.dir, cfg.run_name, extra=extra or None)
+    results = fit(cfg, run_dir, log=quiet, progress=False)
+    return run_dir.path, results
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def call_main(capsys, *args, module: str = "main"):
+    """``main.main(ARGS)`` (or ``plots.report.main``) in this process: what the script runs, without the
+    seconds a new interpreter spends importing torch. Returns an object like ``run_main``'s."""
+    import subprocess
+
+    if module == "main":
+        from main import main
+    else:
+        from plots.report import main
+    capsys.readouterr()  # drop what earlier code printed
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from data.augment import NUM_BINS, TA_OPS, Mixer, _apply_op, _magnitudes, random_erasing, trivial_augment
+from data.augment import NUM_BINS, TA_OPS, _apply_op, _magnitudes, mixup_cutmix, random_erasing, trivial_augment
 
 
 def _gen(seed=0):
@@ -48,10 +48,13 @@ def test_translate_is_an_integer_shift_with_zero_fill():
     assert torch.equal(down[..., :-3, :], x[..., 3:, :]) and down[..., -3:, :].abs().sum() == 0
 
 
-def test_rotate_90_is_rot90():
+@pytest.mark.parametrize("angle", [90.0, -90.0, 30.0])
+def test_rotate_matches_torchvision(angle):
     x = images(n=1, size=8).float()
-    out = _apply_op(x, "rotate", torch.tensor([90.0]))
-    assert torch.equal(out, x.rot90(1, (2, 3))) or torch.equal(out, x.rot90(-1, (2, 3)))
+    out = _apply_op(x, "rotate", torch.tensor([angle]))
+    assert torch.equal(out, TF.rotate(x, angle))  # counter-clockwise for positive angles, zero fill
+    if angle == 90.0:
+        assert torch.equal(out, x.rot90(1, (2, 3)))
 
 
 def test_magnitude_ranges_are_trivialaugment_wide():
@@ -95,20 +98,37 @@ def test_random_erasing_boxes():
     assert 0.35 < half < 0.65
 
 
-def test_mixup_mixes_with_the_reversed_batch():
+def test_mixup_cutmix_are_torchvisions_and_off_by_default():
+    from torchvision.transforms import v2
+
+    assert mixup_cutmix(10) is None
+    assert isinstance(mixup_cutmix(10, mixup_alpha=0.8), v2.MixUp)
+    assert isinstance(mixup_cutmix(10, cutmix_alpha=1.0), v2.CutMix)
+    both = mixup_cutmix(10, mixup_alpha=0.8, cutmix_alpha=1.0)
+    assert isinstance(both, v2.RandomChoice) and [type(t) for t in both.transforms] == [v2.MixUp, v2.CutMix]
+    assert both.transforms[0].alpha == 0.8 and both.transforms[1].alpha == 1.0
+
+
+def test_mixup_mixes_with_the_rolled_batch_and_is_seeded():
     x, y = torch.randn(8, 3, 4, 4), torch.arange(8)
-    mixed, targets = Mixer(10, mixup_alpha=0.4, seed=3)(x, y)
+    mix = mixup_cutmix(10, mixup_alpha=0.4)
+    torch.manual_seed(3)
+    mixed, targets = mix(x, y)
     lam = targets[0, 0].item()
-    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x.flip(0))
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x.roll(1, 0))
     torch.testing.assert_close(targets.sum(1), torch.ones(8))
     assert targets[0, 7] == pytest.approx(1 - lam)
+    torch.manual_seed(3)
+    assert torch.equal(mix(x, y)[0], mixed)  # torch.manual_seed fixes it: a run's seed repeats it
 
 
 def test_cutmix_pastes_a_box_and_weights_by_its_area():
     x, y = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 16, 16).contiguous(), torch.tensor([0, 1, 2, 3])
+    mix = mixup_cutmix(4, cutmix_alpha=1.0)
     for seed in range(5):
-        mixed, targets = Mixer(4, cutmix_alpha=1.0, seed=seed)(x, y)
-        from_other = (mixed[0] == 3).float().mean().item()  # image 0 pasted from image 3 (the reversed batch)
+        torch.manual_seed(seed)
+        mixed, targets = mix(x, y)
+        from_other = (mixed[0] == 3).float().mean().item()  # image 0 pasted from image 3 (the rolled batch)
         assert set(mixed[0].unique().tolist()) <= {0.0, 3.0}
         assert targets[0, 3].item() == pytest.approx(from_other)
         assert targets[0, 0].item() == pytest.approx(1 - from_other)

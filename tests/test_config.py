@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from config import Config, apply_override, dump_config, from_dict, load_config, load_points
-from errors import UserError
+from config import Config, apply_override, dump_config, from_dict, load_config
+from train.sweep import load_points
+from core.errors import UserError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("**/*.yaml"))
 BASE = {"model": {"name": "simple_cnn"}, "data": {"name": "cifar10"}}
@@ -68,15 +69,24 @@ def test_scientific_notation_string_becomes_float():
     ({"train": {"optimizer": "adam"}}, "train.optimizer: got 'adam' (did you mean 'adamw'?); valid: adamw, sgd"),
     ({"train": {"device": "gpu"}}, "train.device: got 'gpu'"),
     ({"train": {"milestones": [1, "x"]}}, "train.milestones[1]: expected an integer, got 'x' (str)"),
-    ({"train": {"epochs": 0}}, "train.epochs: got 0; must be at least 1"),
-    ({"train": {"lr": -1.0}}, "train.lr: got -1.0; must be greater than 0"),
+    ({"train": {"epochs": 0}}, "train.epochs: got 0; must be in [1, 100,000]"),
+    ({"train": {"lr": -1.0}}, "train.lr: got -1.0; must be in (0, 100]"),
     ({"train": {"schedule": "multistep"}}, "train.milestones: got []; must be a non-empty list"),
     ({"train": 3}, "train: expected a mapping of keys, got 3 (int)"),
     ({"seed": "zero"}, "seed: expected an integer, got 'zero' (str)"),
     ({"data": {"auto_augment": "randaug"}}, "data.auto_augment: got 'randaug'; valid: none, trivialaugment"),
-    ({"data": {"random_erasing": 1.5}}, "data.random_erasing: got 1.5; must be a probability in [0, 1]"),
-    ({"train": {"mixup_alpha": -0.2}}, "train.mixup_alpha: got -0.2; must be 0 (off) or more"),
+    ({"data": {"random_erasing": 1.5}}, "data.random_erasing: got 1.5; must be in [0, 1]"),
+    ({"train": {"mixup_alpha": -0.2}}, "train.mixup_alpha: got -0.2; must be in [0, 100]"),
     ({"train": {"top5": "yes"}}, "train.top5: expected true or false, got 'yes' (str)"),
+    ({"train": {"lr": float("inf")}}, "train.lr: got inf; must be a finite number"),
+    ({"train": {"lr": float("nan")}}, "train.lr: got nan; must be a finite number"),
+    ({"train": {"epochs": 10 ** 12}}, "train.epochs: got 1000000000000; must be in [1, 100,000]"),
+    ({"train": {"grad_clip": 0}}, "train.grad_clip: got 0.0; must be greater than 0, or null"),
+    ({"train": {"warmup_epochs": 20}}, "train.warmup_epochs: got 20.0; must be in [0, train.epochs=10]"),
+    ({"train": {"channels_last": None}}, "train.channels_last: expected true or false, got None"),
+    ({"train": {"compile": "fast"}}, "train.compile: got 'fast'; valid: off, default, reduce-overhead"),
+    ({"train": {"compile_mode": "default"}}, "train.compile_mode: unknown key (did you mean 'compile'?)"),
+    ({"model": {"name": "vit_seed002"}}, "model.name: 'vit_seed002' was renamed to 'vit_mini_patch4_32'"),
 ])
 def test_bad_values_are_named(sections, expected):
     assert expected in error_of(build, **sections)

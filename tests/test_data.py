@@ -7,7 +7,7 @@ import torch
 
 from data import load_dataset
 from data.augment import normalize, random_crop, random_hflip, random_resized_crop, train_transform
-from errors import UserError
+from core.errors import UserError
 from fixtures import pattern_images, write_cifar10, write_cifar100, write_idx, write_imagenette, write_mnist
 
 

@@ -1,19 +1,16 @@
 """``main.py`` as a user runs it: a subprocess, real flags, real files."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from fixtures import call_main, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args, cwd=ROOT):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_main(*args, cwd=cwd)
 
 
 def test_help():
@@ -23,22 +20,23 @@ def test_help():
         assert flag in p.stdout
 
 
-def test_list_models():
-    p = run("--list-models")
+def test_list_models(capsys):
+    p = call_main(capsys, "--list-models")
     assert p.returncode == 0
     lines = {line.split()[0]: line for line in p.stdout.splitlines()[1:]}
     assert {"simple_cnn", "simple_cnn_huge", "cnn_tr_small", "cnn_tr_medium", "cnn_tr_large", "cnn_tr_huge"} <= set(lines)
     assert "532,138" in lines["cnn_tr_medium"]
 
 
-def test_dry_run_prints_config_and_summary_and_writes_nothing(tmp_path):
-    p = run("--cfg", ROOT / "configs/cnn_tr_medium.yaml", "--set", f"output.dir={tmp_path / 'runs'}", "--dry-run")
+def test_dry_run_prints_config_and_summary_and_writes_nothing(tmp_path, capsys):
+    p = call_main(capsys, "--cfg", ROOT / "configs/cnn_tr_medium.yaml", "--set", f"output.dir={tmp_path / 'runs'}",
+                  "--dry-run")
     assert p.returncode == 0, p.stderr
-    assert "name: cnn_tr_medium" in p.stdout and "Total params: 532,138" in p.stdout and "TransformerEncoder" in p.stdout
+    assert "name: cnn_tr_medium" in p.stdout and "Total params: 532,138" in p.stdout and "PostNormBlock" in p.stdout
     assert not (tmp_path / "runs").exists()
 
 
-def test_end_to_end_training_run(tmp_path, fmnist_root):
+def test_end_to_end_training_run(tmp_path, fmnist_root, capsys):
     out = tmp_path / "runs"
     args = ["--cfg", ROOT / "configs/fashion_mnist.yaml", "--set", f"data.root={fmnist_root}",
             "--set", "data.download=false", "--set", f"data.cache_dir={tmp_path / 'cache'}",
@@ -58,9 +56,9 @@ def test_end_to_end_training_run(tmp_path, fmnist_root):
         assert key in results
     assert "train:\n  epochs: 2" in (run_dir / "config.yaml").read_text()
 
-    # A second identical run gets its own directory; the first is untouched.
+    # A second identical run (in-process this time) gets its own directory; the first is untouched.
     before = (run_dir / "metrics.jsonl").read_bytes()
-    p = run(*args)
+    p = call_main(capsys, *args)
     assert p.returncode == 0, p.stderr
     assert len(list(out.iterdir())) == 2 and (run_dir / "metrics.jsonl").read_bytes() == before
 
@@ -75,24 +73,29 @@ def test_end_to_end_training_run(tmp_path, fmnist_root):
     (["data.root=/nonexistent", "data.download=false"], "error: data.root: cifar10 not found: expected "),
     (["nonsense"], "error: --set 'nonsense': expected KEY=VALUE"),
 ])
-def test_user_errors_are_one_line_exit_2_and_leave_nothing(tmp_path, overrides, message):
+def test_user_errors_are_one_line_exit_2_and_leave_nothing(tmp_path, capsys, overrides, message):
+    # In-process (main.main is what the script runs); test_bad_config_files covers the real subprocess.
+    from main import main
+
     out = tmp_path / "runs"
-    args = ["--cfg", ROOT / "configs/cnn_tr_medium.yaml", "--set", f"output.dir={out}"]
+    args = ["--cfg", str(ROOT / "configs/cnn_tr_medium.yaml"), "--set", f"output.dir={out}"]
     for o in overrides:
         args += ["--set", o]
-    p = run(*args)
-    assert p.returncode == 2
-    assert p.stderr.startswith(message), p.stderr
-    assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message), err
+    assert err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
 
 
-def test_bad_config_files(tmp_path):
+def test_bad_config_files(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  name: simple_cnn\n data: oops\n")
-    for path, message in ((bad, "malformed YAML"), (tmp_path / "none.yaml", "no such file")):
-        p = run("--cfg", path)
-        assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr
+    p = run("--cfg", bad)  # a real subprocess: what the user sees is exactly one line
+    assert p.returncode == 2 and p.stderr.startswith(f"error: {bad}: malformed YAML") and p.stderr.count("\n") == 1
+    assert "Traceback" not in p.stderr
+    p = call_main(capsys, "--cfg", tmp_path / "none.yaml")
+    assert p.returncode == 2 and "no such file" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_missing_cfg_flag():

@@ -1,36 +1,83 @@
-"""Every registered model on every dataset shape: forward shape, finite output, a gradient for every parameter."""
+"""The model zoo, timm-style: every registered model on its default input layout and on small inputs of the others
+(forward shape, finite output, a gradient for every parameter), exact parameter counts, attention maps, and checks
+against the torch / torchvision objects the models are built from."""
+import functools
 import inspect
+import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.ops import StochasticDepth
 
-from data import get_spec, list_datasets
-from errors import UserError
-from models import MODELS, create_model, list_models
+from core.errors import UserError
+from models import DATASET_KEYS, MODELS, build_model, create_model, list_models
 
-SHAPES = {}
-for _name in list_datasets():
-    _spec = get_spec(_name)
-    SHAPES.setdefault((_spec.in_chans, _spec.image_size, _spec.num_classes), _name)
+# (num_classes, in_chans, image_size) of the datasets named as a model's default_dataset (cifar10 when unset).
+# Spelled out here so that these tests do not depend on the data package.
+LAYOUTS = {"mnist": (10, 1, 28), "cifar10": (10, 3, 32), "imagenette": (10, 3, 160)}
+MNIST, CIFAR10, CIFAR100, IMAGENETTE = LAYOUTS["mnist"], LAYOUTS["cifar10"], (100, 3, 32), LAYOUTS["imagenette"]
+
+# 160 px beyond the models made for it only where it exercises a code path of its own and is cheap:
+# ResNet-18 switches to its ImageNet stem (7x7 stride-2 conv + max-pool) above 64 px.
+ALSO_AT_160 = {"resnet18"}
+
+# Fixed-patch models whose patch cannot tile these inputs: a config error, not a crash.
+UNSUPPORTED = [("vit_mini_patch16_160", MNIST), ("vit_mini_patchnorm", IMAGENETTE),
+               ("deepvit_mini_patchnorm", IMAGENETTE)]
 
 
-# Fixed-patch seed models whose default patch does not divide these inputs: a config error, not a crash.
-UNSUPPORTED = {("vit_seed003", "imagenette"), ("deepvit_seed003", "imagenette"), ("vit_seed004", "fashion_mnist")}
+def default_layout(name):
+    return LAYOUTS[MODELS.meta(name).get("default_dataset", "cifar10")]
 
 
-@pytest.mark.parametrize("dataset", sorted(SHAPES.values()))
-@pytest.mark.parametrize("name", list_models())
-def test_forward_backward(name, dataset):
-    spec = get_spec(dataset)
+def make(name, layout=CIFAR10, **kwargs):
+    num_classes, in_chans, image_size = layout
+    return create_model(name, num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def default_model(name):
+    """``name`` on its default layout, in eval mode, built once for the tests that only read it."""
     torch.manual_seed(0)
-    if (name, dataset) in UNSUPPORTED:
-        with pytest.raises(UserError, match="patch"):
-            create_model(name, num_classes=spec.num_classes, in_chans=spec.in_chans, image_size=spec.image_size)
-        return
-    model = create_model(name, num_classes=spec.num_classes, in_chans=spec.in_chans, image_size=spec.image_size)
-    x = torch.randn(2, spec.in_chans, spec.image_size, spec.image_size)
-    out = model(x)  # training mode: dropout, stochastic depth, batch statistics
-    assert out.shape == (2, spec.num_classes)
+    return make(name, default_layout(name)).eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _n_params(name, layout, kwargs):
+    model = default_model(name) if layout == default_layout(name) and not kwargs else make(name, layout, **dict(kwargs))
+    return sum(p.numel() for p in model.parameters())
+
+
+def n_params(name, layout=CIFAR10, **kwargs):
+    return _n_params(name, layout, tuple(sorted(kwargs.items())))
+
+
+def cases():
+    """Every model on its default layout, then on 1x28 and 3x32 inputs, and on 3x160 where it is cheap."""
+    out = []
+    for name in list_models():
+        layouts = [default_layout(name), MNIST, CIFAR10]
+        if name in ALSO_AT_160:
+            layouts.append(IMAGENETTE)
+        for layout in dict.fromkeys(layouts):  # unique, in order
+            if (name, layout) not in UNSUPPORTED:
+                out.append(pytest.param(name, layout, id=f"{name}-{layout[1]}x{layout[2]}"))
+    return out
+
+
+@pytest.mark.parametrize("name, layout", cases())
+def test_forward_backward(name, layout):
+    _, in_chans, image_size = layout
+    num_classes = 7  # not 10, so a hard-coded class count shows
+    torch.manual_seed(0)
+    model = make(name, (num_classes, in_chans, image_size))
+    x = torch.randn(2, in_chans, image_size, image_size)
+    with torch.no_grad():
+        out = model(x)  # training mode: dropout, stochastic depth, batch statistics
+    assert out.shape == (2, num_classes)
     assert torch.isfinite(out).all()
     # Gradients in eval mode, where stochastic depth cannot drop a whole branch for the batch.
     model.eval()
@@ -39,35 +86,108 @@ def test_forward_backward(name, dataset):
     assert not missing, f"parameters without gradient: {missing}"
 
 
-def n_params(name, **kwargs):
-    model = create_model(name, num_classes=10, in_chans=3, image_size=32, **kwargs)
-    return sum(p.numel() for p in model.parameters())
+@pytest.mark.parametrize("name, layout", UNSUPPORTED)
+def test_unsupported_layouts_are_user_errors(name, layout):
+    with pytest.raises(UserError, match="patch"):
+        make(name, layout)
 
 
-def test_seed000_parameter_counts():
-    # Seed 000 prints 482,218 for CNN-TR-Medium, but its torchinfo missed the 3 x 16,640
-    # attention projection parameters; the true count is 532,138.
+def test_registration_style():
+    """One style: a keyword-only builder function per name, documented, with the dataset keys; no provenance names."""
+    for name in list_models():
+        builder = MODELS.get(name)
+        assert inspect.isfunction(builder) and builder.__name__ == name, name
+        params = inspect.signature(builder).parameters
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values()), name
+        assert set(DATASET_KEYS) <= set(params), name
+        assert (builder.__doc__ or "").strip().splitlines()[0], name
+        assert "seed" not in name and MODELS.meta(name).get("default_dataset", "cifar10") in LAYOUTS
+
+
+# ----------------------------------------------------------------------------- parameter counts
+
+
+# Every model on its default layout; the derivations of the key counts follow.
+PARAMS = {
+    "simple_cnn": 431_594, "simple_cnn_huge": 483_242, "vgg_cifar": 4_694_346, "mnist_cnn": 1_626_442,
+    "cnn_transformer": 532_138, "cnn_tr_small": 498_666, "cnn_tr_medium": 532_138, "cnn_tr_large": 565_610,
+    "cnn_tr_huge": 1_804_202,
+    "vit": 2_697_610, "deepvit": 2_699_122, "vit_tiny_patch2_32": 2_727_562, "vit_mini_patch4_32": 1_205_898,
+    "vit_mini_patchnorm": 1_202_410, "deepvit_mini_patchnorm": 1_202_554, "convstem_vit_mini": 1_615_562,
+    "vit_mini_patch16_160": 1_302_666,
+    "convmixer": 594_186, "convmixer_256_8_ks5_p2": 594_186, "convmixer_256_12_ks7_p7": 996_362,
+    "resnet18": 11_173_962,
+}
+
+
+def test_every_model_has_a_pinned_parameter_count():
+    assert set(PARAMS) == set(list_models())
+    counts = {name: n_params(name, default_layout(name)) for name in list_models()}
+    assert counts == PARAMS
+
+
+def encoder_block_params(d, ff):
+    return (4 * d * d + 4 * d) + (d * ff + ff + ff * d + d) + 2 * 2 * d  # attention, feed-forward, two LayerNorms
+
+
+def test_cnn_and_cnn_transformer_parameter_counts():
+    # The original summary printed 482,218 for CNN-TR-Medium, missing the 3 x 16,640 attention projection
+    # parameters (nn.MultiheadAttention's fused in_proj); the true count is 532,138.
     assert n_params("cnn_tr_medium") == 482_218 + 3 * 16_640 == 532_138
-    # The seed's CNN alone: 430,944 conv/BN parameters (+650 head).
-    assert n_params("simple_cnn") == 430_944 + 650
-    # Huge: last 1x1 conv 256 -> 256 instead of 256 -> 64.
+    assert n_params("simple_cnn") == 430_944 + 650  # conv/BN parameters + the 64 -> 10 head
+    # Huge: last 1x1 conv 256 -> 256 instead of 256 -> 64, and a 256-wide head.
     assert n_params("simple_cnn_huge") == n_params("simple_cnn") + (256 * 256 + 256 + 512) - (256 * 64 + 64 + 128) \
         + (256 * 10 - 64 * 10)
-    assert n_params("cnn_transformer") == n_params("cnn_tr_medium")
-    assert n_params("cnn_tr_small") < n_params("cnn_tr_medium") < n_params("cnn_tr_large") < n_params("cnn_tr_huge")
+    block = encoder_block_params(64, 128)
+    assert block == 33_472
+    assert n_params("cnn_tr_small") == n_params("cnn_tr_medium") - block
+    assert n_params("cnn_tr_large") == n_params("cnn_tr_medium") + block
+    cnn_huge = n_params("simple_cnn_huge") - (256 * 10 + 10)  # without its head
+    assert n_params("cnn_tr_huge") == cnn_huge + 4 * encoder_block_params(256, 128) + 2 * 256 + (256 * 10 + 10)
+    # The sweep knobs change exactly what they say.
+    assert n_params("cnn_transformer", num_layers=6) == n_params("cnn_tr_medium") + 3 * block
+    assert n_params("cnn_transformer", cnn_channels=128, num_heads=4) == n_params("cnn_transformer") \
+        + 3 * (encoder_block_params(128, 128) - block) + 64 * (256 + 1 + 2) + 64 * 2 + 64 * 10  # blocks, CNN, norm, fc
 
 
-def test_eval_mode_is_deterministic_and_batch_independent():
-    model = create_model("cnn_tr_medium", num_classes=10, in_chans=3, image_size=32).eval()
-    x = torch.randn(4, 3, 32, 32)
-    with torch.no_grad():
-        full, single = model(x), model(x[:1])
-    torch.testing.assert_close(full[:1], single, rtol=1e-4, atol=1e-5)
+def test_vit_parameter_counts():
+    # The patch-2 ViT's reported summary: 2,725,632 without the head; + 192 x 10 + 10 for CIFAR-10.
+    assert n_params("vit_tiny_patch2_32") == 2_725_632 + 1_930
+    # DeepViT adds an H x H head-mixing matrix and a LayerNorm(H) per block: 6 x (16 + 8) = 144 for the mini ones.
+    for layout in (MNIST, CIFAR10, CIFAR100):
+        assert n_params("deepvit_mini_patchnorm", layout) - n_params("vit_mini_patchnorm", layout) == 144
+    assert n_params("deepvit") - n_params("vit") == 9 * (12 * 12 + 2 * 12)
+    # vit-pytorch sized the position table from image_size (784 or 1024 rows for a ViT with patch 14 or 16; 144 or
+    # 196 for the conv-stem ViT) and sliced it to the 4 real patches; its conv-stem ViT also had a 100-way head.
+    # The reported counts are ours plus those unused rows.
+    unused_rows = lambda image_size, patch: ((image_size // patch) ** 2 + 1 - 5) * 128  # noqa: E731
+    assert n_params("vit_mini_patchnorm", MNIST, patch_size=14) + unused_rows(784, 14) == 1_614_866
+    assert n_params("vit_mini_patchnorm", CIFAR10, patch_size=16) + unused_rows(1024, 16) == 1_812_106
+    head100 = (100 - 10) * 129
+    assert n_params("convstem_vit_mini", MNIST) + unused_rows(144, 6) + head100 == 1_591_652
+    assert n_params("convstem_vit_mini", CIFAR10) + unused_rows(196, 7) + head100 == 1_727_012
+    # With patch 7 at 28 px and 4 at 32 px every position embedding is used.
+    assert n_params("vit_mini_patchnorm", MNIST) == 1_196_396
+
+
+def test_cnn_baseline_parameter_counts():
+    # pytorch/examples' MNIST CNN, as reported.
+    assert n_params("mnist_cnn", MNIST) == 1_199_882
+    assert n_params("mnist_cnn", CIFAR10) == 1_626_442
+    assert n_params("mnist_cnn", CIFAR100) == 1_638_052
+    assert n_params("convmixer_256_8_ks5_p2") == 594_186  # the ConvMixer paper's 0.59M
+    assert n_params("resnet18") == 11_173_962  # the usual CIFAR ResNet-18
+    # The standard stem's 7x7 conv has 64 * 3 * (49 - 9) more weights than the CIFAR stem's 3x3.
+    assert n_params("resnet18", IMAGENETTE) - n_params("resnet18") == 64 * 3 * 40
+
+
+# ----------------------------------------------------------------------------- registry and user errors
 
 
 def test_named_sizes_cannot_be_resized():
-    with pytest.raises(UserError, match=r"model.num_layers: not a parameter of model 'cnn_tr_medium'; accepted: dropout"):
-        create_model("cnn_tr_medium", num_classes=10, in_chans=3, image_size=32, num_layers=6)
+    with pytest.raises(UserError,
+                       match=r"model.num_layers: not a parameter of model 'cnn_tr_medium'; accepted: dropout"):
+        make("cnn_tr_medium", num_layers=6)
 
 
 @pytest.mark.parametrize("name, kwargs, message", [
@@ -76,24 +196,28 @@ def test_named_sizes_cannot_be_resized():
     ("cnn_transformer", {"dropout": 1.5}, "dropout must be in [0, 1)"),
     ("cnn_transformer", {"num_layer": 2},
      "model.num_layer: not a parameter of model 'cnn_transformer' (did you mean 'num_layers'?)"),
+    ("cnn_transformer", {"num_layers": "3"}, "model 'cnn_transformer': bad argument"),
     ("vit", {"patch_size": 5}, "patch_size=5 does not divide image size 32"),
     ("vit", {"num_heads": 5}, "num_heads=5 does not divide embed_dim=192"),
     ("vit", {"drop_path": 1.0}, "drop_path must be in [0, 1)"),
+    ("deepvit", {"depth": 0}, "depth must be at least 1"),
+    ("convmixer", {"patch_size": 64}, "patch_size=64 is larger than the image (32 px)"),
+    ("resnet18", {"stem": "tiny"}, "stem must be one of auto, cifar, imagenet; got 'tiny'"),
 ])
 def test_architecture_errors_are_user_errors(name, kwargs, message):
     with pytest.raises(UserError) as info:
-        create_model(name, num_classes=10, in_chans=3, image_size=32, **kwargs)
+        make(name, **kwargs)
     assert message in str(info.value)
 
 
 def test_image_size_must_fit_the_cnn():
     with pytest.raises(UserError, match="not divisible by the CNN's downsampling factor 4"):
-        create_model("simple_cnn", num_classes=10, in_chans=3, image_size=30)
+        make("simple_cnn", (10, 3, 30))
 
 
 def test_unknown_model_lists_choices():
     with pytest.raises(UserError) as info:
-        create_model("cnn_tr_medum", num_classes=10, in_chans=3, image_size=32)
+        make("cnn_tr_medum")
     assert "did you mean 'cnn_tr_medium'" in str(info.value) and "simple_cnn" in str(info.value)
 
 
@@ -102,108 +226,187 @@ def test_duplicate_registration_raises():
         MODELS.register(lambda **kw: None, name="simple_cnn")
 
 
-def test_transformer_sweep_knobs():
-    assert n_params("cnn_transformer", num_layers=6) > n_params("cnn_transformer", num_layers=3)
-    assert n_params("cnn_transformer", cnn_channels=128, num_heads=4) > n_params("cnn_transformer")
+def test_build_model_checks_the_config_and_leaves_seeding_to_the_caller():
+    spec = SimpleNamespace(num_classes=10, in_chans=3, image_size=32)
+    cfg = lambda name, **kwargs: SimpleNamespace(model=SimpleNamespace(name=name, kwargs=kwargs))  # noqa: E731
+    torch.manual_seed(1)
+    a = build_model(cfg("cnn_tr_small", dropout=0.2), spec)
+    torch.manual_seed(1)
+    b = make("cnn_tr_small", dropout=0.2)
+    c = build_model(cfg("cnn_tr_small", dropout=0.2), spec)  # the RNG has moved on: different weights
+    assert a.blocks[0].drop1.p == 0.2
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a.blocks[0].linear1.weight, c.blocks[0].linear1.weight)
+    with pytest.raises(UserError, match=r"model.depth: not a parameter of model 'cnn_tr_small'; accepted: dropout"):
+        build_model(cfg("cnn_tr_small", depth=2), spec)
+    with pytest.raises(UserError, match="model.num_classes: set by the dataset, not the config"):
+        build_model(cfg("cnn_tr_small", num_classes=5), spec)
+    with pytest.raises(UserError, match="model.name: unknown model 'vit_seed003'"):
+        build_model(cfg("vit_seed003"), spec)
 
 
-def test_seed_vit_parameter_counts():
-    # Seed 001's summary: 2,725,632 without the head; + 192 x 10 + 10 for CIFAR-10.
-    assert n_params("vit_cifar10_patch2_input32") == 2_725_632 + 1_930 == 2_727_562
-    assert n_params("vit_seed002") == 1_205_898
+# ----------------------------------------------------------------------------- plain PyTorch pieces
 
 
-def n_params_on(name, num_classes, in_chans, image_size, **kwargs):
-    model = create_model(name, num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs)
-    return sum(p.numel() for p in model.parameters())
+def test_every_dropout_is_an_nn_dropout_module(monkeypatch):
+    """Swapping the nn.Dropout modules replaces every dropout: no functional dropout, no custom class."""
+    calls = []
+
+    class Recorder(nn.Dropout):
+        def forward(self, x):
+            calls.append(self.p)
+            return x
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("dropout outside an nn.Dropout module")
+
+    for name in ("cnn_tr_small", "vit_mini_patch4_32", "deepvit_mini_patchnorm", "convstem_vit_mini", "mnist_cnn"):
+        model = make(name).train()
+        drops = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Dropout)]
+        assert drops and all(type(m) is nn.Dropout for _, m in drops), name
+        assert not [n for n, m in model.named_modules() if "drop" in type(m).__name__.lower()
+                    and type(m) not in (nn.Dropout, StochasticDepth)], name
+        for module_name, m in drops:
+            parent = model.get_submodule(module_name.rpartition(".")[0])
+            setattr(parent, module_name.rpartition(".")[2], Recorder(m.p))
+        calls.clear()
+        with monkeypatch.context() as mp:
+            for fn in ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"):
+                mp.setattr(F, fn, forbidden)
+            model(torch.randn(2, 3, 32, 32))
+        assert calls and all(p > 0 for p in calls), name
 
 
-MNIST, CIFAR10, CIFAR100 = (10, 1, 28), (10, 3, 32), (100, 3, 32)
+def test_stochastic_depth_is_torchvision_row_mode_growing_linearly():
+    for name, kwargs, depth, top in (("vit_tiny_patch2_32", {}, 9, 0.1), ("vit_mini_patch4_32", {}, 6, 0.0),
+                                     ("vit", {"drop_path": 0.3, "depth": 4}, 4, 0.3)):
+        model = make(name, **kwargs)
+        assert len(model.blocks) == depth
+        for i, block in enumerate(model.blocks):
+            assert type(block.drop_path) is StochasticDepth and block.drop_path.mode == "row"
+            assert block.drop_path.p == pytest.approx(top * i / (depth - 1))
+    # Row mode: whole samples' branches are dropped, the kept ones rescaled.
+    sd = make("vit", drop_path=0.5, depth=2).blocks[1].drop_path.train()
+    torch.manual_seed(0)
+    y = sd(torch.ones(4000, 3, 5))
+    per_row = y.flatten(1)
+    assert ((per_row == 0).all(1) | (per_row == 2).all(1)).all() and 0.45 < (per_row[:, 0] == 0).float().mean() < 0.55
 
 
-def test_seed002_cnn_parameter_count():
-    assert n_params("simple_cnn_seed002") == 4_694_346
+def sdpa_calls(monkeypatch):
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        calls.append(kwargs.get("dropout_p", 0.0))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    return calls
 
 
-def test_seed003_parameter_counts():
-    # The PyTorch MNIST example CNN: the seed's table exactly.
-    assert n_params_on("cnn_seed003", *MNIST) == 1_199_882
-    assert n_params_on("cnn_seed003", *CIFAR10) == 1_626_442
-    assert n_params_on("cnn_seed003", *CIFAR100) == 1_638_052
-    # DeepViT adds a 4x4 head-mixing matrix and a LayerNorm(4) per layer: 6 x 24 = 144, as in the seed's table.
-    for shape in (MNIST, CIFAR10, CIFAR100):
-        assert n_params_on("deepvit_seed003", *shape) - n_params_on("vit_seed003", *shape) == 144
-    # The seed's ViT/hybrid counts are ours plus position-table rows for patches that never existed:
-    # vit-pytorch sized its table from image_size (784 or 1024 for the ViT with patch 14 or 16;
-    # 144 or 196 for the hybrid) and sliced it to the 4 real patches. Its hybrid also had a 100-way head.
-    unused_rows = lambda image_size, patch: ((image_size // patch) ** 2 + 1 - 5) * 128  # noqa: E731
-    assert n_params_on("vit_seed003", *MNIST, patch_size=14) + unused_rows(784, 14) == 1_614_866
-    assert n_params_on("vit_seed003", *CIFAR10, patch_size=16) + unused_rows(1024, 16) == 1_812_106
-    head100 = (100 - 10) * 129
-    assert n_params_on("hybrid_seed003", *MNIST) + unused_rows(144, 6) + head100 == 1_591_652
-    assert n_params_on("hybrid_seed003", *CIFAR10) + unused_rows(196, 7) + head100 == 1_727_012
-    # With the issue's patch sizes (7 at 28 px, 4 at 32 px) every position embedding is used.
-    assert n_params_on("vit_seed003", *MNIST) == 1_196_396
+@pytest.mark.parametrize("name, depth, p", [("vit_mini_patch4_32", 6, 0.1), ("cnn_tr_small", 2, 0.1),
+                                            ("convstem_vit_mini", 6, 0.1), ("deepvit_mini_patchnorm", 6, 0.1)])
+def test_attention_runs_through_sdpa_unless_the_maps_are_needed(monkeypatch, name, depth, p):
+    calls = sdpa_calls(monkeypatch)
+    model = make(name)
+    x = torch.randn(2, 3, 32, 32)
+    reattention = name.startswith("deepvit")  # its head mixing needs the maps: always the explicit path
+    model.train()(x)
+    assert calls == ([] if reattention else [p] * depth)  # attention dropout rides along in training
+    calls.clear()
+    model.eval()(x)
+    assert calls == ([] if reattention else [0.0] * depth)
+    calls.clear()
+    model(x, return_attention=True)
+    assert calls == []
 
 
-def test_seed004_parameter_counts():
-    imagenette = (10, 3, 160)
-    assert n_params_on("convmixer_256_12", *imagenette) == 996_362  # the seed's 0.8M-1.6M range
-    assert n_params_on("convmixer_256_8", *CIFAR10) == 594_186  # the ConvMixer paper's 0.59M
-    assert n_params_on("resnet18", *CIFAR10) == 11_173_962  # the usual CIFAR ResNet-18
-    # The standard stem's 7x7 conv has 64 * 3 * (49 - 9) more weights than the CIFAR stem's 3x3.
-    assert n_params_on("resnet18", *imagenette) - n_params_on("resnet18", *CIFAR10) == 64 * 3 * 40
-    assert 800_000 < n_params_on("vit_seed004", *imagenette) < 1_600_000
-
-
-def test_resnet18_stems():
-    cifar = create_model("resnet18", num_classes=10, in_chans=3, image_size=32)
-    assert cifar.conv1.kernel_size == (3, 3) and isinstance(cifar.maxpool, torch.nn.Identity)
-    imagenet = create_model("resnet18", num_classes=10, in_chans=1, image_size=160)
-    assert imagenet.conv1.kernel_size == (7, 7) and imagenet.conv1.in_channels == 1
-    forced = create_model("resnet18", num_classes=10, in_chans=3, image_size=32, stem="imagenet")
-    assert forced.conv1.kernel_size == (7, 7)
-
-
-ATTENTION_MODELS = [n for n in list_models() if "return_attention" in inspect.signature(
-    create_model(n, num_classes=10, in_chans=3, image_size=32).forward).parameters]
+# Attention models on CIFAR-10 (160 px for the 160 px ViT): (blocks, heads, tokens).
+ATTENTION = {
+    "cnn_transformer": (3, 2, 64), "cnn_tr_small": (2, 2, 64), "cnn_tr_medium": (3, 2, 64),
+    "cnn_tr_large": (4, 2, 64), "cnn_tr_huge": (4, 2, 64),
+    "vit": (9, 12, 65), "deepvit": (9, 12, 65), "vit_tiny_patch2_32": (9, 12, 257), "vit_mini_patch4_32": (6, 4, 65),
+    "vit_mini_patchnorm": (6, 4, 65), "deepvit_mini_patchnorm": (6, 4, 65), "convstem_vit_mini": (6, 4, 5),
+    "vit_mini_patch16_160": (6, 8, 101),
+}
 
 
 def test_every_attention_model_is_covered():
-    expected = {"vit", "vit_cifar10_patch2_input32", "vit_seed002", "vit_seed003", "deepvit_seed003",
-                "hybrid_seed003", "cnn_transformer", "cnn_tr_small", "cnn_tr_medium", "cnn_tr_large", "cnn_tr_huge"}
-    assert expected <= set(ATTENTION_MODELS)
+    with_maps = {n for n in list_models()
+                 if "return_attention" in inspect.signature(default_model(n).forward).parameters}
+    assert with_maps == set(ATTENTION)
 
 
-@pytest.mark.parametrize("name", ATTENTION_MODELS)
-def test_attention_weights(name):
+@pytest.mark.parametrize("name", sorted(ATTENTION))
+def test_attention_maps(name):
+    depth, heads, tokens = ATTENTION[name]
+    layout = default_layout(name)
+    model = default_model(name)
     torch.manual_seed(0)
-    spec = (10, 3, 160) if name == "vit_seed004" else CIFAR10
-    model = create_model(name, num_classes=spec[0], in_chans=spec[1], image_size=spec[2]).eval()
-    x = torch.randn(3, spec[1], spec[2], spec[2])
+    x = torch.randn(2, layout[1], layout[2], layout[2])
     with torch.no_grad():
-        plain = model(x)
+        fast = model(x)
         logits, maps = model(x, return_attention=True)
-    torch.testing.assert_close(logits, plain, rtol=1e-4, atol=1e-5)  # the fast path == the explicit path
-    assert len(maps) >= 1
+    torch.testing.assert_close(logits, fast, rtol=1e-4, atol=1e-5)  # the SDPA path == the explicit path
+    assert len(maps) == depth
     for m in maps:
-        b, heads, n, n2 = m.shape
-        assert b == 3 and heads >= 2 and n == n2 > 1
-        torch.testing.assert_close(m.sum(-1), torch.ones(b, heads, n))  # each row is a distribution over keys
+        assert m.shape == (2, heads, tokens, tokens)
+        torch.testing.assert_close(m.sum(-1), torch.ones(2, heads, tokens))  # each row is a distribution over keys
         assert (m >= 0).all()
 
 
-def test_vit_attention_shapes():
-    model = create_model("vit_cifar10_patch2_input32", num_classes=10, in_chans=3, image_size=32).eval()
+def test_conv_stem_vit_exposes_its_blocks():
+    model = make("convstem_vit_mini", MNIST)
+    assert model.blocks is model.vit.blocks and len(model.blocks) == 6
+
+
+def test_cnn_transformer_block_matches_torch_encoder_layer():
+    """Our post-norm block computes nn.TransformerEncoderLayer's function, given the same weights."""
+    torch.manual_seed(0)
+    model = make("cnn_transformer", num_layers=5, cnn_channels=128, num_heads=4, dim_feedforward=96)
+    assert len(model.blocks) == 5
+    assert not [m for m in model.modules() if isinstance(m, (nn.TransformerEncoderLayer, nn.MultiheadAttention))]
+    ours = model.blocks[2].eval()
+    ref = nn.TransformerEncoderLayer(128, 4, 96, 0.1, batch_first=True).eval()
     with torch.no_grad():
-        _, maps = model(torch.randn(2, 3, 32, 32), return_attention=True)
-    assert len(maps) == 9 and all(m.shape == (2, 12, 16 * 16 + 1, 16 * 16 + 1) for m in maps)
+        ref.self_attn.in_proj_weight.copy_(ours.attn.qkv.weight)
+        ref.self_attn.in_proj_bias.copy_(ours.attn.qkv.bias)
+        ref.self_attn.out_proj.load_state_dict(ours.attn.proj.state_dict())
+        for name in ("linear1", "linear2", "norm1", "norm2"):
+            getattr(ref, name).load_state_dict(getattr(ours, name).state_dict())
+        x = torch.randn(3, 64, 128)
+        torch.testing.assert_close(ours(x)[0], ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_cnn_transformer_init_follows_multihead_attention():
+    torch.manual_seed(0)
+    blocks = make("cnn_tr_large").blocks
+    d = 64
+    for block in blocks:
+        qkv, proj = block.attn.qkv, block.attn.proj
+        xavier_bound = math.sqrt(6 / (d + 3 * d))  # xavier_uniform_ on the fused (3D, D) weight
+        assert qkv.weight.abs().max() <= xavier_bound and qkv.weight.std() > 0.9 * xavier_bound / math.sqrt(3)
+        assert not qkv.bias.any() and not proj.bias.any()
+        for linear in (proj, block.linear1, block.linear2):  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+            assert linear.weight.abs().max() <= 1 / math.sqrt(linear.in_features)
+    # Independently initialised, unlike nn.TransformerEncoder's deep copies of one layer.
+    assert not torch.equal(blocks[0].attn.qkv.weight, blocks[1].attn.qkv.weight)
+    assert not torch.equal(blocks[0].linear1.weight, blocks[1].linear1.weight)
+
+
+def test_eval_mode_is_deterministic_and_batch_independent():
+    model = make("cnn_tr_medium").eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        full, single = model(x), model(x[:1])
+    torch.testing.assert_close(full[:1], single, rtol=1e-4, atol=1e-5)
 
 
 def test_deepvit_reattention_changes_the_output():
     torch.manual_seed(0)
-    deep = create_model("deepvit_seed003", num_classes=10, in_chans=1, image_size=28).eval()
-    plain = create_model("vit_seed003", num_classes=10, in_chans=1, image_size=28).eval()
+    deep = make("deepvit_mini_patchnorm", MNIST).eval()
+    plain = make("vit_mini_patchnorm", MNIST).eval()
     missing, unexpected = plain.load_state_dict(deep.state_dict(), strict=False)
     assert not missing and all("reattn" in k for k in unexpected) and len(unexpected) == 6 * 3
     x = torch.randn(2, 1, 28, 28)
@@ -211,49 +414,24 @@ def test_deepvit_reattention_changes_the_output():
         assert not torch.allclose(deep(x), plain(x))
 
 
-def test_hybrid_patch_must_divide_the_feature_map():
+def test_resnet18_stems():
+    cifar = default_model("resnet18")
+    assert cifar.conv1.kernel_size == (3, 3) and isinstance(cifar.maxpool, nn.Identity)
+    imagenet = make("resnet18", (10, 1, 160))
+    assert imagenet.conv1.kernel_size == (7, 7) and imagenet.conv1.in_channels == 1
+    forced = make("resnet18", stem="imagenet")
+    assert forced.conv1.kernel_size == (7, 7)
+
+
+def test_conv_stem_patch_must_divide_the_feature_map():
     with pytest.raises(UserError, match=r"patch_size=5 does not divide the conv stem's 12x12 feature map "
                                         r"\(image size 28\); valid: 1, 2, 3, 4, 6, 12"):
-        create_model("hybrid_seed003", num_classes=10, in_chans=1, image_size=28, patch_size=5)
+        make("convstem_vit_mini", MNIST, patch_size=5)
 
 
-def test_seed003_vit_needs_a_patch_for_unknown_sizes():
+def test_mini_vit_needs_a_patch_for_unknown_sizes():
     with pytest.raises(UserError, match="no default patch size for 160 px inputs"):
-        create_model("vit_seed003", num_classes=10, in_chans=3, image_size=160)
-    assert n_params_on("vit_seed003", 10, 3, 160, patch_size=16) > 0
-
-
-# ----------------------------------------------------------------------------- the CPU dropout
-
-
-def test_cpu_dropout_mask_rate_scale_and_gradient():
-    from models.layers import Dropout, keep_mask
-
-    torch.manual_seed(0)
-    for p in (0.1, 0.25, 0.5):
-        keep = keep_mask(torch.Size([1000, 1001]), p)  # odd count: the last draw is used by half
-        half = keep.numel() // 2
-        for part in (keep.flatten()[:half], keep.flatten()[half:]):  # both bit fields drop at rate p
-            assert abs(1 - part.float().mean().item() - p) < 0.003
-    drop = Dropout(0.25)
-    x = (torch.rand(64, 65, 32) + 0.5).requires_grad_()
-    y = drop(x)
-    kept = y != 0
-    assert torch.allclose(y[kept], x[kept] / 0.75) and 0.24 < 1 - kept.float().mean().item() < 0.26
-    y.sum().backward()
-    assert torch.allclose(x.grad, kept.float() / 0.75)  # gradient flows through the kept elements only
-    drop.eval()
-    assert drop(x) is x and Dropout(0.0)(x) is x
-    torch.manual_seed(1)
-    a = drop.train()(x)
-    torch.manual_seed(1)
-    assert torch.equal(a, drop(x))  # seeded like any torch RNG use
-
-
-def test_models_use_the_cpu_dropout():
-    from models.layers import Dropout
-
-    for name in ("vit_seed003", "cnn_tr_medium", "hybrid_seed003", "cnn_seed003"):
-        model = create_model(name, num_classes=10, in_chans=3, image_size=32)
-        drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
-        assert drops and all(type(m) is Dropout for m in drops), name
+        make("vit_mini_patchnorm", IMAGENETTE)
+    # 100 patches of 16 x 16 x 3 instead of 64 of 4 x 4 x 3: a wider patch projection and a longer position table.
+    assert n_params("vit_mini_patchnorm", IMAGENETTE, patch_size=16) - n_params("vit_mini_patchnorm") \
+        == (768 - 48) * (2 + 128) + (100 - 64) * 128

@@ -1,16 +1,13 @@
 """Sweeps and multi-config calls: grid expansion, names, overrides, validation, failed points."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from config import expand, load_points
-from errors import UserError
-from train.sweep import check_points
+from core.errors import UserError
+from fixtures import call_main, tiny_raw, write_yaml
+from train.sweep import check_points, expand, load_points
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"model": {"name": "cnn_transformer"}, "data": {"name": "fashion_mnist"}}
@@ -74,7 +71,7 @@ def test_without_a_sweep_one_point():
     ({"model": {}}, "sweep.model: empty section"),
     ({"model.num_layers": [1], "model": [{"num_layers": 2}]}, "sweep.model.num_layers: set by more than one"),
     ({"train.lr": ["fast"]}, "(sweep point cnn_transformer-lr=fast): train.lr: expected a number"),
-    ({"train.epochs": [1, 0]}, "(sweep point cnn_transformer-epochs=0): train.epochs: got 0; must be at least 1"),
+    ({"train.epochs": [1, 0]}, "(sweep point cnn_transformer-epochs=0): train.epochs: got 0; must be in [1, 100,000]"),
     ({"train.nope": [1]}, "train.nope: unknown key"),
 ])
 def test_bad_sweeps_are_one_line_user_errors(sweep, message):
@@ -110,44 +107,33 @@ def test_load_points_concatenates_files(tmp_path):
 # ----------------------------------------------------------------------------- main.py, end to end
 
 
-def run_main(*args):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
 def tiny_config(path, root, out, **extra):
-    cfg = {"model": {"name": "cnn_transformer", "cnn_channels": 16, "num_layers": 1, "dim_feedforward": 32},
-           "data": {"name": "fashion_mnist", "root": str(root), "download": False, "cache": False},
-           "train": {"epochs": 2, "batch_size": 64, "eval_batch_size": 64, "log_every": 2},
-           "output": {"dir": str(out)}, **extra}
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_yaml(path, {**tiny_raw(root, out, name=None), **extra})
 
 
-def test_sweep_with_a_failing_point_goes_on_and_compares(fmnist_root, tmp_path):
+def test_sweep_with_a_failing_point_goes_on_and_compares(fmnist_root, tmp_path, capsys):
     # num_heads=3 does not divide the token width 16: that point fails when its model is built.
     cfg = tiny_config(tmp_path / "s.yaml", fmnist_root, tmp_path / "runs", name="tiny",
                       sweep={"model.num_heads": [2, 3], "seed": [0, 1]})
-    p = run_main("--cfg", cfg, "--out", tmp_path / "cmp")
+    p = call_main(capsys, "--cfg", cfg, "--out", tmp_path / "cmp")
     assert p.returncode == 1, p.stderr
     assert "2 of 4 runs completed" in p.stdout
-    assert "failed  tiny-num_heads=3-seed=0: model 'cnn_transformer': num_heads=3 does not divide" in p.stdout
+    assert "failed  tiny-num_heads=3-seed=0: model 'vit': num_heads=3 does not divide" in p.stdout
     assert "Traceback" not in p.stdout + p.stderr
     runs = sorted((tmp_path / "runs").iterdir())
     assert [r.name.rsplit("-", 2)[0] for r in runs] == ["tiny-num_heads=2-seed=0", "tiny-num_heads=2-seed=1"]
     for r in runs:
         assert json.loads((r / "results.json").read_text())["status"] == "completed"
     index = (tmp_path / "cmp" / "index.md").read_text()
-    assert "tiny-num_heads=3-seed=1** (failed): model 'cnn_transformer': num_heads=3" in index
+    assert "tiny-num_heads=3-seed=1** (failed): model 'vit': num_heads=3" in index
     summary = (tmp_path / "cmp" / "summary.csv").read_text().splitlines()
-    assert len(summary) == 2 and summary[1].startswith("tiny-num_heads=2,cnn_transformer,fashion_mnist,2,0 1,2,")
+    assert len(summary) == 2 and summary[1].startswith("tiny-num_heads=2,vit,fashion_mnist,2,0 1,2,")
 
 
-def test_several_configs_then_a_comparison(fmnist_root, tmp_path):
+def test_several_configs_then_a_comparison(fmnist_root, tmp_path, capsys):
     a = tiny_config(tmp_path / "a.yaml", fmnist_root, tmp_path / "runs", name="a")
     b = tiny_config(tmp_path / "b.yaml", fmnist_root, tmp_path / "runs", name="b")
-    p = run_main("--cfg", a, b, "--set", "train.epochs=1", "--set", "output.checkpoints=false")
+    p = call_main(capsys, "--cfg", a, b, "--set", "train.epochs=1", "--set", "output.checkpoints=false")
     assert p.returncode == 0, p.stderr
     assert "2 of 2 runs completed" in p.stdout
     (cmp,) = [d for d in (tmp_path / "runs").iterdir() if d.name.startswith("compare-")]
@@ -157,20 +143,20 @@ def test_several_configs_then_a_comparison(fmnist_root, tmp_path):
     assert "no checkpoint" in (cmp / "index.md").read_text()  # checkpoints off: maps skipped, and said so
 
 
-def test_dry_run_of_a_sweep_lists_points_and_writes_nothing(fmnist_root, tmp_path):
+def test_dry_run_of_a_sweep_lists_points_and_writes_nothing(fmnist_root, tmp_path, capsys):
     cfg = tiny_config(tmp_path / "s.yaml", fmnist_root, tmp_path / "runs", sweep={"model.num_heads": [2, 3]})
-    p = run_main("--cfg", cfg, "--dry-run")
+    p = call_main(capsys, "--cfg", cfg, "--dry-run")
     assert p.returncode == 2
     lines = p.stdout.splitlines()
     assert lines[0] == "2 runs:"
-    assert "cnn_transformer-num_heads=2  (model.num_heads=2)  cnn_transformer on fashion_mnist:" in lines[1]
-    assert "params" in lines[1] and "error: model 'cnn_transformer': num_heads=3" in lines[2]
+    assert "vit-num_heads=2  (model.num_heads=2)  vit on fashion_mnist:" in lines[1]
+    assert "params" in lines[1] and "error: model 'vit': num_heads=3" in lines[2]
     assert not (tmp_path / "runs").exists()
 
 
-def test_bad_sweep_exits_2_before_training(fmnist_root, tmp_path):
+def test_bad_sweep_exits_2_before_training(fmnist_root, tmp_path, capsys):
     cfg = tiny_config(tmp_path / "s.yaml", fmnist_root, tmp_path / "runs", sweep={"model.name": ["cnn_tr_smal"]})
-    p = run_main("--cfg", cfg)
+    p = call_main(capsys, "--cfg", cfg)
     assert p.returncode == 2 and p.stderr.count("\n") == 1
     assert "unknown model 'cnn_tr_smal' (did you mean 'cnn_tr_small'?)" in p.stderr
     assert not (tmp_path / "runs").exists()

@@ -1,58 +1,88 @@
-"""The shared loop: schedules, batching, determinism, divergence, and that it really learns."""
+"""The shared loop: torch schedules, batching, precision, determinism, the run directory's statuses, learning."""
 import json
 import math
 
 import pytest
 import torch
+from torch.optim import lr_scheduler
 
 from config import TrainConfig, from_dict
-from train.engine import NonFiniteLoss, Precision, train_one_epoch
-from train.loader import TensorLoader
-from train.run import fit
-from train.schedule import build_optimizer, build_scheduler, lr_factor, param_groups
+from core.errors import UserError
+from data import TensorLoader, get_spec, load_data
+from fixtures import quiet, read_metrics, run_fit, tiny_config
+from models import build_model
+from train.engine import NonFiniteLoss, evaluate, train_one_epoch, train_step
+from train.fit import fit
+from train.rundir import RunDir
+from train.setup import (Precision, build_optimizer, build_scheduler, param_groups, prepare, resolve_device,
+                         seed_everything)
 
-
-def cfg_for(root, tmp_path, **train):
-    return from_dict({
-        "name": "t", "seed": 0,
-        "model": {"name": "simple_cnn"},
-        "data": {"name": "fashion_mnist", "root": str(root), "download": False, "cache": False},
-        "train": {"epochs": 2, "batch_size": 32, "lr": 2.0e-3, "log_every": 2, **train},
-        "output": {"dir": str(tmp_path / "runs")},
-    })
-
-
-def quiet(*args, **kwargs):
-    pass
+CPU = torch.device("cpu")
 
 
 # ----------------------------------------------------------------------------- schedules
 
 
-def curve(steps_per_epoch=10, **kw):
+def lrs(scheduler, optimizer, steps):
+    """The lr of each of ``steps`` optimizer steps, stepping the scheduler after each, as the loop does."""
+    out = []
+    for _ in range(steps):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def ours(steps_per_epoch=10, **kw):
     cfg = TrainConfig(**kw)
-    f = lr_factor(cfg, steps_per_epoch)
-    return [f(s) for s in range(cfg.epochs * steps_per_epoch)]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    return lrs(build_scheduler(opt, cfg, steps_per_epoch), opt, cfg.epochs * steps_per_epoch)
 
 
-def test_cosine_with_warmup():
-    c = curve(epochs=10, schedule="cosine", warmup_epochs=2, lr=1.0, min_lr=0.1)
-    assert c[0] == pytest.approx(1 / 20) and c[19] == pytest.approx(1.0)  # linear warmup over 20 steps
-    assert all(a >= b for a, b in zip(c[19:], c[20:]))  # then monotone decay
-    assert c[-1] == pytest.approx(0.1, abs=1e-3)  # to min_lr
+def torch_epochwise(make, epochs, steps_per_epoch=10, lr=1.0):
+    """A torch scheduler stepped once per epoch (as the seeds' scripts do), expanded to every step."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = make(opt)
+    return [lr for lr in lrs(sched, opt, epochs) for _ in range(steps_per_epoch)]
 
 
-def test_onecycle_shape():
-    c = curve(epochs=10, schedule="onecycle", lr=1.0)
-    peak = max(range(len(c)), key=c.__getitem__)
-    assert peak == 30 and c[peak] == pytest.approx(1.0)  # 30% ramp by default
-    assert c[0] == pytest.approx(1 / 25) and c[-1] < 1e-3
+def test_onecycle_is_torchs_onecycle_to_the_last_step():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    theirs = lrs(lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=100, cycle_momentum=False), opt, 100)
+    mine = ours(epochs=10, schedule="onecycle", lr=1.0)
+    assert mine == theirs
+    assert mine[0] == pytest.approx(1 / 25) and max(mine) == pytest.approx(1.0)
+    assert mine[-1] < 1e-4  # anneals to lr / 25 / 1e4, not the old hand-written curve's 5e-4 * lr
 
 
-def test_multistep_and_constant():
-    c = curve(epochs=6, schedule="multistep", milestones=[2, 4], gamma=0.1)
-    assert c[19] == 1.0 and c[20] == pytest.approx(0.1) and c[40] == pytest.approx(0.01)
-    assert set(curve(epochs=3, schedule="constant")) == {1.0}
+def test_step_schedule_is_seed_style_steplr_per_epoch():
+    mine = ours(epochs=5, schedule="step", step_size=1, gamma=0.7, lr=1.0)
+    theirs = torch_epochwise(lambda o: lr_scheduler.StepLR(o, step_size=1, gamma=0.7), 5)
+    assert mine == pytest.approx(theirs)
+    assert mine[-1] == pytest.approx(0.7 ** 4)
+
+
+def test_multistep_matches_epochwise_multisteplr():
+    mine = ours(epochs=6, schedule="multistep", milestones=[2, 4], gamma=0.1, lr=1.0)
+    theirs = torch_epochwise(lambda o: lr_scheduler.MultiStepLR(o, [2, 4], gamma=0.1), 6)
+    assert mine == pytest.approx(theirs)
+
+
+def test_cosine_is_cosineannealing_over_steps_and_reaches_min_lr():
+    mine = ours(epochs=4, schedule="cosine", lr=1.0, min_lr=0.1)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    assert mine == pytest.approx(lrs(lr_scheduler.CosineAnnealingLR(opt, T_max=40, eta_min=0.1), opt, 40))
+    assert mine[0] == 1.0 and mine[-1] == pytest.approx(0.1, abs=2e-3)
+
+
+def test_warmup_ramps_linearly_then_hands_over():
+    mine = ours(epochs=10, schedule="cosine", warmup_epochs=2, lr=1.0, min_lr=0.0)
+    ramp = mine[:20]
+    assert ramp[0] == pytest.approx(1 / 20) and all(b > a for a, b in zip(ramp, ramp[1:]))
+    diffs = [b - a for a, b in zip(ramp, ramp[1:])]
+    assert max(diffs) == pytest.approx(min(diffs))  # linear
+    assert mine[20] == pytest.approx(1.0) and all(a >= b for a, b in zip(mine[20:], mine[21:]))
+    assert ours(epochs=3, schedule="constant") == [1.0e-3] * 30
 
 
 def test_no_weight_decay_on_norms_and_biases():
@@ -68,41 +98,23 @@ def test_no_weight_decay_on_norms_and_biases():
 def test_loader_batches_and_shuffles():
     x = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 4, 4).contiguous()
     y = torch.arange(10)
-    gen = torch.Generator()
-    gen.manual_seed(0)
-    loader = TensorLoader(x, y, batch_size=4, mean=(0.0,), std=(1 / 255,), image_size=4,
-                          shuffle=True, drop_last=True, generator=gen)
+    loader = TensorLoader(x, y, batch_size=4, mean=(0.0,), std=(1 / 255,), shuffle=True, drop_last=True,
+                          generator=torch.Generator().manual_seed(0))
     batches = list(loader)
     assert len(loader) == len(batches) == 2 and all(b[0].shape == (4, 1, 4, 4) for b in batches)
     seen = torch.cat([b[1] for b in batches])
-    assert len(set(seen.tolist())) == 8
+    assert len(set(seen.tolist())) == 8 and seen.tolist() != list(range(8))
     # images and labels stay paired through the shuffle; normalisation with std 1/255 returns raw values
     for images, labels in batches:
         torch.testing.assert_close(images[:, 0, 0, 0], labels.float())
-    eval_loader = TensorLoader(x, y, batch_size=4, mean=(0.0,), std=(1.0,), image_size=4)
+    eval_loader = TensorLoader(x, y, batch_size=4, mean=(0.0,), std=(1.0,))
     assert len(eval_loader) == 3 and torch.equal(torch.cat([b[1] for b in eval_loader]), y)
 
 
-# ----------------------------------------------------------------------------- loop
-
-
-def test_non_finite_loss_stops_the_epoch():
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
-    with torch.no_grad():
-        model[1].weight.fill_(float("nan"))
-    x, y = torch.zeros(8, 1, 2, 2, dtype=torch.uint8), torch.zeros(8, dtype=torch.long)
-    loader = TensorLoader(x, y, batch_size=2, mean=(0.0,), std=(1.0,), image_size=2)
-    opt = build_optimizer(model, TrainConfig())
-    sched = build_scheduler(opt, TrainConfig(epochs=1), len(loader))
-    with pytest.raises(NonFiniteLoss, match="training loss became nan by step 2"):
-        train_one_epoch(model, loader, opt, sched, torch.nn.CrossEntropyLoss(), device=torch.device("cpu"),
-                        precision=Precision("cpu"), log_every=2)
+# ----------------------------------------------------------------------------- device and precision
 
 
 def test_cuda_request_without_cuda(monkeypatch):
-    from errors import UserError
-    from train.run import resolve_device
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="train.device: 'cuda' requested but CUDA is not available"):
         resolve_device("cuda")
@@ -110,23 +122,103 @@ def test_cuda_request_without_cuda(monkeypatch):
 
 
 def test_precision_choice(monkeypatch):
-    import train.engine
+    import train.setup
 
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(train.engine, "cpu_has_native_bf16", lambda: False)  # an AVX2 CPU
-    assert Precision.for_device(cpu, amp=True).dtype is None
-    assert str(Precision.for_device(cpu, amp=True)) == "fp32"
-    monkeypatch.setattr(train.engine, "cpu_has_native_bf16", lambda: True)  # AMX / AVX512-BF16
-    assert str(Precision.for_device(cpu, amp=True)) == "bfloat16"
-    assert not Precision.for_device(cpu, amp=True).needs_scaler
-    assert Precision.for_device(cpu, amp=False).dtype is None
+    monkeypatch.setattr(train.setup, "cpu_has_native_bf16", lambda: False)  # an AVX2 CPU
+    assert Precision.for_device(CPU, amp=True).dtype is None and str(Precision.for_device(CPU, amp=True)) == "fp32"
+    monkeypatch.setattr(train.setup, "cpu_has_native_bf16", lambda: True)  # AMX / AVX512-BF16
+    assert str(Precision.for_device(CPU, amp=True)) == "bfloat16"
+    assert not Precision.for_device(CPU, amp=True).needs_scaler
+    assert Precision.for_device(CPU, amp=False).dtype is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert Precision.for_device(torch.device("cuda"), amp=True).dtype == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    fp16 = Precision.for_device(torch.device("cuda"), amp=True)
+    assert fp16.dtype == torch.float16 and fp16.needs_scaler
+    assert Precision.for_device(torch.device("cuda"), amp=False).dtype is None
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _setup(fmnist_root, tmp_path, **train):
+    cfg = tiny_config(fmnist_root, tmp_path / "runs", **train)
+    seed_everything(cfg.seed)
+    return prepare(cfg, build_model(cfg, get_spec(cfg.data.name)), load_data(cfg.data), CPU)
+
+
+def test_non_finite_loss_stops_the_epoch(fmnist_root, tmp_path):
+    s = _setup(fmnist_root, tmp_path, log_every=2)
+    with torch.no_grad():
+        s.module.head.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLoss, match="training loss became nan by step 2"):
+        train_one_epoch(s, log_every=2)
+
+
+def test_grad_clip_bounds_the_update(fmnist_root, tmp_path):
+    """With plain SGD, lr 1 and no momentum, the step is the clipped gradient: its norm is the clip."""
+    s = _setup(fmnist_root, tmp_path, optimizer="sgd", momentum=0.0, lr=1.0, weight_decay=0.0,
+               schedule="constant", grad_clip=0.01, amp=False)
+    images, labels = next(iter(s.train_loader))
+    before = [p.detach().clone() for p in s.module.parameters()]
+    train_step(s, images, labels)
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(s.module.parameters(), before)])
+    assert moved.norm().item() == pytest.approx(0.01, rel=1e-3)
+
+
+def test_label_smoothing_reaches_the_training_loss(fmnist_root, tmp_path):
+    s = _setup(fmnist_root, tmp_path, label_smoothing=0.2)
+    assert s.criterion.label_smoothing == 0.2
+    logits = torch.tensor([[4.0, 0.0, 0.0]])
+    expected = 0.8 * torch.nn.functional.cross_entropy(logits, torch.tensor([0])) + 0.2 * (
+        -torch.log_softmax(logits, 1).mean())
+    torch.testing.assert_close(s.criterion(logits, torch.tensor([0])), expected)
+
+
+def test_scaled_and_clipped_step_runs_on_cpu(fmnist_root, tmp_path):
+    # The GradScaler + clipping branch (fp16 on CUDA) exercised with CPU autocast.
+    s = _setup(fmnist_root, tmp_path, grad_clip=0.5)
+    s.precision, s.scaler = Precision("cpu", torch.bfloat16), torch.amp.GradScaler("cpu")
+    before = s.module.head.weight.detach().clone()
+    stats = train_one_epoch(s)
+    assert math.isfinite(stats["train_loss"]) and not torch.equal(before, s.module.head.weight)
+
+
+def test_top5_counts_a_label_among_the_five_largest_logits(fmnist_root, tmp_path):
+    s = _setup(fmnist_root, tmp_path)
+    logits = torch.tensor([[9.0, 8, 7, 6, 5, 4], [0, 1, 2, 3, 4, 5], [5, 0, 0, 0, 0, 0]])
+    labels = torch.tensor([4, 0, 0])  # 2nd: label 0 has the smallest logit; 3rd: top-1 right
+    s.model = lambda x: logits  # fixed logits through the real evaluate()
+    s.model.eval = lambda: None
+    out = evaluate(s, [(torch.zeros(3, 1), labels)], top5=True)
+    assert out["val_acc"] == pytest.approx(100 / 3) and out["val_top5"] == pytest.approx(200 / 3)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_setting_reaches_model_and_batches(fmnist_root, tmp_path, channels_last):
+    s = _setup(fmnist_root, tmp_path, channels_last=channels_last, model={"name": "simple_cnn"})
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    other = torch.contiguous_format if channels_last else torch.channels_last
+    # A conv with several input channels and a spatial kernel: otherwise both layouts have the same strides.
+    conv = [m for m in s.model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1
+            and m.kernel_size[0] > 1][-1]
+    assert conv.weight.is_contiguous(memory_format=fmt) and not conv.weight.is_contiguous(memory_format=other)
+    assert s.train_loader.channels_last is channels_last and s.val_loader.channels_last is channels_last
+    rgb = TensorLoader(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), batch_size=2,
+                       mean=(0.5,) * 3, std=(0.5,) * 3, channels_last=channels_last)
+    images, _ = next(iter(rgb))
+    assert images.is_contiguous(memory_format=fmt) and not images.is_contiguous(memory_format=other)
+
+
+# ----------------------------------------------------------------------------- fit and the run directory
 
 
 def test_fit_writes_everything_and_learns(fmnist_root, tmp_path):
-    cfg = cfg_for(fmnist_root, tmp_path, epochs=4, batch_size=16, schedule="onecycle")
-    cfg.data.augment = False  # a flip would move the class-coding square onto another class's place
-    run_dir, results = fit(cfg, log=quiet, progress=False)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # No flip: it would move the class-coding square onto another class's place.
+    cfg = tiny_config(fmnist_root, tmp_path / "runs", epochs=4, batch_size=16, schedule="onecycle",
+                      model={"name": "simple_cnn"}, data={"augment": False})
+    run_dir, results = run_fit(cfg)
+    rows = read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     keys = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s"}
     assert all(keys <= set(r) for r in rows)
@@ -136,66 +228,67 @@ def test_fit_writes_everything_and_learns(fmnist_root, tmp_path):
     saved = json.loads((run_dir / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
     assert saved["status"] == "completed" and saved["params"] == 431_594 - 2 * 16 * 9  # 1-channel first conv
-    assert saved["best_val_acc"] == max(r["val_acc"] for r in rows)
-    assert saved["final_val_acc"] == rows[-1]["val_acc"] and saved["mult_adds"] > 0
-    for name in ("last.pt", "best.pt"):
-        state = torch.load(run_dir / name, weights_only=True)
-        assert isinstance(state, dict) and "head.fc.weight" in state
+    best = max(rows, key=lambda r: r["val_acc"])
+    assert saved["best_val_acc"] == best["val_acc"] and saved["best_epoch"] == best["epoch"]
+    assert saved["final_val_acc"] == rows[-1]["val_acc"] and saved["mult_adds"] > 1_000_000
+    best_state = torch.load(run_dir / "best.pt", weights_only=True)
+    last_state = torch.load(run_dir / "last.pt", weights_only=True)
+    model = build_model(cfg, get_spec("fashion_mnist"))
+    model.load_state_dict(last_state)  # a plain state dict for the registered model
+    assert set(best_state) == set(last_state)
     assert (run_dir / "config.yaml").is_file() and "Total params" in (run_dir / "summary.txt").read_text()
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-def test_fixed_seed_repeats_exactly(fmnist_root, tmp_path):
-    metrics = []
-    for _ in range(2):
-        run_dir, _ = fit(cfg_for(fmnist_root, tmp_path, epochs=1), log=quiet, progress=False)
-        row = json.loads((run_dir / "metrics.jsonl").read_text())
-        metrics.append((row["train_loss"], row["val_loss"], row["val_acc"]))
-    assert metrics[0] == metrics[1]
-    run_dir, _ = fit(from_dict({**cfg_for(fmnist_root, tmp_path).to_dict(), "seed": 1, "train": {
-        **cfg_for(fmnist_root, tmp_path).to_dict()["train"], "epochs": 1}}), log=quiet, progress=False)
-    other = json.loads((run_dir / "metrics.jsonl").read_text())
-    assert other["train_loss"] != metrics[0][0]
+def test_fixed_seed_repeats_exactly_and_another_seed_differs(fmnist_root, tmp_path):
+    def first_epoch(seed):
+        run_dir, _ = run_fit(tiny_config(fmnist_root, tmp_path / "runs", epochs=1, seed=seed))
+        (row,) = read_metrics(run_dir)
+        return row["train_loss"], row["val_loss"], row["val_acc"]
+
+    a = first_epoch(0)
+    assert first_epoch(0) == a
+    assert first_epoch(1)[0] != a[0]
+
+
+def test_bad_input_leaves_no_run_directory(tmp_path):
+    cfg = tiny_config(tmp_path / "nowhere", tmp_path / "runs")
+    run_dir = RunDir(cfg.output.dir, cfg.run_name)
+    with pytest.raises(UserError, match="fashion_mnist not found"):
+        fit(cfg, run_dir, log=quiet, progress=False)
+    assert run_dir.path is None and not (tmp_path / "runs").exists()
 
 
 def test_divergence_is_recorded(fmnist_root, tmp_path):
     with pytest.raises(NonFiniteLoss):
-        fit(cfg_for(fmnist_root, tmp_path, lr=1.0e30, optimizer="sgd", schedule="constant", epochs=2),
-            log=quiet, progress=False)
+        run_fit(tiny_config(fmnist_root, tmp_path / "runs", lr=99.0, optimizer="sgd", schedule="constant",
+                            amp=False))
     (run_dir,) = (tmp_path / "runs").iterdir()
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "diverged" and "epoch 1" in results["error"]
 
 
-def test_grad_clip_and_label_smoothing_run(fmnist_root, tmp_path):
-    _, results = fit(cfg_for(fmnist_root, tmp_path, epochs=1, grad_clip=1.0, label_smoothing=0.1,
-                             optimizer="sgd", lr=0.05, warmup_epochs=0.5),
-                     log=quiet, progress=False)
-    assert math.isfinite(results["final_val_loss"])
+@pytest.mark.parametrize("raised, status", [(KeyboardInterrupt, "interrupted"), (MemoryError, "failed")])
+def test_an_interrupted_or_crashed_run_says_so(fmnist_root, tmp_path, monkeypatch, raised, status):
+    import train.fit
 
+    calls = []
 
-def test_cuda_precision_choice(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert Precision.for_device(torch.device("cuda"), amp=True).dtype == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    fp16 = Precision.for_device(torch.device("cuda"), amp=True)
-    assert fp16.dtype == torch.float16 and fp16.needs_scaler
-    assert Precision.for_device(torch.device("cuda"), amp=False).dtype is None
+    def evaluate_then_stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise raised()
+        return evaluate(*args, **kwargs)
 
-
-def test_scaled_and_clipped_step_runs_on_cpu():
-    # The GradScaler + clipping branch (fp16 on CUDA) exercised with CPU autocast.
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
-    x = torch.randint(0, 255, (8, 1, 2, 2), dtype=torch.uint8)
-    y = torch.randint(0, 2, (8,))
-    loader = TensorLoader(x, y, batch_size=4, mean=(0.5,), std=(0.5,), image_size=2)
-    opt = build_optimizer(model, TrainConfig())
-    sched = build_scheduler(opt, TrainConfig(epochs=1), len(loader))
-    before = model[1].weight.detach().clone()
-    stats = train_one_epoch(model, loader, opt, sched, torch.nn.CrossEntropyLoss(), device=torch.device("cpu"),
-                            precision=Precision("cpu", torch.bfloat16), scaler=torch.amp.GradScaler("cpu"),
-                            grad_clip=0.5)
-    assert math.isfinite(stats["train_loss"]) and not torch.equal(before, model[1].weight)
+    monkeypatch.setattr(train.fit, "evaluate", evaluate_then_stop)
+    with pytest.raises(raised):
+        run_fit(tiny_config(fmnist_root, tmp_path / "runs", epochs=3))
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == status and "error" in results
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [1]  # what finished is kept
+    if status == "failed":
+        assert results["error"].startswith("MemoryError") and "Traceback" in results["traceback"]
 
 
 @pytest.mark.parametrize("dataset, writer", [("cifar10", "write_cifar10"), ("imagenette", "write_imagenette")])
@@ -203,66 +296,39 @@ def test_fit_through_each_augmentation_path(tmp_path, dataset, writer):
     import fixtures
 
     getattr(fixtures, writer)(tmp_path / "data")
-    cfg = from_dict({
-        "model": {"name": "cnn_tr_small"},
-        "data": {"name": dataset, "root": str(tmp_path / "data"), "download": False, "cache": False},
-        "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 8},
-        "output": {"dir": str(tmp_path / "runs"), "checkpoints": False},
-    })
-    run_dir, results = fit(cfg, log=quiet, progress=False)
+    model = {**fixtures.TINY_VIT, "patch_size": 8 if dataset == "cifar10" else 40}
+    cfg = tiny_config(tmp_path / "data", tmp_path / "runs", dataset=dataset, model=model, epochs=1, batch_size=8,
+                      eval_batch_size=8)
+    cfg.output.checkpoints = False
+    run_dir, results = run_fit(cfg)
     assert results["status"] == "completed" and math.isfinite(results["final_val_loss"])
     assert not (run_dir / "last.pt").exists()  # output.checkpoints: false
 
 
-def test_fit_with_seed001_recipe_features(tmp_path):
+def test_fit_with_the_long_vit_recipe(tmp_path):
+    """TrivialAugment, random erasing, MixUp/CutMix, label smoothing, clipping, warmup and top-5 together."""
     import fixtures
 
     fixtures.write_cifar100(tmp_path / "data")
-    cfg = from_dict({
-        "model": {"name": "vit", "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
-        "data": {"name": "cifar100", "root": str(tmp_path / "data"), "download": False, "cache": False,
-                 "auto_augment": "trivialaugment", "random_erasing": 0.25},
-        "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 8, "mixup_alpha": 0.8, "cutmix_alpha": 1.0,
-                  "label_smoothing": 0.1, "grad_clip": 1.0, "warmup_epochs": 1, "top5": True},
-        "output": {"dir": str(tmp_path / "runs"), "checkpoints": False},
-    })
-    run_dir, results = fit(cfg, log=quiet, progress=False)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    cfg = tiny_config(tmp_path / "data", tmp_path / "runs", dataset="cifar100",
+                      model={"name": "vit", "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+                      data={"auto_augment": "trivialaugment", "random_erasing": 0.25},
+                      epochs=2, batch_size=8, eval_batch_size=8, mixup_alpha=0.8, cutmix_alpha=1.0,
+                      label_smoothing=0.1, grad_clip=1.0, warmup_epochs=1, top5=True)
+    run_dir, results = run_fit(cfg)
+    rows = read_metrics(run_dir)
     assert results["status"] == "completed" and len(rows) == 2
     for row in rows:
         assert math.isfinite(row["train_loss"]) and row["val_acc"] <= row["val_top5"] <= 100
     assert results["final_val_top5"] == rows[-1]["val_top5"]
 
 
-def test_top5_counts_a_label_among_the_five_largest_logits():
-    from train.engine import evaluate
-
-    logits = torch.tensor([[9.0, 8, 7, 6, 5, 4], [0, 1, 2, 3, 4, 5], [5, 0, 0, 0, 0, 0]])
-    labels = torch.tensor([4, 0, 0])  # 2nd: label 0 has the smallest logit; 3rd: top-1 right
-    model = torch.nn.Linear(1, 6)
-    with torch.no_grad():
-        model.weight.zero_()
-    loader = [(torch.zeros(3, 1), labels)]
-    model.forward = lambda x: logits  # fixed logits through the real evaluate()
-    out = evaluate(model, loader, torch.nn.CrossEntropyLoss(), device=torch.device("cpu"),
-                   precision=Precision("cpu"), top5=True)
-    assert out["val_acc"] == pytest.approx(100 / 3) and out["val_top5"] == pytest.approx(200 / 3)
+def test_config_defaults_are_what_the_readme_says():
+    cfg = from_dict({"model": {"name": "simple_cnn"}, "data": {"name": "cifar10"}})
+    assert cfg.train.channels_last is True and cfg.train.compile == "off" and cfg.train.amp is True
 
 
-@pytest.mark.parametrize("channels_last", [True, False, None])
-def test_channels_last_setting_reaches_model_and_batches(fmnist_root, tmp_path, channels_last):
-    from train.run import build_model, load_data, prepare
-
-    cfg = cfg_for(fmnist_root, tmp_path, channels_last=channels_last)
-    s = prepare(cfg, build_model(cfg), load_data(cfg), torch.device("cpu"))
-    on = channels_last is not False  # null is the default: on
-    fmt = torch.channels_last if on else torch.contiguous_format
-    # A conv with several input channels and a spatial kernel: otherwise both layouts have the same strides.
-    conv = [m for m in s.model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1
-            and m.kernel_size[0] > 1][-1]
-    assert conv.in_channels > 1 and s.channels_last == on
-    assert conv.weight.is_contiguous(memory_format=fmt)
-    assert not conv.weight.is_contiguous(memory_format=torch.contiguous_format if on else torch.channels_last)
+# ----------------------------------------------------------------------------- measurements and the CPU dropout swap
 
 
 class _Counting(torch.nn.Module):
@@ -279,14 +345,40 @@ class _Counting(torch.nn.Module):
 
 
 def test_latency_warms_up_times_and_respects_its_budget():
-    from data import get_spec
-    from train.engine import latency_ms
+    from train.measure import latency_ms
 
-    spec, cpu = get_spec("mnist"), torch.device("cpu")
+    spec = get_spec("mnist")
     fast = _Counting()
-    assert latency_ms(fast, spec, cpu, Precision.for_device(cpu, True), 4, max_repeats=10) >= 0
+    latency_ms(fast, spec, CPU, Precision("cpu"), 4, max_repeats=10)
     assert fast.calls == 3 + 10 and not fast.training  # 3 warm-ups, then every repeat (far under budget)
     slow = _Counting(0.12)
-    ms = latency_ms(slow, spec, cpu, Precision.for_device(cpu, True), 2, max_repeats=10, budget_s=0.2)
+    ms = latency_ms(slow, spec, CPU, Precision("cpu"), 2, max_repeats=10, budget_s=0.2)
     assert slow.calls == 2 + 3  # warm-up cut after 0.24 s > budget, then the minimum of 3 timed passes
     assert ms == pytest.approx(120 / 2, rel=0.5)  # per image
+
+
+def test_cpu_dropout_is_swapped_in_by_prepare_only_for_plain_dropout(fmnist_root, tmp_path):
+    from train.cpu_dropout import CPUDropout
+
+    model = {"name": "vit", "patch_size": 7, "embed_dim": 16, "depth": 2, "num_heads": 2, "dropout": 0.1,
+             "attn_dropout": 0.1}
+    s = _setup(fmnist_root, tmp_path, model=model)
+    drops = [m for m in s.module.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(type(m) is CPUDropout for m in drops) and s.cpu_dropout == len(drops)
+    plain = build_model(s_cfg := tiny_config(fmnist_root, tmp_path, model=model), get_spec(s_cfg.data.name))
+    assert [m.p for m in plain.modules() if isinstance(m, torch.nn.Dropout)] == [m.p for m in drops]
+
+
+def test_cpu_dropout_mask_rate_scale_and_eval():
+    from train.cpu_dropout import CPUDropout
+
+    drop = CPUDropout(0.1)
+    torch.manual_seed(0)
+    out = drop(torch.ones(200_000))
+    kept = out != 0
+    assert kept.float().mean().item() == pytest.approx(0.9, abs=0.003)
+    torch.testing.assert_close(out[kept], torch.full((int(kept.sum()),), 1 / 0.9))
+    torch.manual_seed(0)
+    assert torch.equal(drop(torch.ones(200_000)), out)  # seeded by torch.manual_seed
+    x = torch.randn(10)
+    assert torch.equal(drop.eval()(x), x)

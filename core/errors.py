@@ -2,4 +2,4 @@
 
 
 class UserError(Exception):
-    """A problem in the user's input. ``main`` prints it as one line and exits 2."""
+    """A problem in the user's input. Every entry point prints it as one line and exits 2 (``core.cli``)."""

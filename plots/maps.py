@@ -1,8 +1,8 @@
-"""What a trained model looks at: attention maps (seed 002's ViT figure) and first-layer feature maps (its CNN side).
+"""What a trained model looks at: attention maps (with rollout) and the first conv layers' feature maps.
 
-Both rebuild the model from the run's ``config.yaml``, load its checkpoint (``best.pt``, else
-``last.pt``) on the CPU and read a few validation images through the run's own preprocessing;
-every run of one dataset is shown the same images.
+Both rebuild the model from the run's ``config.yaml`` through the public ``models`` and ``data``
+functions, load its checkpoint (``best.pt``, else ``last.pt``) on the CPU and read a few validation
+images through the same normalisation as training; every run of one dataset is shown the same images.
 """
 from __future__ import annotations
 
@@ -15,17 +15,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from config import from_dict
+from data import DatasetSpec, TensorLoader, get_spec, load_data
+from models import build_model
 from plots.curves import plt, save
 from plots.runs import Run
-
-# Class names where they are short enough to label a figure (others show the class index).
-CLASS_NAMES = {
-    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
-    "fashion_mnist": ["T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                      "ankle boot"],
-    "imagenette": ["tench", "English springer", "cassette player", "chain saw", "church", "French horn",
-                   "garbage truck", "gas pump", "golf ball", "parachute"],  # folders n01440764 ... in order
-}
 
 FEATURE_CHANNELS = 8  # channels shown per conv layer
 FEATURE_LAYERS = 2  # first conv layers shown
@@ -36,11 +30,10 @@ class Sample:
     images: torch.Tensor  # (k, C, S, S), normalised as the model saw them in validation
     display: torch.Tensor  # (k, S, S, C) in [0, 1]
     labels: list[int]
-    dataset: str
+    spec: DatasetSpec
 
     def name(self, label: int) -> str:
-        names = CLASS_NAMES.get(self.dataset)
-        return names[label] if names and 0 <= label < len(names) else str(label)
+        return self.spec.class_name(label)
 
 
 def has_attention(model: nn.Module) -> bool:
@@ -55,11 +48,8 @@ def first_convs(model: nn.Module, n: int = FEATURE_LAYERS) -> list[tuple[str, nn
 
 
 def load_model(run: Run) -> nn.Module:
-    from config import from_dict
-    from train.run import build_model
-
     cfg = from_dict(run.config)
-    model = build_model(cfg)
+    model = build_model(cfg, get_spec(cfg.data.name))
     ckpt = run.checkpoint()
     if ckpt is None:
         raise FileNotFoundError("no checkpoint (best.pt or last.pt); output.checkpoints was off")
@@ -69,14 +59,10 @@ def load_model(run: Run) -> nn.Module:
 
 def load_sample(run: Run, k: int, cache: dict) -> Sample:
     """``k`` validation images, one per class where the first few hundred allow it."""
-    from config import from_dict
-    from train.loader import TensorLoader
-    from train.run import load_data
-
     cfg = from_dict(run.config)
     key = (cfg.data.name, cfg.data.root, k)
     if key not in cache:
-        data = load_data(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, download=False, limit_val=512)))
+        data = load_data(dataclasses.replace(cfg.data, download=False, limit_val=512))
         x, y = data.val
         picked, seen = [], set()
         for i, label in enumerate(y.tolist()):
@@ -87,13 +73,12 @@ def load_sample(run: Run, k: int, cache: dict) -> Sample:
                 break
         picked += [i for i in range(len(y)) if i not in picked][: k - len(picked)]
         spec = data.spec
-        loader = TensorLoader(x[picked], y[picked], batch_size=len(picked), mean=spec.mean, std=spec.std,
-                              image_size=spec.image_size)
+        loader = TensorLoader(x[picked], y[picked], batch_size=len(picked), mean=spec.mean, std=spec.std)
         images, labels = next(iter(loader))
         mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
         std = torch.tensor(spec.std).view(1, -1, 1, 1)
         display = (images * std + mean).clamp(0, 1).permute(0, 2, 3, 1)
-        cache[key] = Sample(images, display, labels.tolist(), spec.name)
+        cache[key] = Sample(images, display, labels.tolist(), spec)
     return cache[key]
 
 

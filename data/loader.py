@@ -5,7 +5,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from data.augment import Transform, normalize, random_erasing, resize
+from data.augment import Transform, normalize, random_erasing
 
 
 class TensorLoader:
@@ -22,7 +22,6 @@ class TensorLoader:
         batch_size: int,
         mean: Sequence[float],
         std: Sequence[float],
-        image_size: int,
         transform: Optional[Transform] = None,
         shuffle: bool = False,
         drop_last: bool = False,
@@ -36,7 +35,6 @@ class TensorLoader:
         # On the data's device once, so no per-batch host-to-device copy of the statistics.
         self.mean = torch.tensor(mean, dtype=torch.float32, device=x.device)
         self.std = torch.tensor(std, dtype=torch.float32, device=x.device)
-        self.image_size = image_size
         self.transform, self.shuffle, self.drop_last = transform, shuffle, drop_last
         self.generator = generator
         self.channels_last = channels_last
@@ -45,10 +43,6 @@ class TensorLoader:
     def __len__(self) -> int:
         n = len(self.x)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self) * self.batch_size if self.drop_last else len(self.x)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.x)
@@ -62,7 +56,7 @@ class TensorLoader:
                 xb, yb = self.x[idx], self.y[idx]
             if self.transform is not None:
                 xb = self.transform(xb, self.generator)
-            xb = normalize(resize(xb, self.image_size), self.mean, self.std)
+            xb = normalize(xb, self.mean, self.std)
             if self.erase_prob > 0:
                 xb = random_erasing(xb, self.erase_prob, self.generator)
             if self.channels_last:

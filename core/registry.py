@@ -10,7 +10,7 @@ import difflib
 import inspect
 from typing import Any, Callable, Iterable
 
-from errors import UserError
+from core.errors import UserError
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -40,9 +40,6 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._entries)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._entries
 
     def get(self, name: str) -> Callable[..., Any]:
         if name not in self._entries:

@@ -1,0 +1,209 @@
+"""YAML + ``--set`` overrides -> a typed ``Config`` (config/schema.py).
+
+Strict like nanoGPT's configurator, without its ``exec``: unknown keys, wrong types, out-of-range or
+non-finite numbers and missing values are reported with their dotted path, the value received and what
+would be valid. Overrides are applied to the raw dict before validation, so they get the same checks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from config.schema import REQUIRED, Config, ModelConfig, check_range
+from core.errors import UserError
+from core.registry import did_you_mean
+
+# Literal fields where YAML's booleans mean a choice (YAML 1.1 also reads ``off`` as false).
+_BOOL_CHOICES = {"compile": {True: "default", False: "off"}}
+
+# Model names that were renamed to say what the model is; an old config gets the new name in its error.
+RENAMED_MODELS = {
+    "simple_cnn_seed002": "vgg_cifar", "cnn_seed003": "mnist_cnn", "vit_cifar10_patch2_input32": "vit_tiny_patch2_32",
+    "vit_seed002": "vit_mini_patch4_32", "vit_seed003": "vit_mini_patchnorm",
+    "deepvit_seed003": "deepvit_mini_patchnorm", "hybrid_seed003": "convstem_vit_mini",
+    "vit_seed004": "vit_mini_patch16_160", "convmixer_256_12": "convmixer_256_12_ks7_p7",
+    "convmixer_256_8": "convmixer_256_8_ks5_p2",
+}
+
+
+# ----------------------------------------------------------------------------- loading
+
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _bad(path: str, value: Any, tp: Any) -> UserError:
+    return UserError(f"{path}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        assert len(inner) == 1, "only Optional[X] unions are supported"
+        try:
+            return _convert(value, inner[0], path)
+        except UserError:
+            raise _bad(path, value, tp) from None
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise UserError(f"{path}: got {value!r}{did_you_mean(str(value), map(str, choices))}; "
+                            f"valid: {', '.join(map(str, choices))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise _bad(path, value, tp)
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _bad(path, value, tp)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad(path, value, tp)
+        return value
+    if tp is float:
+        # PyYAML reads 1e-3 (no dot) as a string; accept numeric strings for float fields.
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            return float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _bad(path, value, tp)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _bad(path, value, tp)
+        return value
+    raise AssertionError(f"unsupported config type {tp} at {path}")
+
+
+def _build(cls: type, raw: Any, path: str) -> Any:
+    where = path or "the config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a mapping of keys, got {raw!r} ({type(raw).__name__})")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if cls is ModelConfig:  # free-form builder kwargs, checked later against the builder signature
+        raw = dict(raw)
+        name = raw.pop("name", REQUIRED)
+        if name is REQUIRED:
+            raise UserError(f"{path}.name: required but not set (python main.py --list-models shows the choices)")
+        name = _convert(name, str, f"{path}.name")
+        if name in RENAMED_MODELS:
+            raise UserError(f"{path}.name: '{name}' was renamed to '{RENAMED_MODELS[name]}'; use the new name")
+        return ModelConfig(name=name, kwargs=raw)
+    valid = list(fields)
+    for key in raw:
+        if key not in fields:
+            dotted = f"{path}.{key}" if path else str(key)
+            raise UserError(f"{dotted}: unknown key{did_you_mean(str(key), valid)}; "
+                            f"valid keys{' in ' + path if path else ''}: {', '.join(valid)}")
+    values = {}
+    for name, f in fields.items():
+        dotted = f"{path}.{name}" if path else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, raw.get(name), dotted)
+        elif name in raw:
+            value = raw[name]
+            if isinstance(value, bool) and name in _BOOL_CHOICES:
+                value = _BOOL_CHOICES[name][value]
+            values[name] = _convert(value, tp, dotted)
+            if "range" in f.metadata:
+                check_range(dotted, values[name], f.metadata["range"])
+        elif f.default is REQUIRED:
+            raise UserError(f"{dotted}: required but not set")
+    return cls(**values)
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``--set a.b.c=VALUE`` (VALUE parsed as YAML) to the raw config dict."""
+    key, sep, text = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {assignment!r}: expected KEY=VALUE with a dotted key, e.g. train.lr=3e-4")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise UserError(f"--set {key}: value {text!r} is not valid YAML ({_yaml_problem(e)})") from None
+    set_dotted(raw, key, value, f"--set {key}")
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """``raw[a][b][c] = value`` for ``key`` "a.b.c", creating sections on the way."""
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            parent = ".".join(parts[: i + 1])
+            raise UserError(f"{where}: '{parent}' is {child!r}, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--cfg {path}: no such file" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: malformed YAML: {_yaml_problem(e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping with sections model, data, train, output; "
+                        f"got {type(raw).__name__}")
+    return raw
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    cfg = _build(Config, raw, "")
+    cfg.check()
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """One run's config. A file with a ``sweep:`` section describes several: see ``load_points``."""
+    raw = read_yaml(path) if path is not None else {}
+    if "sweep" in raw:
+        raise UserError(f"{path}: has a sweep: section, i.e. several runs; run it with python main.py --cfg")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return from_dict(raw)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,152 @@
+"""The experiment config: nested dataclasses, each field with its type, default and valid range.
+
+A field's range sits next to it (``num(...)`` metadata) and is checked by the loader right after the
+field's type, so ``train.lr: 0`` reads ``train.lr: got 0.0; must be greater than 0``. Checks that span
+fields (warmup within the run, the schedule's own keys) are each section's ``check()``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from core.errors import UserError
+
+REQUIRED: Any = object()  # sentinel default for keys the user must set
+
+# Bounds no real run reaches; past them a value is a typo (or an overflow), not an experiment.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1 << 20
+MAX_SAMPLES = 1 << 40
+
+
+def num(default: Any, *, ge: Optional[float] = None, gt: Optional[float] = None, le: Optional[float] = None,
+        lt: Optional[float] = None, null_ok: bool = False) -> Any:
+    """A numeric field whose value must lie in the given bounds (``None`` allowed when ``null_ok``)."""
+    return field(default=default, metadata={"range": (ge, gt, le, lt, null_ok)})
+
+
+def check_range(path: str, value: Any, spec: tuple) -> None:
+    ge, gt, le, lt, null_ok = spec
+    if value is None and null_ok:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{path}: got {value!r}; must be a finite number")
+    ok = ((ge is None or value >= ge) and (gt is None or value > gt)
+          and (le is None or value <= le) and (lt is None or value < lt))
+    if not ok:
+        raise UserError(f"{path}: got {value!r}; must be {_describe_range(ge, gt, le, lt)}"
+                        f"{', or null' if null_ok else ''}")
+
+
+def _describe_range(ge, gt, le, lt) -> str:
+    f = lambda v: f"{v:,}" if isinstance(v, int) else f"{v:g}"  # noqa: E731
+    low = f"[{f(ge)}" if ge is not None else f"({f(gt)}" if gt is not None else None
+    high = f"{f(le)}]" if le is not None else f"{f(lt)})" if lt is not None else None
+    if low and high:
+        return f"in {low}, {high}"
+    if low:
+        return f"at least {f(ge)}" if ge is not None else f"greater than {f(gt)}"
+    return f"at most {f(le)}" if le is not None else f"less than {f(lt)}"
+
+
+@dataclass
+class ModelConfig:
+    """``name`` picks the registered model; every other key is passed to its builder (checked there)."""
+
+    name: str = REQUIRED
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.kwargs}
+
+
+@dataclass
+class DataConfig:
+    name: str = REQUIRED
+    root: str = "./datasets"
+    download: bool = True
+    limit_train: Optional[int] = num(None, ge=1, le=MAX_SAMPLES, null_ok=True)  # first N training samples
+    limit_val: Optional[int] = num(None, ge=1, le=MAX_SAMPLES, null_ok=True)
+    augment: bool = True  # the dataset's standard batched augmentation (see README)
+    auto_augment: Literal["none", "trivialaugment"] = "none"  # after the standard augmentation
+    random_erasing: float = num(0.0, ge=0, le=1)  # probability per image of erasing one box (timm's reprob)
+    cache: bool = True  # keep decoded uint8 tensors so the next run starts fast
+    cache_dir: Optional[str] = None  # null = $XDG_CACHE_HOME/vitlab or ~/.cache/vitlab
+
+    def check(self) -> None:
+        pass
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = num(10, ge=1, le=MAX_EPOCHS)
+    batch_size: int = num(128, ge=1, le=MAX_BATCH)
+    eval_batch_size: int = num(512, ge=1, le=MAX_BATCH)
+    lr: float = num(1.0e-3, gt=0, le=100)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = num(0.05, ge=0, le=100)  # not applied to biases and norm weights
+    momentum: float = num(0.9, ge=0, lt=1)  # SGD only
+    nesterov: bool = False  # SGD only
+    # torch.optim.lr_scheduler, stepped every optimizer step: cosine = CosineAnnealingLR, onecycle = OneCycleLR,
+    # multistep = MultiStepLR(milestones), step = StepLR(step_size, gamma), constant; warmup = LinearLR before.
+    schedule: Literal["cosine", "onecycle", "multistep", "step", "constant"] = "cosine"
+    warmup_epochs: float = num(0.0, ge=0)  # linear warmup; for onecycle, the ramp-up (default 30% of training)
+    min_lr: float = num(0.0, ge=0)  # cosine floor
+    milestones: list[int] = field(default_factory=list)  # multistep: epochs at which lr *= gamma
+    step_size: int = num(1, ge=1, le=MAX_EPOCHS)  # step: every step_size epochs lr *= gamma
+    gamma: float = num(0.1, gt=0, le=1)
+    label_smoothing: float = num(0.0, ge=0, lt=1)
+    mixup_alpha: float = num(0.0, ge=0, le=100)  # MixUp Beta(alpha, alpha); 0 = off
+    cutmix_alpha: float = num(0.0, ge=0, le=100)  # CutMix Beta(alpha, alpha); 0 = off; both on: each batch picks one
+    top5: bool = False  # also report top-5 validation accuracy
+    grad_clip: Optional[float] = num(None, gt=0, null_ok=True)  # max global gradient norm; null = off
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # mixed precision: CUDA bf16 (else fp16); CPU bf16 where it has AMX/AVX512-BF16, else fp32
+    channels_last: bool = True  # NHWC activations (faster for conv nets on CPU and CUDA)
+    # torch.compile mode; false = eager, true = "default", "reduce-overhead" = CUDA graphs
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    log_every: int = num(50, ge=1)  # steps between progress-bar updates (each one is a host sync)
+
+    def check(self) -> None:
+        if self.warmup_epochs > self.epochs:
+            raise UserError(f"train.warmup_epochs: got {self.warmup_epochs!r}; must be in [0, train.epochs={self.epochs}]")
+        if self.min_lr > self.lr:
+            raise UserError(f"train.min_lr: got {self.min_lr!r}; must be in [0, train.lr={self.lr}]")
+        if self.schedule == "multistep":
+            if not self.milestones:
+                raise UserError("train.milestones: got []; must be a non-empty list of epochs when "
+                                "train.schedule is multistep")
+            bad = [m for m in self.milestones if not 1 <= m <= MAX_EPOCHS]
+            if bad:
+                raise UserError(f"train.milestones: got {bad[0]!r}; each must be an epoch >= 1")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "./runs"  # each run gets a new directory below this one
+    checkpoints: bool = True  # write last.pt and best.pt
+
+
+@dataclass
+class Config:
+    model: ModelConfig
+    data: DataConfig
+    name: Optional[str] = None  # run name; null = the model name
+    seed: int = num(0, ge=0, lt=2 ** 63)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def run_name(self) -> str:
+        return self.name or self.model.name
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+    def check(self) -> None:
+        self.data.check()
+        self.train.check()

@@ -1,0 +1,50 @@
+"""One atomic write for every file the project writes whole (configs, results, checkpoints, caches, reports).
+
+The data goes to a uniquely named temporary file in the target's folder (so two processes writing the
+same target never share a temporary), is flushed and fsynced, then renamed over the target, and the
+folder is fsynced so the rename survives a power cut. A crash at any moment leaves either the old file
+or the new one, never a half-written one; a failed write removes its temporary file.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable, Union
+
+Payload = Union[bytes, str, Callable[[BinaryIO], None]]
+
+TEMP_PREFIX = ".tmp-"  # temporary files start with this, so readers can skip them
+
+
+def atomic_write(path: str | Path, data: Payload) -> Path:
+    """Write ``data`` (bytes, text, or a function that writes to a binary file) to ``path`` atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. a platform without directory file descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

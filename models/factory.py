@@ -1,0 +1,49 @@
+"""The model registry: ``@register_model``, ``create_model(name, ...)``, ``list_models()``, ``build_model(cfg, spec)``.
+
+Every builder is a function with the keyword-only arguments ``num_classes``,
+``in_chans`` and ``image_size`` (filled in from the dataset) plus its own knobs
+(filled in from the ``model`` section of the config): its signature is the
+config schema, and the first line of its docstring is what ``--list-models``
+prints.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+
+from core.errors import UserError
+from core.registry import Registry
+
+MODELS = Registry("model", "model.name")
+DATASET_KEYS = ("num_classes", "in_chans", "image_size")
+
+
+def register_model(fn=None, **meta):
+    """``@register_model`` or ``@register_model(default_dataset="imagenette")``; the entry is the function's name."""
+    return MODELS.register(fn, **meta)
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+def create_model(name: str, *, num_classes: int, in_chans: int, image_size: int, **kwargs: Any) -> nn.Module:
+    MODELS.check_kwargs(name, kwargs, "model", reserved=DATASET_KEYS)
+    try:
+        return MODELS.get(name)(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs)
+    except ValueError as e:  # architecture checks in __init__ (shapes, divisibility)
+        raise UserError(f"model '{name}': {e}") from None
+    except TypeError as e:  # e.g. a string where a builder wanted a number
+        raise UserError(f"model '{name}': bad argument: {e}") from None
+
+
+def build_model(cfg, spec) -> nn.Module:
+    """The model a config names, sized for a dataset spec. Seeds nothing: the caller seeds before calling.
+
+    ``cfg`` needs ``.model.name`` and ``.model.kwargs``; ``spec`` needs ``.num_classes``, ``.in_chans``
+    and ``.image_size``.
+    """
+    MODELS.check_kwargs(cfg.model.name, cfg.model.kwargs, "model", reserved=DATASET_KEYS)
+    return create_model(cfg.model.name, num_classes=spec.num_classes, in_chans=spec.in_chans,
+                        image_size=spec.image_size, **cfg.model.kwargs)

@@ -1,0 +1,181 @@
+"""Everything a run steps through, built from its config: device, precision, layout, loaders, optimizer, schedule.
+
+``prepare`` is the one place where hardware choices touch the model: the device and memory format,
+cuDNN autotuning, the cheaper CPU dropout mask, ``torch.compile``. Model files stay plain PyTorch.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+from torch.optim import lr_scheduler
+
+from config import Config, TrainConfig
+from core.errors import UserError
+from data import ImageData, TensorLoader, mixup_cutmix, train_transform
+from train.cpu_dropout import use_cpu_dropout
+
+
+def seed_everything(seed: int) -> None:
+    """Python's and torch's global generators (CPU and every CUDA device): initial weights, dropout, MixUp."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device: 'cuda' requested but CUDA is not available here; valid: auto, cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX512-BF16: bf16 matmuls in hardware, where bf16 autocast pays off for training."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+@dataclass
+class Precision:
+    """Autocast settings for one device: dtype None means plain fp32."""
+
+    device_type: str
+    dtype: Optional[torch.dtype] = None
+
+    @classmethod
+    def for_device(cls, device: torch.device, amp: bool) -> "Precision":
+        if device.type == "cuda" and amp:
+            return cls("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        if device.type == "cpu" and amp and cpu_has_native_bf16():
+            return cls("cpu", torch.bfloat16)  # 1.35-2.25x faster training on an AMX CPU (BENCHMARKS.md)
+        return cls(device.type)  # fp32: bf16 autocast is slower than fp32 on CPUs without bf16 units (AVX2)
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.dtype == torch.float16
+
+    def __str__(self) -> str:
+        return "fp32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and norm parameters (1-D tensors), as timm and DeiT do."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, *, fused: bool = False) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    extra = {"fused": True} if fused else {}
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, **extra)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **extra)
+    raise AssertionError(cfg.optimizer)  # config validation lists the choices
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                    steps_per_epoch: int) -> lr_scheduler.LRScheduler:
+    """torch's schedulers, stepped once per optimizer step (epoch-based settings converted to steps)."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(total, round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.schedule == "onecycle":
+        # The lr curve only: cycling AdamW's beta1 / SGD's momentum too (torch's default) is a separate recipe.
+        return lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, cycle_momentum=False,
+                                       pct_start=min(warmup, total - 1) / total if warmup else 0.3)
+    after = total - warmup
+    if cfg.schedule == "cosine":
+        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, after), eta_min=cfg.min_lr)
+    elif cfg.schedule == "multistep":  # milestones count from the start of training, warmup included
+        main = lr_scheduler.MultiStepLR(optimizer, [m * steps_per_epoch - warmup for m in cfg.milestones],
+                                        gamma=cfg.gamma)
+    elif cfg.schedule == "step":
+        main = lr_scheduler.StepLR(optimizer, cfg.step_size * steps_per_epoch, gamma=cfg.gamma)
+    else:
+        main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if not warmup:
+        return main
+    ramp = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup)
+    return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def make_loaders(cfg: Config, data: ImageData, device: torch.device,
+                 channels_last: bool = False) -> tuple[TensorLoader, TensorLoader]:
+    """The training loader (shuffled, augmented, seeded from ``cfg.seed``) and the validation loader."""
+    spec = data.spec
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed)
+    common = dict(mean=spec.mean, std=spec.std, channels_last=channels_last)
+    transform = train_transform(spec.augment if cfg.data.augment else "none", spec.image_size,
+                                cfg.data.auto_augment)
+    train = TensorLoader(*data.train, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
+                         transform=transform, generator=gen, erase_prob=cfg.data.random_erasing, **common)
+    val = TensorLoader(*data.val, batch_size=cfg.train.eval_batch_size, **common)
+    if len(train) == 0:
+        raise UserError(f"train.batch_size: {cfg.train.batch_size} is larger than the {len(data.train[1])} "
+                        f"training samples; lower it or raise data.limit_train")
+    return train, val
+
+
+@dataclass
+class Setup:
+    """Everything one training run (or a benchmark of it) steps through."""
+
+    model: nn.Module  # what the steps call: compiled when train.compile is set
+    module: nn.Module  # the plain module: its state_dict, eager inference, inspection
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: lr_scheduler.LRScheduler
+    scaler: Optional[torch.amp.GradScaler]
+    criterion: nn.Module
+    precision: Precision
+    train_loader: TensorLoader
+    val_loader: TensorLoader
+    mixer: Optional[Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]
+    channels_last: bool
+    grad_clip: Optional[float] = None
+    cpu_dropout: int = 0  # nn.Dropout modules given the cheaper CPU mask
+
+    def describe(self) -> str:
+        extras = [str(self.precision)] + (["channels_last"] if self.channels_last else []) \
+            + (["compiled"] if self.model is not self.module else []) \
+            + ([f"CPU dropout mask x{self.cpu_dropout}"] if self.cpu_dropout else [])
+        return f"{self.device} ({', '.join(extras)})"
+
+
+def prepare(cfg: Config, model: nn.Module, data: ImageData, device: torch.device) -> Setup:
+    """Model on the device (NHWC, cheaper CPU dropout, compiled if asked), loaders, optimizer, schedule, loss."""
+    t = cfg.train
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+    # NHWC measured 3-22% faster for every conv net on a 2-core CPU, neutral for ViTs (BENCHMARKS.md).
+    model.to(device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
+    cpu_dropout = use_cpu_dropout(model) if device.type == "cpu" else 0
+    train_loader, val_loader = make_loaders(cfg, data, device, channels_last=t.channels_last)
+    optimizer = build_optimizer(model, t, fused=device.type == "cuda")
+    precision = Precision.for_device(device, t.amp)
+    return Setup(
+        model=model if t.compile == "off" else torch.compile(model, mode=t.compile),
+        module=model,
+        device=device,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, t, len(train_loader)),
+        scaler=torch.amp.GradScaler("cuda") if precision.needs_scaler else None,
+        criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
+        precision=precision, train_loader=train_loader, val_loader=val_loader,
+        mixer=mixup_cutmix(data.spec.num_classes, t.mixup_alpha, t.cutmix_alpha),
+        channels_last=t.channels_last, grad_clip=t.grad_clip, cpu_dropout=cpu_dropout,
+    )
