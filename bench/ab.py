@@ -10,7 +10,7 @@ Settings:
 * ``bf16``: fp32 vs. bf16 autocast (the loop's own choice on a CPU without bf16 hardware is fp32;
   here both are tried);
 * ``cpu_dropout``: plain ``nn.Dropout`` vs. the cheaper CPU mask ``prepare`` swaps in on the CPU
-  (``train.cpu_dropout``); CPU only. The off side is the same setup with the swap undone.
+  (``train.cpu_dropout``); CPU only.
 
 Per model: two setups built by the training loop's own ``prepare()`` from the same seed, one per
 value, trained alternately in rounds of ``--steps`` steps on synthetic images of the dataset's shape,
@@ -31,23 +31,11 @@ from core.cli import run_cli
 from core.errors import UserError
 from data import get_spec
 from models import build_model
-from train.cpu_dropout import CPUDropout
 from train.engine import train_one_epoch
 from train.setup import Precision, Setup, prepare, resolve_device, seed_everything
 
 SETTINGS = {"channels_last": ("NCHW", "NHWC"), "bf16": ("fp32", "bf16 autocast"),
             "cpu_dropout": ("nn.Dropout", "CPU dropout mask")}
-
-
-def plain_dropout(model: nn.Module) -> int:
-    """Undo ``prepare``'s swap: every ``CPUDropout`` back to an ``nn.Dropout`` with the same p; returns how many."""
-    undone = 0
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, CPUDropout):
-                setattr(parent, name, nn.Dropout(child.p, child.inplace).train(child.training))
-                undone += 1
-    return undone
 
 
 def active_dropout(model: nn.Module) -> int:
@@ -56,16 +44,14 @@ def active_dropout(model: nn.Module) -> int:
 
 def setup_for(name: str, dataset: str, batch_size: int, device: torch.device, setting: str, on: bool) -> Setup:
     train = {"batch_size": batch_size, "device": device.type}
-    if setting == "channels_last":
-        train["channels_last"] = on
+    if setting in ("channels_last", "cpu_dropout"):
+        train[setting] = on
     cfg = bench_config(name, dataset, **train)
     seed_everything(cfg.seed)
     s = prepare(cfg, build_model(cfg, get_spec(dataset)), synthetic_data(dataset, 8 * batch_size).to(device),
                 device)
     if setting == "bf16":
         s.precision, s.scaler = Precision(device.type, torch.bfloat16 if on else None), None
-    if setting == "cpu_dropout" and not on:
-        s.cpu_dropout -= plain_dropout(s.module)  # no parameters: the optimizer is unaffected
     return s
 
 

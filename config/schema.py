@@ -105,6 +105,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # mixed precision: CUDA bf16 (else fp16); CPU bf16 where it has AMX/AVX512-BF16, else fp32
     channels_last: bool = True  # NHWC activations (faster for conv nets on CPU and CUDA)
+    cpu_dropout: bool = True  # on the CPU, nn.Dropout draws its mask the cheaper way (train/cpu_dropout.py)
     # torch.compile mode; false = eager, true = "default", "reduce-overhead" = CUDA graphs
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
     log_every: int = num(50, ge=1)  # steps between progress-bar updates (each one is a host sync)

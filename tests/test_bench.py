@@ -117,7 +117,7 @@ def test_time_to_target():
     assert time_to_accuracy.time_to(history, 99) == (None, None)
 
 
-def test_tta_reference_matches_ours_step_for_step(fmnist_root, tmp_path, capsys):
+def test_time_to_accuracy_reference_matches_ours_step_for_step(fmnist_root, tmp_path, capsys):
     """No augmentation and one full-batch step per epoch: the first epoch's training loss is the loss of the
     initial weights, and the weights after it depend only on the recipe (AdamW, weight decay, label smoothing,
     clipping, the schedule). Both loops then agree to rounding: same seed, same weights, same recipe."""
@@ -139,7 +139,7 @@ def test_tta_reference_matches_ours_step_for_step(fmnist_root, tmp_path, capsys)
     assert "Time to 0%: ours" in capsys.readouterr().out
 
 
-def test_tta_on_imagenette_with_every_regulariser(tmp_path, capsys):
+def test_time_to_accuracy_on_imagenette_with_every_regulariser(tmp_path, capsys):
     """rrc_flip + TrivialAugment + RandomErasing + MixUp/CutMix + clipping, on Imagenette's folder format
     (the config's model shrunk to one 25-token block so the test stays fast)."""
     root = write_imagenette(tmp_path / "imagenette", per_class=2)
@@ -163,7 +163,7 @@ def test_tta_on_imagenette_with_every_regulariser(tmp_path, capsys):
     assert "vit on imagenette" in table and "1 workers" in table
 
 
-def test_tta_unknown_model_is_one_line(tmp_path, capsys):
+def test_time_to_accuracy_unknown_model_is_one_line(tmp_path, capsys):
     assert time_to_accuracy.main(["--cfg", str(ROOT / "configs/fashion_mnist.yaml"), "--set", "model.name=simple_cnm",
                                   "--set", f"output.dir={tmp_path}"]) == 2
     err = capsys.readouterr().err

@@ -163,7 +163,7 @@ def prepare(cfg: Config, model: nn.Module, data: ImageData, device: torch.device
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
     # NHWC measured 3-22% faster for every conv net on a 2-core CPU, neutral for ViTs (BENCHMARKS.md).
     model.to(device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
-    cpu_dropout = use_cpu_dropout(model) if device.type == "cpu" else 0
+    cpu_dropout = use_cpu_dropout(model) if device.type == "cpu" and t.cpu_dropout else 0
     train_loader, val_loader = make_loaders(cfg, data, device, channels_last=t.channels_last)
     optimizer = build_optimizer(model, t, fused=device.type == "cuda")
     precision = Precision.for_device(device, t.amp)
