@@ -69,7 +69,7 @@ def dry_run(points) -> int:
     from config import dump_config
     from data import get_spec
     from models import build_model
-    from train.measure import describe
+    from models.measure import describe
 
     if len(points) == 1 and not points[0].values:
         cfg = points[0].cfg
@@ -125,7 +125,6 @@ def _main(argv: list[str] | None) -> int:
         print(list_models_table())
         return 0
 
-    from train.engine import NonFiniteLoss
     from train.fit import fit
     from train.rundir import RunDir
     from train.sweep import load_points
@@ -139,11 +138,7 @@ def _main(argv: list[str] | None) -> int:
         raise UserError("--out: only used to compare several runs (several --cfg files, or a sweep: section)")
     cfg = points[0].cfg
     run_dir = RunDir(cfg.output.dir, cfg.run_name)
-    try:
-        results = fit(cfg, run_dir)
-    except NonFiniteLoss as e:
-        print(f"error: training stopped: {e}", file=sys.stderr)
-        return EXIT_RUN_FAILED
+    results = fit(cfg, run_dir)  # a diverged run raises NonFiniteLoss: one line and exit 1 (core.cli)
     print(f"done: best val acc {results['best_val_acc']:.2f}% (epoch {results['best_epoch']}), "
           f"final {results['final_val_acc']:.2f}%, {results['train_time_s']:.1f}s training -> {run_dir.path}")
     return 0

@@ -15,7 +15,7 @@ from config import Config, from_dict
 from core.errors import UserError
 from data import ImageData, get_spec
 from models import MODELS, list_models
-from train.measure import sync
+from models.measure import sync
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # config.schema's train.compile
 

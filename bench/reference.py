@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from config import Config
 from data import DatasetSpec, ImageData, mixup_cutmix
 from models import build_model
-from train.measure import sync
+from models.measure import sync
 from train.setup import build_optimizer, build_scheduler, seed_everything
 
 RRC_SCALE = (0.35, 1.0)  # data.augment.random_resized_crop's default (a test keeps them equal)

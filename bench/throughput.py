@@ -20,7 +20,7 @@ Per model, in one process:
   (matmuls, convolutions and attention) times 3, times ours' images/s; and its share of the
   device's peak, measured in the same run as a large matmul (fp32 on CPU, bf16 on CUDA).
 * **latency**: inference, batch 1 and batched (``--eval-batch-size``), median over repeats after
-  warm-up, device synchronised (``train.measure.latency_ms``).
+  warm-up, device synchronised (``models.measure.latency_ms``).
 
 Data: the dataset's real files with ``--root``, else synthetic uint8 images of the dataset's shape
 (``--synthetic N``): throughput does not depend on the pixels.
@@ -46,7 +46,7 @@ from core.files import atomic_write
 from data import get_spec, load_data
 from models import build_model
 from train.engine import train_one_epoch, train_step
-from train.measure import latency_ms, sync
+from models.measure import latency_ms, sync
 from train.setup import Precision, prepare, resolve_device, seed_everything
 
 
@@ -101,10 +101,11 @@ def bench_model(name: str, args, device: torch.device, peak: float) -> dict:
         "ours_images_per_s": ours_ips, "reference_images_per_s": ref_ips, "speedup": ours_ips / ref_ips,
         "outside_share": outside, "train_gflop_per_image": flops / 1e9,
         "achieved_tflop_s": flops * ours_ips / 1e12, "peak_share": flops * ours_ips / peak,
-        "latency_ms_batch1": latency_ms(s.model, spec, device, s.precision, 1, s.channels_last,
-                                        max_repeats=args.latency_repeats),
-        "latency_ms_batched": latency_ms(s.model, spec, device, s.precision, args.eval_batch_size,
-                                         s.channels_last, max_repeats=max(3, args.latency_repeats // 10)),
+        "latency_ms_batch1": latency_ms(s.model, spec, device, 1, channels_last=s.channels_last,
+                                        autocast=s.precision.autocast, max_repeats=args.latency_repeats),
+        "latency_ms_batched": latency_ms(s.model, spec, device, args.eval_batch_size, channels_last=s.channels_last,
+                                         autocast=s.precision.autocast,
+                                         max_repeats=max(3, args.latency_repeats // 10)),
     }
 
 

@@ -27,10 +27,9 @@ import torch
 from bench.common import check_output
 from bench.reference import build_reference, reference_fit, summary
 from config import load_config
-from core.cli import EXIT_RUN_FAILED, run_cli
+from core.cli import run_cli
 from core.files import atomic_write
 from data import load_data
-from train.engine import NonFiniteLoss
 from train.fit import fit
 from train.rundir import RunDir
 from train.setup import resolve_device
@@ -87,11 +86,7 @@ def _main(argv: Optional[list[str]]) -> int:
         print(line, file=sys.stderr, flush=True)
 
     run_dir = RunDir(cfg.output.dir, cfg.run_name)
-    try:
-        results = fit(cfg, run_dir, log=log, progress=False)
-    except NonFiniteLoss as e:
-        print(f"error: ours diverged: {e}; run dir {run_dir.path}", file=sys.stderr)
-        return EXIT_RUN_FAILED
+    results = fit(cfg, run_dir, log=log, progress=False)  # diverged: one line and exit 1 (core.cli)
     ours = [json.loads(line) for line in (run_dir.path / "metrics.jsonl").read_text().splitlines()]
     data = load_data(cfg.data)  # on the host: the reference's workers read it item by item
     ref = reference_fit(cfg, build_reference(cfg, data, device, args.workers), stop_at=args.target, log=log)

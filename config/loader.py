@@ -7,15 +7,14 @@ would be valid. Overrides are applied to the raw dict before validation, so they
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
 from config.schema import REQUIRED, Config, ModelConfig, check_range
+from core.convert import convert
 from core.errors import UserError
 from core.registry import did_you_mean
 
@@ -34,70 +33,6 @@ RENAMED_MODELS = {
 
 # ----------------------------------------------------------------------------- loading
 
-_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " or null"
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
-
-
-def _bad(path: str, value: Any, tp: Any) -> UserError:
-    return UserError(f"{path}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-
-
-def _convert(value: Any, tp: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        assert len(inner) == 1, "only Optional[X] unions are supported"
-        try:
-            return _convert(value, inner[0], path)
-        except UserError:
-            raise _bad(path, value, tp) from None
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise UserError(f"{path}: got {value!r}{did_you_mean(str(value), map(str, choices))}; "
-                            f"valid: {', '.join(map(str, choices))}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise _bad(path, value, tp)
-        (item,) = typing.get_args(tp)
-        return [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise _bad(path, value, tp)
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _bad(path, value, tp)
-        return value
-    if tp is float:
-        # PyYAML reads 1e-3 (no dot) as a string; accept numeric strings for float fields.
-        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-            return float(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _bad(path, value, tp)
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise _bad(path, value, tp)
-        return value
-    raise AssertionError(f"unsupported config type {tp} at {path}")
-
-
 def _build(cls: type, raw: Any, path: str) -> Any:
     where = path or "the config"
     if raw is None:
@@ -111,7 +46,7 @@ def _build(cls: type, raw: Any, path: str) -> Any:
         name = raw.pop("name", REQUIRED)
         if name is REQUIRED:
             raise UserError(f"{path}.name: required but not set (python main.py --list-models shows the choices)")
-        name = _convert(name, str, f"{path}.name")
+        name = convert(name, str, f"{path}.name")
         if name in RENAMED_MODELS:
             raise UserError(f"{path}.name: '{name}' was renamed to '{RENAMED_MODELS[name]}'; use the new name")
         return ModelConfig(name=name, kwargs=raw)
@@ -131,7 +66,7 @@ def _build(cls: type, raw: Any, path: str) -> Any:
             value = raw[name]
             if isinstance(value, bool) and name in _BOOL_CHOICES:
                 value = _BOOL_CHOICES[name][value]
-            values[name] = _convert(value, tp, dotted)
+            values[name] = convert(value, tp, dotted)
             if "range" in f.metadata:
                 check_range(dotted, values[name], f.metadata["range"])
         elif f.default is REQUIRED:

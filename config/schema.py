@@ -75,9 +75,6 @@ class DataConfig:
     cache: bool = True  # keep decoded uint8 tensors so the next run starts fast
     cache_dir: Optional[str] = None  # null = $XDG_CACHE_HOME/vitlab or ~/.cache/vitlab
 
-    def check(self) -> None:
-        pass
-
 
 @dataclass
 class TrainConfig:
@@ -149,5 +146,4 @@ class Config:
         return d
 
     def check(self) -> None:
-        self.data.check()
         self.train.check()

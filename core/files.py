@@ -17,11 +17,22 @@ Payload = Union[bytes, str, Callable[[BinaryIO], None]]
 TEMP_PREFIX = ".tmp-"  # temporary files start with this, so readers can skip them
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp makes 0600 files; a written file gets the mode open() would have given it (0666 less the umask).
+FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: str | Path, data: Payload) -> Path:
     """Write ``data`` (bytes, text, or a function that writes to a binary file) to ``path`` atomically."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             if callable(data):
                 data(f)

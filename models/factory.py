@@ -8,10 +8,12 @@ prints.
 """
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import torch.nn as nn
 
+from core.convert import convert, supported
 from core.errors import UserError
 from core.registry import Registry
 
@@ -29,13 +31,17 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, *, num_classes: int, in_chans: int, image_size: int, **kwargs: Any) -> nn.Module:
+    """The registered model ``name``; its keyword arguments are checked against the builder's signature and
+    annotated types first, so ``model.qkv_bias: 'false'`` is an error rather than a truthy string."""
     MODELS.check_kwargs(name, kwargs, "model", reserved=DATASET_KEYS)
+    kwargs = _typed(name, kwargs)
     try:
         return MODELS.get(name)(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs)
     except ValueError as e:  # architecture checks in __init__ (shapes, divisibility)
         raise UserError(f"model '{name}': {e}") from None
-    except TypeError as e:  # e.g. a string where a builder wanted a number
-        raise UserError(f"model '{name}': bad argument: {e}") from None
+    except (TypeError, RuntimeError) as e:  # arguments no check above caught (torch refusing a shape, ...)
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise UserError(f"model '{name}': cannot build with {kwargs or 'its defaults'}: {first}") from None
 
 
 def build_model(cfg, spec) -> nn.Module:
@@ -44,6 +50,14 @@ def build_model(cfg, spec) -> nn.Module:
     ``cfg`` needs ``.model.name`` and ``.model.kwargs``; ``spec`` needs ``.num_classes``, ``.in_chans``
     and ``.image_size``.
     """
+    # Before the call: a dataset-owned key in the config (num_classes, ...) would otherwise be a Python
+    # "multiple values for keyword argument" TypeError instead of the usual one-line error.
     MODELS.check_kwargs(cfg.model.name, cfg.model.kwargs, "model", reserved=DATASET_KEYS)
     return create_model(cfg.model.name, num_classes=spec.num_classes, in_chans=spec.in_chans,
                         image_size=spec.image_size, **cfg.model.kwargs)
+
+
+def _typed(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(MODELS.get(name))
+    return {k: convert(v, hints[k], f"model.{k}") if k in hints and supported(hints[k]) else v
+            for k, v in kwargs.items()}

@@ -140,6 +140,10 @@ class ViT(nn.Module):
             raise ValueError(f"dim_head must be at least 1, got {dim_head}")
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
+        if embed_dim < 1:
+            raise ValueError(f"embed_dim must be at least 1, got {embed_dim}")
+        if int(embed_dim * mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio must give an MLP at least 1 wide (embed_dim * mlp_ratio >= 1), got {mlp_ratio}")
         emb_dropout = dropout if emb_dropout is None else emb_dropout
         for key, p in (("dropout", dropout), ("attn_dropout", attn_dropout), ("drop_path", drop_path),
                        ("emb_dropout", emb_dropout)):

@@ -20,10 +20,6 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]+", "_", label).strip("_") or "run"
 
 
-def _write(path: Path, text: str) -> None:
-    atomic_write(path, text)
-
-
 def _inspect(groups: list[Group], out: Path, images: int, log) -> tuple[list, list, list[str]]:
     """Attention and feature-map figures, one per experiment (its first run with a checkpoint)."""
     from plots import maps as inspect
@@ -58,12 +54,11 @@ def _measure_latency(groups: list[Group], log) -> list[str]:
     import torch
 
     from data import get_spec
+    from models.measure import latency_ms
     from plots import maps
-    from train.measure import latency_ms
-    from train.setup import Precision
 
     notes = []
-    precision = Precision.for_device(torch.device("cpu"), amp=False)
+    cpu = torch.device("cpu")
     for g in groups:
         for run in g.runs:
             if run.checkpoint() is None:
@@ -76,8 +71,8 @@ def _measure_latency(groups: list[Group], log) -> list[str]:
                 continue
             spec = get_spec(run.dataset)
             batch = int(run.config.get("train", {}).get("eval_batch_size", 512))
-            run.results.update(latency_ms_batch1=latency_ms(model, spec, torch.device("cpu"), precision, 1),
-                               latency_ms_batched=latency_ms(model, spec, torch.device("cpu"), precision, batch),
+            run.results.update(latency_ms_batch1=latency_ms(model, spec, cpu, 1),
+                               latency_ms_batched=latency_ms(model, spec, cpu, batch),
                                latency_batch_size=batch)
             log(f"latency {run.name}: {run.results['latency_ms_batch1']:.2f} ms at batch 1")
     return notes
@@ -108,9 +103,9 @@ def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[l
              "Each experiment keeps its colour in every figure; repeats over seeds are shown as "
              "mean ± sample std.", ""]
     if groups:
-        _write(out / "results.md", table.markdown(groups) + "\n")
-        _write(out / "results.csv", table.runs_csv(groups))
-        _write(out / "summary.csv", table.summary_csv(groups))
+        atomic_write(out / "results.md", table.markdown(groups) + "\n")
+        atomic_write(out / "results.csv", table.runs_csv(groups))
+        atomic_write(out / "summary.csv", table.summary_csv(groups))
         lines += ["## Results", "", table.markdown(groups), "",
                   "Accuracies are top-1 on the validation split, in %. Time per epoch is training plus "
                   "evaluation. Latency (with `--latency`) is inference per image on this machine's CPU "
@@ -124,7 +119,7 @@ def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[l
         lines += [f"- **{f['name']}** ({f['status']}): {f['error']}" for f in failures]
         logged = [f for f in failures if f.get("traceback")]
         if logged:
-            _write(out / "failures.log", "\n".join(f"== {f['name']}\n{f['traceback']}" for f in logged))
+            atomic_write(out / "failures.log", "\n".join(f"== {f['name']}\n{f['traceback']}" for f in logged))
             lines += ["", "Tracebacks: [failures.log](failures.log)."]
         lines.append("")
     if groups:
@@ -153,7 +148,7 @@ def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[l
         lines += ["## Runs", "", "| experiment | run | status | directory |", "|---|---|---|---|"]
         lines += [f"| {g.label} | {r.name} | {r.status} | `{r.path}` |" for g in groups for r in g.runs]
     index = out / "index.md"
-    _write(index, "\n".join(lines) + "\n")
+    atomic_write(index, "\n".join(lines) + "\n")
     return index
 
 

@@ -16,6 +16,19 @@ def test_atomic_write_text_bytes_and_writer(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin", "c.bin"]
 
 
+def test_written_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    atomic_write(tmp_path / "config.yaml", "a: 1\n")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # what open() gives: others can read a shared run directory
+    assert stat.S_IMODE((tmp_path / "config.yaml").stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) \
+        == 0o666 & ~umask
+
+
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "results.json"
     atomic_write(target, "old")

@@ -17,7 +17,7 @@ ALLOWED = {
     "models": {"core"},
     "data": {"core"},
     "train": {"core", "config", "models", "data"},
-    "plots": {"core", "config", "models", "data", "train"},
+    "plots": {"core", "config", "models", "data"},  # it reads run directories: no training code
     "bench": {"core", "config", "models", "data", "train"},
 }
 

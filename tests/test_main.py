@@ -101,3 +101,15 @@ def test_bad_config_files(tmp_path, capsys):
 def test_missing_cfg_flag():
     p = run()
     assert p.returncode == 2 and "--cfg FILE is required" in p.stderr
+
+
+def test_a_diverged_run_exits_1_with_one_line_and_says_so_in_its_directory(tmp_path, fmnist_root, capsys):
+    from fixtures import tiny_raw, write_yaml
+
+    cfg = write_yaml(tmp_path / "c.yaml", tiny_raw(fmnist_root, tmp_path / "runs", lr=99.0, optimizer="sgd",
+                                                   schedule="constant", amp=False))
+    p = call_main(capsys, "--cfg", cfg)
+    assert p.returncode == 1 and p.stderr.startswith("error: epoch 1: training loss became") and \
+        p.stderr.count("\n") == 1
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "diverged"

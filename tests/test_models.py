@@ -196,13 +196,16 @@ def test_named_sizes_cannot_be_resized():
     ("cnn_transformer", {"dropout": 1.5}, "dropout must be in [0, 1)"),
     ("cnn_transformer", {"num_layer": 2},
      "model.num_layer: not a parameter of model 'cnn_transformer' (did you mean 'num_layers'?)"),
-    ("cnn_transformer", {"num_layers": "3"}, "model 'cnn_transformer': bad argument"),
+    ("cnn_transformer", {"num_layers": "3"}, "model.num_layers: expected an integer, got '3' (str)"),
+    ("vit", {"qkv_bias": "false"}, "model.qkv_bias: expected true or false, got 'false' (str)"),
+    ("vit", {"embed_dim": 0}, "embed_dim must be at least 1, got 0"),
+    ("vit", {"mlp_ratio": -1.0}, "mlp_ratio must give an MLP at least 1 wide"),
     ("vit", {"patch_size": 5}, "patch_size=5 does not divide image size 32"),
     ("vit", {"num_heads": 5}, "num_heads=5 does not divide embed_dim=192"),
     ("vit", {"drop_path": 1.0}, "drop_path must be in [0, 1)"),
     ("deepvit", {"depth": 0}, "depth must be at least 1"),
     ("convmixer", {"patch_size": 64}, "patch_size=64 is larger than the image (32 px)"),
-    ("resnet18", {"stem": "tiny"}, "stem must be one of auto, cifar, imagenet; got 'tiny'"),
+    ("resnet18", {"stem": "tiny"}, "model.stem: got 'tiny'; valid: auto, cifar, imagenet"),
 ])
 def test_architecture_errors_are_user_errors(name, kwargs, message):
     with pytest.raises(UserError) as info:

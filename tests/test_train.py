@@ -78,11 +78,28 @@ def test_cosine_is_cosineannealing_over_steps_and_reaches_min_lr():
 def test_warmup_ramps_linearly_then_hands_over():
     mine = ours(epochs=10, schedule="cosine", warmup_epochs=2, lr=1.0, min_lr=0.0)
     ramp = mine[:20]
-    assert ramp[0] == pytest.approx(1 / 20) and all(b > a for a, b in zip(ramp, ramp[1:]))
-    diffs = [b - a for a, b in zip(ramp, ramp[1:])]
-    assert max(diffs) == pytest.approx(min(diffs))  # linear
+    assert ramp == pytest.approx([(k + 1) / 20 for k in range(20)])  # linear, full lr at the warmup's last step
     assert mine[20] == pytest.approx(1.0) and all(a >= b for a, b in zip(mine[20:], mine[21:]))
     assert ours(epochs=3, schedule="constant") == [1.0e-3] * 30
+
+
+@pytest.mark.parametrize("warmup_epochs, steps_per_epoch, epochs", [(0.002, 468, 1), (0.5, 2, 2), (1, 1, 2),
+                                                                    (0, 1, 1), (0, 1, 3), (0.1, 10, 1)])
+def test_onecycle_survives_tiny_warmups_and_runs(warmup_epochs, steps_per_epoch, epochs):
+    mine = ours(steps_per_epoch, epochs=epochs, schedule="onecycle", warmup_epochs=warmup_epochs, lr=1.0)
+    assert len(mine) == epochs * steps_per_epoch and max(mine) == pytest.approx(1.0)
+
+
+def test_onecycle_peaks_where_the_warmup_ends():
+    mine = ours(epochs=10, schedule="onecycle", warmup_epochs=2, lr=1.0)
+    assert max(range(100), key=mine.__getitem__) == 19
+
+
+def test_step_and_multistep_count_epochs_from_the_start_with_a_warmup():
+    step = ours(epochs=4, schedule="step", warmup_epochs=0.5, step_size=1, gamma=0.5, lr=1.0)
+    multi = ours(epochs=4, schedule="multistep", warmup_epochs=0.5, milestones=[1, 2, 3], gamma=0.5, lr=1.0)
+    assert step == pytest.approx(multi)
+    assert [step[e * 10 + 5] for e in range(4)] == pytest.approx([1.0, 0.5, 0.25, 0.125])
 
 
 def test_no_weight_decay_on_norms_and_biases():
@@ -345,14 +362,14 @@ class _Counting(torch.nn.Module):
 
 
 def test_latency_warms_up_times_and_respects_its_budget():
-    from train.measure import latency_ms
+    from models.measure import latency_ms
 
     spec = get_spec("mnist")
     fast = _Counting()
-    latency_ms(fast, spec, CPU, Precision("cpu"), 4, max_repeats=10)
+    latency_ms(fast, spec, CPU, 4, max_repeats=10)
     assert fast.calls == 3 + 10 and not fast.training  # 3 warm-ups, then every repeat (far under budget)
     slow = _Counting(0.12)
-    ms = latency_ms(slow, spec, CPU, Precision("cpu"), 2, max_repeats=10, budget_s=0.2)
+    ms = latency_ms(slow, spec, CPU, 2, max_repeats=10, budget_s=0.2)
     assert slow.calls == 2 + 3  # warm-up cut after 0.24 s > budget, then the minimum of 3 timed passes
     assert ms == pytest.approx(120 / 2, rel=0.5)  # per image
 

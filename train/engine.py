@@ -14,12 +14,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from train.measure import sync
+from core.errors import RunFailed
+
+from models.measure import sync
 from train.setup import Setup
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class NonFiniteLoss(RunFailed):
+    """The training loss became NaN or infinite: the run diverged."""
 
 
 def _progress(loader, desc: str, enabled: bool):

@@ -12,8 +12,8 @@ from config import Config, dump_config
 from core.errors import UserError
 from data import get_spec, load_data
 from models import build_model
+from models.measure import describe
 from train.engine import NonFiniteLoss, evaluate, train_one_epoch
-from train.measure import describe
 from train.rundir import RunDir
 from train.setup import prepare, resolve_device, seed_everything
 
@@ -45,16 +45,17 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print,
     s = prepare(cfg, model, data, device)
 
     path = run_dir.create()
-    run_dir.write("config.yaml", dump_config(cfg))
-    run_dir.write("summary.txt", info.summary + "\n")
-    run_dir.update("running", model=cfg.model.name, dataset=cfg.data.name, params=info.params,
-                   mult_adds=info.mult_adds, device=str(device), precision=str(s.precision),
-                   torch=torch.__version__, epochs=cfg.train.epochs)
-    log(info.summary)
-    log(f"run dir: {path}\ndevice: {s.describe()}, {len(data.train[1])} train / {len(data.val[1])} val images, "
-        f"{len(s.train_loader)} steps/epoch")
     try:
+        run_dir.update("running", model=cfg.model.name, dataset=cfg.data.name, params=info.params,
+                       mult_adds=info.mult_adds, device=str(device), precision=str(s.precision),
+                       torch=torch.__version__, epochs=cfg.train.epochs)
+        run_dir.write("config.yaml", dump_config(cfg))
+        run_dir.write("summary.txt", info.summary + "\n")
+        log(info.summary)
+        log(f"run dir: {path}\ndevice: {s.describe()}, {len(data.train[1])} train / {len(data.val[1])} val "
+            f"images, {len(s.train_loader)} steps/epoch")
         history = _epochs(cfg, s, run_dir, log, progress)
+        return run_dir.update("completed", **_summary(cfg, history))
     except NonFiniteLoss as e:
         run_dir.update("diverged", error=str(e))
         raise
@@ -66,10 +67,13 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print,
         run_dir.update("failed", error=first if isinstance(e, UserError) else f"{type(e).__name__}: {first}",
                        traceback=traceback.format_exc())
         raise
+
+
+def _summary(cfg: Config, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """results.json's numbers from the per-epoch metrics."""
     best = max(history, key=lambda r: r["val_acc"])  # the first epoch with the best accuracy
     last = history[-1]
-    return run_dir.update(
-        "completed",
+    return dict(
         best_val_acc=best["val_acc"], best_epoch=best["epoch"],
         final_val_acc=last["val_acc"], final_val_loss=last["val_loss"],
         **({"final_val_top5": last["val_top5"]} if cfg.train.top5 else {}),

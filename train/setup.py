@@ -89,26 +89,40 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, *, fused: bool = False) 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
                     steps_per_epoch: int) -> lr_scheduler.LRScheduler:
-    """torch's schedulers, stepped once per optimizer step (epoch-based settings converted to steps)."""
+    """torch's schedulers, stepped once per optimizer step (epoch-based settings converted to steps).
+
+    A warmup of W steps is ``LinearLR`` from lr/W to lr at its last step (step k runs at (k+1)/W of
+    lr), then the schedule, whose epochs (``milestones``, ``step_size``) count from the start of
+    training. ``onecycle`` uses the warmup as its ramp (peak at step W-1; default 30% of training).
+    """
     total = cfg.epochs * steps_per_epoch
     warmup = min(total, round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "onecycle":
-        # The lr curve only: cycling AdamW's beta1 / SGD's momentum too (torch's default) is a separate recipe.
+        # OneCycleLR peaks at step pct_start * total - 1 and needs a ramp of at least 2 steps and an
+        # annealing phase of at least 1. The lr curve only: cycling AdamW's beta1 / SGD's momentum too
+        # (torch's default) is a separate recipe.
+        ramp = warmup or round(0.3 * total)
+        ramp = min(max(ramp, 2), total - 1)
+        if total < 3:
+            return lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)  # too short to cycle
         return lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, cycle_momentum=False,
-                                       pct_start=min(warmup, total - 1) / total if warmup else 0.3)
+                                       pct_start=ramp / total)
     after = total - warmup
     if cfg.schedule == "cosine":
         main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, after), eta_min=cfg.min_lr)
-    elif cfg.schedule == "multistep":  # milestones count from the start of training, warmup included
+    elif cfg.schedule == "multistep":
         main = lr_scheduler.MultiStepLR(optimizer, [m * steps_per_epoch - warmup for m in cfg.milestones],
                                         gamma=cfg.gamma)
-    elif cfg.schedule == "step":
-        main = lr_scheduler.StepLR(optimizer, cfg.step_size * steps_per_epoch, gamma=cfg.gamma)
+    elif cfg.schedule == "step":  # every step_size epochs from the start: StepLR when there is no warmup
+        every = cfg.step_size * steps_per_epoch
+        main = (lr_scheduler.StepLR(optimizer, every, gamma=cfg.gamma) if not warmup else
+                lr_scheduler.MultiStepLR(optimizer, [m - warmup for m in range(every, total + 1, every)
+                                                     if m > warmup], gamma=cfg.gamma))
     else:
         main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if not warmup:
-        return main
-    ramp = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup)
+    if warmup <= 1:
+        return main  # a 1-step warmup ramps from lr to lr: nothing to do
+    ramp = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup - 1)
     return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 

@@ -1,14 +1,15 @@
-"""What a model costs, measured the same way everywhere: torchinfo summary, inference latency, device sync."""
+"""What a model costs, measured the same way by training, the comparison and the benchmarks:
+torchinfo summary, inference latency, and the one device sync they all time with."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Callable, ContextManager
 
 import torch
 import torch.nn as nn
-
-from train.setup import Precision
 
 
 def sync(device: torch.device) -> None:
@@ -36,9 +37,11 @@ def describe(model: nn.Module, spec, depth: int = 4) -> ModelInfo:
 
 
 @torch.inference_mode()
-def latency_ms(model: nn.Module, spec, device: torch.device, precision: Precision, batch: int,
-               channels_last: bool = False, *, max_repeats: int = 30, budget_s: float = 1.0) -> float:
-    """Median milliseconds per image of inference at this batch size.
+def latency_ms(model: nn.Module, spec, device: torch.device, batch: int, *, channels_last: bool = False,
+               autocast: Callable[[], ContextManager] = contextlib.nullcontext, max_repeats: int = 30,
+               budget_s: float = 1.0) -> float:
+    """Median milliseconds per image of inference at this batch size (``autocast``: e.g. a run's
+    ``Precision.autocast``).
 
     Up to three warm-up passes (fewer once they take ``budget_s``), then timed passes with the
     device synchronised around each, as many as fit in ``budget_s`` (at least 3, at most
@@ -52,7 +55,7 @@ def latency_ms(model: nn.Module, spec, device: torch.device, precision: Precisio
     def timed() -> float:
         sync(device)
         t0 = time.perf_counter()
-        with precision.autocast():
+        with autocast():
             model(x)
         sync(device)
         return time.perf_counter() - t0
