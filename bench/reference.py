@@ -34,11 +34,11 @@ import torch.nn.functional as F
 
 from config import Config
 from data import DatasetSpec, ImageData, mixup_cutmix
+from data.augment import RRC_SCALE
 from models import build_model
 from models.measure import sync
 from train.setup import build_optimizer, build_scheduler, seed_everything
 
-RRC_SCALE = (0.35, 1.0)  # data.augment.random_resized_crop's default (a test keeps them equal)
 
 # For printed headers: how the reference trains, whatever our loop uses on the device.
 LEAVES_OUT = "fp32 (no autocast), NCHW, eager, unfused optimizer, plain nn.Dropout"

@@ -16,6 +16,8 @@ from torchvision.transforms.v2.functional import equalize  # batched, per image 
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
+RRC_SCALE = (0.35, 1.0)  # random resized crop: the box's share of the image area
+
 
 def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
     """Zero-pad by ``padding`` and cut a random HxW window per image (torchvision RandomCrop(pad))."""
@@ -39,7 +41,7 @@ def random_resized_crop(
     x: torch.Tensor,
     size: int,
     gen: torch.Generator,
-    scale: tuple[float, float] = (0.35, 1.0),
+    scale: tuple[float, float] = RRC_SCALE,
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> torch.Tensor:
     """Per-image random area/aspect crop resized to ``size`` (bilinear); returns float in [0, 255].
