@@ -2,10 +2,7 @@
 import csv
 import io
 import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest

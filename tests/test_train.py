@@ -14,7 +14,7 @@ from models import build_model
 from train.engine import NonFiniteLoss, evaluate, train_one_epoch, train_step
 from train.fit import fit
 from train.rundir import RunDir
-from train.setup import (Precision, build_optimizer, build_scheduler, param_groups, prepare, resolve_device,
+from train.setup import (Precision, build_scheduler, param_groups, prepare, resolve_device,
                          seed_everything)
 
 CPU = torch.device("cpu")
