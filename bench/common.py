@@ -5,19 +5,20 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+import typing
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn as nn
 
-from config import Config, from_dict
+from config import Config, TrainConfig, from_dict
 from core.errors import UserError
 from data import ImageData, get_spec
 from models import MODELS, list_models
 from models.measure import sync
 
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # config.schema's train.compile
+COMPILE_MODES = typing.get_args(typing.get_type_hints(TrainConfig)["compile"])  # train.compile's choices
 
 
 class Take:
@@ -125,7 +126,7 @@ def train_flops_per_image(model: nn.Module, spec, device: torch.device) -> float
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    m = copy.deepcopy(model).train()  # eval would send nn.TransformerEncoder down its uncounted fused path
+    m = copy.deepcopy(model).train()  # the training graph: what the FLOPs are per training image
     x = torch.randn(2, spec.in_chans, spec.image_size, spec.image_size, device=device)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         m(x)

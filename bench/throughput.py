@@ -166,7 +166,7 @@ def _main(argv: Optional[list[str]]) -> int:
     if args.dataset:
         get_spec(args.dataset)
     for flag, value in (("--steps", args.steps), ("--rounds", args.rounds), ("--batch-size", args.batch_size),
-                        ("--eval-batch-size", args.eval_batch_size)):
+                        ("--eval-batch-size", args.eval_batch_size), ("--threads", args.threads or 1)):
         if value < 1:
             raise UserError(f"{flag}: got {value}; must be >= 1")
     check_output("--json", args.json)
