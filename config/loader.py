@@ -3,6 +3,9 @@
 Strict like nanoGPT's configurator, without its ``exec``: unknown keys, wrong types, out-of-range or
 non-finite numbers and missing values are reported with their dotted path, the value received and what
 would be valid. Overrides are applied to the raw dict before validation, so they get the same checks.
+
+The model section's keys are free-form here (the builder's signature checks them, models/factory.py), but
+their numbers are checked now, whatever the builder: finite, and no larger than ``MAX_MODEL_VALUE``.
 """
 from __future__ import annotations
 
@@ -14,9 +17,16 @@ from typing import Any
 import yaml
 
 from config.schema import REQUIRED, Config, ModelConfig, check_range
-from core.convert import convert
+from core.convert import check_number, convert, short_repr
 from core.errors import UserError
 from core.registry import did_you_mean
+
+# A config is a few kilobytes; a larger file is the wrong file (a dataset, a checkpoint), not a config.
+MAX_CONFIG_BYTES = 1 << 20
+# Every model knob is a size, a count or a rate (depth, embed_dim, num_heads, patch_size, mlp_ratio, dropout).
+# None reaches this on the datasets here; a larger one is a typo, and building it would hang or run out of memory.
+MAX_MODEL_VALUE = 1 << 16
+_MAX_NESTING = 8  # lists inside lists in a model key; deeper is not a model argument
 
 # Literal fields where YAML's booleans mean a choice (YAML 1.1 also reads ``off`` as false).
 _BOOL_CHOICES = {"compile": {True: "default", False: "off"}}
@@ -38,7 +48,7 @@ def _build(cls: type, raw: Any, path: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"{where}: expected a mapping of keys, got {raw!r} ({type(raw).__name__})")
+        raise UserError(f"{where}: expected a mapping of keys, got {short_repr(raw)} ({type(raw).__name__})")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     if cls is ModelConfig:  # free-form builder kwargs, checked later against the builder signature
@@ -49,11 +59,16 @@ def _build(cls: type, raw: Any, path: str) -> Any:
         name = convert(name, str, f"{path}.name")
         if name in RENAMED_MODELS:
             raise UserError(f"{path}.name: '{name}' was renamed to '{RENAMED_MODELS[name]}'; use the new name")
+        for key, value in raw.items():
+            if not (isinstance(key, str) and key.isidentifier()):
+                raise UserError(f"{path}.{_key_text(key)}: not a parameter name; model parameters are names "
+                                f"like depth or embed_dim (python main.py --list-models shows the models)")
+            _check_model_value(value, f"{path}.{key}")
         return ModelConfig(name=name, kwargs=raw)
     valid = list(fields)
     for key in raw:
         if key not in fields:
-            dotted = f"{path}.{key}" if path else str(key)
+            dotted = f"{path}.{_key_text(key)}" if path else _key_text(key)
             raise UserError(f"{dotted}: unknown key{did_you_mean(str(key), valid)}; "
                             f"valid keys{' in ' + path if path else ''}: {', '.join(valid)}")
     values = {}
@@ -74,6 +89,32 @@ def _build(cls: type, raw: Any, path: str) -> Any:
     return cls(**values)
 
 
+def _key_text(key: Any) -> str:
+    """A key as printed in a message: itself when it is a plain one-line name, else its (short) repr."""
+    return key if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 60 else short_repr(key)
+
+
+def _check_model_value(value: Any, path: str) -> None:
+    """Finite numbers within ``MAX_MODEL_VALUE``, also inside lists. Iterative, and each list is visited once:
+    YAML aliases can make a list of lists that is small in memory but exponentially large when walked."""
+    stack, seen = [(value, path, 0)], set()
+    while stack:
+        v, where, depth = stack.pop()
+        if isinstance(v, (list, tuple, dict)):
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            if depth >= _MAX_NESTING:
+                raise UserError(f"{where}: nested more than {_MAX_NESTING} levels deep; not a model argument")
+            items = v.items() if isinstance(v, dict) else enumerate(v)
+            stack.extend((item, f"{where}[{k!r}]", depth + 1) for k, item in items)
+            continue
+        check_number(v, where)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) > MAX_MODEL_VALUE:
+            raise UserError(f"{where}: got {short_repr(v)}; model sizes, counts and rates are at most "
+                            f"{MAX_MODEL_VALUE:,} (larger would make building the model hang or run out of memory)")
+
+
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply one ``--set a.b.c=VALUE`` (VALUE parsed as YAML) to the raw config dict."""
     key, sep, text = assignment.partition("=")
@@ -83,7 +124,9 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as e:
-        raise UserError(f"--set {key}: value {text!r} is not valid YAML ({_yaml_problem(e)})") from None
+        raise UserError(f"--set {key}: value {short_repr(text)} is not valid YAML ({_yaml_problem(e)})") from None
+    except RecursionError:
+        raise UserError(f"--set {key}: value is nested too deeply to be a config value") from None
     set_dotted(raw, key, value, f"--set {key}")
 
 
@@ -109,11 +152,19 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--cfg {path}: no such file" + (" (it is a directory)" if path.is_dir() else ""))
+        what = (" (it is a directory)" if path.is_dir() else
+                " (it is not a regular file)" if path.exists() else "")
+        raise UserError(f"--cfg {path}: no such file{what}")
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise UserError(f"{path}: {size:,} bytes, too large for a config (at most {MAX_CONFIG_BYTES:,}); "
+                            f"is this the right file?")
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise UserError(f"{path}: malformed YAML: {_yaml_problem(e)}") from None
+    except RecursionError:  # PyYAML's parser recurses once per nesting level
+        raise UserError(f"{path}: malformed YAML: nested too deeply to be a config") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read: {e}") from None
     if raw is None:

@@ -1,10 +1,16 @@
 """A value from YAML checked against a type annotation: ``int``, ``float``, ``bool``, ``str``, ``Literal``,
 ``Optional[X]`` and ``list[X]``; a mismatch is a ``UserError`` naming the path, the value and what is valid.
 
+Numbers must also be usable as numbers: a float must be finite (``.inf``, ``.nan`` and ``1e400`` are refused,
+whatever the field's range) and an integer must fit in 64 bits, since every integer here ends up as a tensor
+size, a count or a seed. Without these checks ``model.mlp_ratio: .inf`` or a 400-digit ``model.depth`` reach a
+builder and fail there with a Python traceback (``OverflowError``).
+
 Used for the config's fields and for the keyword arguments of registered builders (models).
 """
 from __future__ import annotations
 
+import math
 import re
 import types
 import typing
@@ -14,6 +20,16 @@ from core.errors import UserError
 from core.registry import did_you_mean
 
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+INT_LIMIT = 2 ** 63  # integers must lie in [-2**63, 2**63): what a tensor size, a count or a seed can hold
+_REPR_CHARS = 60  # longer values are shortened in messages, which stay one readable line
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a readable length: a 400-digit number or a huge list stays one short line."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** _REPR_CHARS:
+        return f"a {len(str(abs(value)))}-digit integer"
+    text = repr(value)
+    return text if len(text) <= _REPR_CHARS else f"{text[:_REPR_CHARS - 10]}...{text[-6:]} ({len(text)} characters)"
 
 
 def type_name(tp: Any) -> str:
@@ -29,7 +45,15 @@ def type_name(tp: Any) -> str:
 
 
 def _bad(path: str, value: Any, tp: Any) -> UserError:
-    return UserError(f"{path}: expected {type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return UserError(f"{path}: expected {type_name(tp)}, got {short_repr(value)} ({type(value).__name__})")
+
+
+def check_number(value: Any, path: str) -> None:
+    """A finite float, an integer that fits in 64 bits; anything else passes (its type is checked elsewhere)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{path}: got {value!r}; must be a finite number")
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT_LIMIT <= value < INT_LIMIT:
+        raise UserError(f"{path}: got {short_repr(value)}; must be an integer in [-2**63, 2**63)")
 
 
 def convert(value: Any, tp: Any, path: str) -> Any:
@@ -47,7 +71,7 @@ def convert(value: Any, tp: Any, path: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise UserError(f"{path}: got {value!r}{did_you_mean(str(value), map(str, choices))}; "
+            raise UserError(f"{path}: got {short_repr(value)}{did_you_mean(str(value), map(str, choices))}; "
                             f"valid: {', '.join(map(str, choices))}")
         return value
     if origin is list:
@@ -62,17 +86,20 @@ def convert(value: Any, tp: Any, path: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _bad(path, value, tp)
+        check_number(value, path)
         return value
     if tp is float:
         # PyYAML reads 1e-3 (no dot) as a string; accept numeric strings for float fields.
         if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-            value = float(value)
+            value = float(value)  # '1e400' becomes inf, refused below
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _bad(path, value, tp)
         try:
-            return float(value)
+            value = float(value)
         except OverflowError:  # an integer with hundreds of digits
-            raise UserError(f"{path}: got a {len(str(value))}-digit number; too large for a float") from None
+            raise UserError(f"{path}: got {short_repr(value)}; too large for a number") from None
+        check_number(value, path)
+        return value
     if tp is str:
         if not isinstance(value, str):
             raise _bad(path, value, tp)
