@@ -32,7 +32,7 @@ from core.errors import UserError
 from data import get_spec
 from models import build_model
 from train.engine import train_one_epoch
-from train.setup import Precision, Setup, prepare, resolve_device, seed_everything
+from train.setup import Setup, prepare, resolve_device, seed_everything
 
 SETTINGS = {"channels_last": ("NCHW", "NHWC"), "bf16": ("fp32", "bf16 autocast"),
             "cpu_dropout": ("nn.Dropout", "CPU dropout mask")}
@@ -46,12 +46,12 @@ def setup_for(name: str, dataset: str, batch_size: int, device: torch.device, se
     train = {"batch_size": batch_size, "device": device.type}
     if setting in ("channels_last", "cpu_dropout"):
         train[setting] = on
+    if setting == "bf16":
+        train["precision"] = "bf16" if on else "fp32"
     cfg = bench_config(name, dataset, **train)
     seed_everything(cfg.seed)
     s = prepare(cfg, build_model(cfg, get_spec(dataset)), synthetic_data(dataset, 8 * batch_size).to(device),
                 device)
-    if setting == "bf16":
-        s.precision, s.scaler = Precision(device.type, torch.bfloat16 if on else None), None
     return s
 
 

@@ -57,8 +57,7 @@ def bench_model(name: str, args, device: torch.device, peak: float) -> dict:
              "compile": args.compile}
     if args.channels_last is not None:
         train["channels_last"] = args.channels_last
-    if args.amp is not None:
-        train["amp"] = args.amp
+    train["precision"] = args.precision
     cfg = bench_config(name, spec.name, root=args.root, **train)
     # Enough images that our stream starts no new epoch inside a round, nor the reference's workers.
     data = load_data(cfg.data) if args.root else synthetic_data(
@@ -148,8 +147,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the reference loop")
     p.add_argument("--channels-last", type=parse_bool, default=None, metavar="BOOL",
                    help="force NHWC on or off (default: the training loop's own choice)")
-    p.add_argument("--amp", type=parse_bool, default=None, metavar="BOOL",
-                   help="force mixed precision on or off (default: the loop's own choice; false = fp32)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="train.precision of our loop (default auto: the loop's own choice for the device)")
     p.add_argument("--compile", nargs="?", const="default", default="off", choices=COMPILE_MODES,
                    help="torch.compile our model (not the reference's), optionally with a mode (default off)")
     p.add_argument("--peak-size", type=int, metavar="N",
@@ -175,7 +174,7 @@ def _main(argv: Optional[list[str]]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     # On the CPU, the peak of the precision our loop trains in (fp32, or bf16 on CPUs with bf16 hardware).
-    cpu_dtype = Precision.for_device(device, args.amp is not False).dtype or torch.float32
+    cpu_dtype = Precision.for_device(device, args.precision).dtype or torch.float32
     peak, peak_op = matmul_peak(device, cpu_dtype, args.peak_size)
     header = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads" if device.type == "cpu"

@@ -48,10 +48,15 @@ class Precision:
     dtype: Optional[torch.dtype] = None
 
     @classmethod
-    def for_device(cls, device: torch.device, amp: bool) -> "Precision":
-        if device.type == "cuda" and amp:
+    def for_device(cls, device: torch.device, precision: str = "auto") -> "Precision":
+        """``train.precision`` on ``device``: auto picks what pays off there, fp32/bf16/fp16 are taken as asked."""
+        if precision == "fp32":
+            return cls(device.type)
+        if precision in ("bf16", "fp16"):
+            return cls(device.type, torch.bfloat16 if precision == "bf16" else torch.float16)
+        if device.type == "cuda":
             return cls("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-        if device.type == "cpu" and amp and cpu_has_native_bf16():
+        if device.type == "cpu" and cpu_has_native_bf16():
             return cls("cpu", torch.bfloat16)  # 1.35-2.25x faster training on an AMX CPU (BENCHMARKS.md)
         return cls(device.type)  # fp32: bf16 autocast is slower than fp32 on CPUs without bf16 units (AVX2)
 
@@ -61,7 +66,7 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
     @property
-    def needs_scaler(self) -> bool:
+    def needs_scaler(self) -> bool:  # fp16 gradients underflow without loss scaling
         return self.dtype == torch.float16
 
     def __str__(self) -> str:
@@ -180,14 +185,14 @@ def prepare(cfg: Config, model: nn.Module, data: ImageData, device: torch.device
     cpu_dropout = use_cpu_dropout(model) if device.type == "cpu" and t.cpu_dropout else 0
     train_loader, val_loader = make_loaders(cfg, data, device, channels_last=t.channels_last)
     optimizer = build_optimizer(model, t, fused=device.type == "cuda")
-    precision = Precision.for_device(device, t.amp)
+    precision = Precision.for_device(device, t.precision)
     return Setup(
         model=model if t.compile == "off" else torch.compile(model, mode=t.compile),
         module=model,
         device=device,
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, t, len(train_loader)),
-        scaler=torch.amp.GradScaler("cuda") if precision.needs_scaler else None,
+        scaler=torch.amp.GradScaler(device.type) if precision.needs_scaler else None,
         criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
         precision=precision, train_loader=train_loader, val_loader=val_loader,
         mixer=mixup_cutmix(data.spec.num_classes, t.mixup_alpha, t.cutmix_alpha),
