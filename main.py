@@ -5,6 +5,10 @@
     python main.py --cfg configs/cnn_tr_small.yaml configs/cnn_tr_medium.yaml   # several runs + a comparison
     python main.py --cfg configs/sweeps/fmnist_sizes.yaml                      # a sweep: grid of runs + a comparison
     python main.py --cfg configs/cnn_tr_medium.yaml --dry-run
+    python main.py --resume runs/cnn_tr_medium-20261126-101500            # continue a stopped run
+    python main.py --resume runs/cnn_tr_medium-20261126-101500 --set train.epochs=40   # extend a finished one
+    python main.py --eval runs/cnn_tr_medium-20261126-101500 [--ckpt last]
+    python main.py --predict runs/cnn_tr_medium-20261126-101500 cat.jpg dog.png
     python main.py --list-models
 """
 from __future__ import annotations
@@ -38,9 +42,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "swept values and parameter count), then exit without training")
     p.add_argument("--list-models", action="store_true",
                    help="list registered models with their parameter counts, then exit")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue a stopped run from its last.pt in its own directory (a run directory), or the "
+                        "unfinished runs of a multi-run call (its comparison directory); --set may only change "
+                        "train.epochs (longer) and settings that do not change the numbers (README)")
+    p.add_argument("--eval", metavar="RUN_DIR",
+                   help="evaluate a run's checkpoint on the validation split: top-1/top-5, per-class accuracy, "
+                        "confusion matrix (PNG and CSV, written into RUN_DIR)")
+    p.add_argument("--predict", metavar=("RUN_DIR", "IMAGE"), nargs="+",
+                   help="the top classes, with probabilities, a run's model gives each image file")
+    p.add_argument("--ckpt", choices=("best", "last"), default="best",
+                   help="the checkpoint --eval and --predict use (default: best)")
+    p.add_argument("--top", type=int, default=5, metavar="K", help="classes --predict prints per image (default 5)")
     args = p.parse_args(argv)
-    if not args.list_models and args.cfg is None:
-        p.error("--cfg FILE is required (or use --list-models)")
+    modes = [f for f, on in (("--cfg", args.cfg is not None), ("--resume", args.resume is not None),
+                             ("--eval", args.eval is not None), ("--predict", args.predict is not None),
+                             ("--list-models", args.list_models)) if on]
+    if not modes:
+        p.error("--cfg FILE is required (or --resume DIR, --eval RUN_DIR, --predict RUN_DIR IMAGE..., --list-models)")
+    if len(modes) > 1:
+        p.error(f"{modes[0]} and {modes[1]} cannot be combined (--resume reads the run's own config)")
+    if args.predict is not None and len(args.predict) < 2:
+        p.error("--predict RUN_DIR IMAGE...: give the run directory and at least one image file")
+    if args.top < 1:
+        p.error(f"--top: got {args.top}; must be at least 1")
+    if args.overrides and (args.eval or args.predict or args.list_models):
+        p.error("--set: only used with --cfg or --resume")
     return args
 
 
@@ -129,18 +156,41 @@ def _main(argv: list[str] | None) -> int:
     from train.rundir import RunDir
     from train.sweep import load_points
 
+    command = "python main.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.resume is not None:
+        return resume(args.resume, args.overrides, command)
     points = load_points(args.cfg, args.overrides)
     if args.dry_run:
         return dry_run(points)
     if len(points) > 1 or points[0].values:
-        return run_many(points, args.out, "python main.py " + " ".join(sys.argv[1:] if argv is None else argv))
+        return run_many(points, args.out, command)
     if args.out is not None:
         raise UserError("--out: only used to compare several runs (several --cfg files, or a sweep: section)")
     cfg = points[0].cfg
     run_dir = RunDir(cfg.output.dir, cfg.run_name)
-    results = fit(cfg, run_dir)  # a diverged run raises NonFiniteLoss: one line and exit 1 (core.cli)
+    results = fit(cfg, run_dir, command=command)  # diverged, failed: one line and exit 1 (core.cli)
+    print_done(results, run_dir.path)
+    return 0
+
+
+def print_done(results, path) -> None:
     print(f"done: best val acc {results['best_val_acc']:.2f}% (epoch {results['best_epoch']}), "
-          f"final {results['final_val_acc']:.2f}%, {results['train_time_s']:.1f}s training -> {run_dir.path}")
+          f"final {results['final_val_acc']:.2f}%, {results['train_time_s']:.1f}s training -> {path}")
+
+
+def resume(path: str, overrides: list[str], command: str) -> int:
+    from train.fit import fit
+    from train.resume import open_for_resume
+
+    r = open_for_resume(path, overrides)
+    if r.done:
+        print(f"{path}: already completed all {r.cfg.train.epochs} epochs; to train longer: "
+              f"python main.py --resume {path} --set train.epochs=N")
+        return 0
+    if r.ckpt is None:
+        print(f"{path}: no last.pt yet (stopped before its first checkpoint): starting it over in place")
+    results = fit(r.cfg, r.run_dir, resume=r.ckpt, command=command)
+    print_done(results, r.run_dir.path)
     return 0
 
 

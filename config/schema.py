@@ -100,7 +100,9 @@ class TrainConfig:
     top5: bool = False  # also report top-5 validation accuracy
     grad_clip: Optional[float] = num(None, gt=0, null_ok=True)  # max global gradient norm; null = off
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True  # mixed precision: CUDA bf16 (else fp16); CPU bf16 where it has AMX/AVX512-BF16, else fp32
+    # autocast dtype. auto: CUDA bf16 (fp16 + GradScaler where bf16 is unsupported), CPU bf16 where it has
+    # AMX/AVX512-BF16 and fp32 elsewhere; fp32 = no autocast; bf16 / fp16 = that dtype on any device.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True  # NHWC activations (faster for conv nets on CPU and CUDA)
     cpu_dropout: bool = True  # on the CPU, nn.Dropout draws its mask the cheaper way (train/cpu_dropout.py)
     # torch.compile mode; false = eager, true = "default", "reduce-overhead" = CUDA graphs
@@ -124,7 +126,10 @@ class TrainConfig:
 @dataclass
 class OutputConfig:
     dir: str = "./runs"  # each run gets a new directory below this one
-    checkpoints: bool = True  # write last.pt and best.pt
+    checkpoints: bool = True  # write last.pt (the whole training state, for --resume) and best.pt (weights)
+    # also write last.pt mid-epoch, every N optimizer steps and/or every M minutes (null = epoch ends only)
+    checkpoint_every_steps: Optional[int] = num(None, ge=1, le=MAX_SAMPLES, null_ok=True)
+    checkpoint_every_minutes: Optional[float] = num(None, gt=0, le=MAX_EPOCHS * 24 * 60, null_ok=True)
 
 
 @dataclass
@@ -146,4 +151,19 @@ class Config:
         return d
 
     def check(self) -> None:
+        if self.name is not None:
+            check_run_name(self.name)
         self.train.check()
+
+
+MAX_NAME = 200  # bytes: a directory name (255 on most file systems) less the date suffix
+
+
+def check_run_name(name: str) -> None:
+    """A run name becomes one directory under ``output.dir``: a single, visible path component."""
+    bad = next((c for c in name if c in '/\\\0' or not c.isprintable()), None)
+    if not name.strip() or name.startswith(".") or bad is not None or len(name.encode()) > MAX_NAME:
+        why = ("is empty" if not name.strip() else "starts with '.'" if name.startswith(".")
+               else f"contains {bad!r}" if bad is not None else f"is longer than {MAX_NAME} bytes")
+        raise UserError(f"name: {name!r} {why}; a run name is one directory name under output.dir "
+                        f"(letters, digits, and e.g. - _ = + , .), with no path separators")

@@ -8,3 +8,19 @@ class UserError(Exception):
 class RunFailed(Exception):
     """A run that started and could not finish for a reason it can name (e.g. its loss diverged).
     Every entry point prints it as one line and exits 1 (``core.cli``); the run directory has the details."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal ended the run: Ctrl-C (SIGINT), SIGTERM or SIGHUP. A ``KeyboardInterrupt`` so that no
+    ``except Exception`` swallows it; entry points exit with the shell's code for the signal, 128 + signum."""
+
+    def __init__(self, signum: int, *, immediate: bool = False):
+        import signal
+
+        self.signum, self.immediate = signum, immediate
+        self.signame = signal.Signals(signum).name
+        super().__init__(self.signame)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -18,6 +18,7 @@ import torch.nn as nn
 from config import from_dict
 from data import DatasetSpec, TensorLoader, get_spec, load_data
 from models import build_model
+from models.weights import load_weights
 from plots.curves import plt, save
 from plots.runs import Run
 
@@ -53,7 +54,7 @@ def load_model(run: Run) -> nn.Module:
     ckpt = run.checkpoint()
     if ckpt is None:
         raise FileNotFoundError("no checkpoint (best.pt or last.pt); output.checkpoints was off")
-    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    load_weights(model, ckpt, f"{cfg.model.name} on {cfg.data.name}")
     return model.eval()
 
 

@@ -107,7 +107,7 @@ def test_a_diverged_run_exits_1_with_one_line_and_says_so_in_its_directory(tmp_p
     from fixtures import tiny_raw, write_yaml
 
     cfg = write_yaml(tmp_path / "c.yaml", tiny_raw(fmnist_root, tmp_path / "runs", lr=99.0, optimizer="sgd",
-                                                   schedule="constant", amp=False))
+                                                   schedule="constant", precision="fp32"))
     p = call_main(capsys, "--cfg", cfg)
     assert p.returncode == 1 and p.stderr.startswith("error: epoch 1: training loss became") and \
         p.stderr.count("\n") == 1

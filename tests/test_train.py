@@ -7,7 +7,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from config import TrainConfig, from_dict
-from core.errors import UserError
+from core.errors import RunFailed, UserError
 from data import TensorLoader, get_spec, load_data
 from fixtures import quiet, read_metrics, run_fit, tiny_config
 from models import build_model
@@ -142,17 +142,19 @@ def test_precision_choice(monkeypatch):
     import train.setup
 
     monkeypatch.setattr(train.setup, "cpu_has_native_bf16", lambda: False)  # an AVX2 CPU
-    assert Precision.for_device(CPU, amp=True).dtype is None and str(Precision.for_device(CPU, amp=True)) == "fp32"
+    assert Precision.for_device(CPU, "auto").dtype is None and str(Precision.for_device(CPU, "auto")) == "fp32"
+    assert str(Precision.for_device(CPU, "bf16")) == "bfloat16"  # asked for: taken even without bf16 units
     monkeypatch.setattr(train.setup, "cpu_has_native_bf16", lambda: True)  # AMX / AVX512-BF16
-    assert str(Precision.for_device(CPU, amp=True)) == "bfloat16"
-    assert not Precision.for_device(CPU, amp=True).needs_scaler
-    assert Precision.for_device(CPU, amp=False).dtype is None
+    assert str(Precision.for_device(CPU, "auto")) == "bfloat16"
+    assert not Precision.for_device(CPU, "auto").needs_scaler
+    assert Precision.for_device(CPU, "fp32").dtype is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert Precision.for_device(torch.device("cuda"), amp=True).dtype == torch.bfloat16
+    assert Precision.for_device(torch.device("cuda"), "auto").dtype == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    fp16 = Precision.for_device(torch.device("cuda"), amp=True)
+    fp16 = Precision.for_device(torch.device("cuda"), "auto")
     assert fp16.dtype == torch.float16 and fp16.needs_scaler
-    assert Precision.for_device(torch.device("cuda"), amp=False).dtype is None
+    assert Precision.for_device(torch.device("cuda"), "fp32").dtype is None
+    assert Precision.for_device(CPU, "fp16").needs_scaler
 
 
 # ----------------------------------------------------------------------------- steps
@@ -175,7 +177,7 @@ def test_non_finite_loss_stops_the_epoch(fmnist_root, tmp_path):
 def test_grad_clip_bounds_the_update(fmnist_root, tmp_path):
     """With plain SGD, lr 1 and no momentum, the step is the clipped gradient: its norm is the clip."""
     s = _setup(fmnist_root, tmp_path, optimizer="sgd", momentum=0.0, lr=1.0, weight_decay=0.0,
-               schedule="constant", grad_clip=0.01, amp=False)
+               schedule="constant", grad_clip=0.01, precision="fp32")
     images, labels = next(iter(s.train_loader))
     before = [p.detach().clone() for p in s.module.parameters()]
     train_step(s, images, labels)
@@ -249,10 +251,10 @@ def test_fit_writes_everything_and_learns(fmnist_root, tmp_path):
     assert saved["best_val_acc"] == best["val_acc"] and saved["best_epoch"] == best["epoch"]
     assert saved["final_val_acc"] == rows[-1]["val_acc"] and saved["mult_adds"] > 1_000_000
     best_state = torch.load(run_dir / "best.pt", weights_only=True)
-    last_state = torch.load(run_dir / "last.pt", weights_only=True)
+    last = torch.load(run_dir / "last.pt", weights_only=True)  # the training state, for --resume
     model = build_model(cfg, get_spec("fashion_mnist"))
-    model.load_state_dict(last_state)  # a plain state dict for the registered model
-    assert set(best_state) == set(last_state)
+    model.load_state_dict(best_state)  # a plain state dict for the registered model
+    assert set(best_state) == set(last["model"]) and last["epoch"] == len(rows) and last["history"] == rows
     assert (run_dir / "config.yaml").is_file() and "Total params" in (run_dir / "summary.txt").read_text()
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
 
@@ -279,7 +281,7 @@ def test_bad_input_leaves_no_run_directory(tmp_path):
 def test_divergence_is_recorded(fmnist_root, tmp_path):
     with pytest.raises(NonFiniteLoss):
         run_fit(tiny_config(fmnist_root, tmp_path / "runs", lr=99.0, optimizer="sgd", schedule="constant",
-                            amp=False))
+                            precision="fp32"))
     (run_dir,) = (tmp_path / "runs").iterdir()
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "diverged" and "epoch 1" in results["error"]
@@ -298,7 +300,8 @@ def test_an_interrupted_or_crashed_run_says_so(fmnist_root, tmp_path, monkeypatc
         return evaluate(*args, **kwargs)
 
     monkeypatch.setattr(train.fit, "evaluate", evaluate_then_stop)
-    with pytest.raises(raised):
+    with pytest.raises(raised if status == "interrupted" else RunFailed, match=None if status == "interrupted"
+                       else "run failed: MemoryError .*lower train.batch_size"):
         run_fit(tiny_config(fmnist_root, tmp_path / "runs", epochs=3))
     (run_dir,) = (tmp_path / "runs").iterdir()
     results = json.loads((run_dir / "results.json").read_text())
@@ -342,7 +345,7 @@ def test_fit_with_the_long_vit_recipe(tmp_path):
 
 def test_config_defaults_are_what_the_readme_says():
     cfg = from_dict({"model": {"name": "simple_cnn"}, "data": {"name": "cifar10"}})
-    assert cfg.train.channels_last is True and cfg.train.compile == "off" and cfg.train.amp is True
+    assert cfg.train.channels_last is True and cfg.train.compile == "off" and cfg.train.precision == "auto"
 
 
 # ----------------------------------------------------------------------------- measurements and the CPU dropout swap

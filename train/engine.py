@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
@@ -50,46 +50,80 @@ def train_step(s: Setup, images: torch.Tensor, targets: torch.Tensor) -> tuple[t
     return logits, loss
 
 
+class EpochMeter:
+    """One epoch's running sums, kept on the device (no host sync per step); checkpointed mid-epoch so a
+    resumed epoch reports the same loss and accuracy as an uninterrupted one."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.seen = 0
+        self.time_s = 0.0  # training time before this process took the epoch over
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n = labels.shape[0]
+        self.seen += n
+        self.loss_sum += loss.detach().float() * n
+        self.correct += (logits.detach().argmax(1) == labels).sum()
+
+    def state_dict(self) -> dict:
+        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen,
+                "time_s": self.time_s}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss_sum.copy_(state["loss_sum"])
+        self.correct.copy_(state["correct"])
+        self.seen, self.time_s = int(state["seen"]), float(state["time_s"])
+
+
 def train_one_epoch(s: Setup, loader: Optional[Iterable] = None, *, log_every: int = 50, progress: bool = False,
-                    desc: str = "train") -> dict:
+                    desc: str = "train", meter: Optional[EpochMeter] = None,
+                    on_step: Optional[Callable[[int], None]] = None) -> dict:
     """One pass over ``loader`` (default: the setup's training loader).
 
     With MixUp/CutMix the loss is taken against the soft targets, and training accuracy counts a
-    prediction as right when it names the dominant label.
+    prediction as right when it names the dominant label. A resumed epoch passes the ``meter`` it
+    stopped with and a loader that continues where it stopped (``TensorLoader.load_state_dict``);
+    ``on_step(step)`` runs after every optimizer step (``step`` counts from the epoch's start) and may
+    write a checkpoint or stop the epoch by raising.
     """
     loader = s.train_loader if loader is None else loader
+    meter = EpochMeter(s.device) if meter is None else meter
+    first = getattr(loader, "next_start", 0)  # a resumed TensorLoader starts mid-epoch
     s.model.train()
-    loss_sum = torch.zeros((), device=s.device)
-    correct = torch.zeros((), device=s.device, dtype=torch.long)
-    seen = 0
     sync(s.device)
-    start = time.perf_counter()
-    bar = _progress(loader, desc, progress)
-    for step, (images, labels) in enumerate(bar, 1):
+    start = time.perf_counter() - meter.time_s
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress,
+               initial=first, total=len(loader) if hasattr(loader, "__len__") else None)
+    step = first
+    for images, labels in bar:
+        step += 1
         targets = labels
         if s.mixer is not None:
             images, targets = s.mixer(images, labels)
             labels = targets.argmax(1)
         logits, loss = train_step(s, images, targets)
-        n = labels.shape[0]
-        seen += n
-        loss_sum += loss.detach().float() * n
-        correct += (logits.detach().argmax(1) == labels).sum()
+        meter.add(loss, logits, labels)
         if step % log_every == 0:
-            total = loss_sum.item()  # the only host sync inside the epoch
+            total = meter.loss_sum.item()  # the only host sync inside the epoch
             _check_finite(total, step)
-            bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}",
+            bar.set_postfix(loss=f"{total / meter.seen:.4f}", acc=f"{100 * meter.correct.item() / meter.seen:.2f}",
                             lr=f"{s.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
+        if on_step is not None:
+            meter.time_s = time.perf_counter() - start
+            on_step(step)
     sync(s.device)
     elapsed = time.perf_counter() - start
-    total = loss_sum.item()
-    _check_finite(total, len(loader))
+    meter.time_s = elapsed
+    total = meter.loss_sum.item()
+    _check_finite(total, step)
+    seen = meter.seen
     return {
         "train_loss": total / max(1, seen),
-        "train_acc": 100.0 * correct.item() / max(1, seen),
+        "train_acc": 100.0 * meter.correct.item() / max(1, seen),
         "lr": s.optimizer.param_groups[0]["lr"],
         "train_time_s": elapsed,
-        "images_per_s": seen / elapsed if elapsed > 0 else float("nan"),
+        "images_per_s": seen / max(elapsed, 1e-9),
     }
 
 
@@ -100,8 +134,10 @@ def _check_finite(loss_sum: float, step: int) -> None:
 
 
 @torch.inference_mode()
-def evaluate(s: Setup, loader: Optional[Iterable] = None, *, top5: bool = False, progress: bool = False) -> dict:
-    """Loss (plain cross-entropy, whatever the training loss smooths) and accuracy over ``loader``."""
+def evaluate(s: Setup, loader: Optional[Iterable] = None, *, top5: bool = False, progress: bool = False,
+             on_batch: Optional[Callable[[], object]] = None) -> dict:
+    """Loss (plain cross-entropy, whatever the training loss smooths) and accuracy over ``loader``.
+    ``on_batch()`` runs before each batch (and may stop the evaluation by raising)."""
     loader = s.val_loader if loader is None else loader
     s.model.eval()
     loss_sum = torch.zeros((), device=s.device)
@@ -111,6 +147,8 @@ def evaluate(s: Setup, loader: Optional[Iterable] = None, *, top5: bool = False,
     sync(s.device)
     start = time.perf_counter()
     for images, labels in _progress(loader, "eval", progress):
+        if on_batch is not None:
+            on_batch()
         with s.precision.autocast():
             logits = s.model(images)
             loss = F.cross_entropy(logits, labels)

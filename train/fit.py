@@ -1,21 +1,30 @@
-"""One experiment: build everything from a Config, train epoch by epoch, and record it in a ``RunDir``."""
+"""One experiment: build everything from a Config, train epoch by epoch, and record it in a ``RunDir``.
+
+``fit`` also continues a run from its ``last.pt`` (``resume=``), bit for bit: see train/checkpoint.py
+for what the checkpoint holds. Stop signals (Ctrl-C, SIGTERM, SIGHUP) end the current step, write a
+resumable checkpoint and raise ``Interrupted`` (core/signals.py).
+"""
 from __future__ import annotations
 
 import statistics
 import sys
+import time
 import traceback
 from typing import Any, Callable, Optional
 
 import torch
 
 from config import Config, dump_config
-from core.errors import UserError
+from core.errors import Interrupted, RunFailed, UserError
+from core.signals import GracefulStop
 from data import get_spec, load_data
 from models import build_model
 from models.measure import describe
-from train.engine import NonFiniteLoss, evaluate, train_one_epoch
+from train import checkpoint
+from train.engine import EpochMeter, NonFiniteLoss, evaluate, train_one_epoch
+from train.provenance import now, provenance
 from train.rundir import RunDir
-from train.setup import prepare, resolve_device, seed_everything
+from train.setup import Setup, prepare, resolve_device, seed_everything
 
 
 def format_epoch(m: dict[str, Any], epochs: int) -> str:
@@ -25,48 +34,96 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
             f"lr {m['lr']:.2e}  {m['epoch_time_s']:.1f}s  {m['images_per_s']:.0f} img/s")
 
 
-def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print,
-        progress: Optional[bool] = None) -> dict[str, Any]:
-    """Train ``cfg`` end to end into ``run_dir``; returns results.json's content.
+def resume_command(run_dir: RunDir) -> str:
+    return f"python main.py --resume {run_dir.path}"
+
+
+def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, progress: Optional[bool] = None,
+        resume: Optional[dict[str, Any]] = None, command: Optional[str] = None) -> dict[str, Any]:
+    """Train ``cfg`` end to end into ``run_dir`` (from ``resume``, a loaded last.pt, if given); returns
+    results.json's content.
 
     Bad input (unknown model, missing dataset, ...) raises ``UserError`` before the directory exists.
     Once it exists, every way out records its own status in results.json: ``completed``, ``diverged``
-    (``NonFiniteLoss`` is re-raised), ``interrupted`` (Ctrl-C, re-raised) or ``failed`` (re-raised).
+    (``NonFiniteLoss`` is re-raised), ``interrupted`` (``Interrupted`` / ``KeyboardInterrupt``, re-raised,
+    with a resumable checkpoint when the stop was graceful) or ``failed`` with the error (re-raised; an
+    error that is not the user's becomes ``RunFailed`` with the first line, the traceback in results.json).
     """
     if progress is None:
         progress = sys.stderr.isatty()
-    seed_everything(cfg.seed)  # the one place a run is seeded: initial weights, dropout, MixUp/CutMix
-    device = resolve_device(cfg.train.device)
-    spec = get_spec(cfg.data.name)
-    model = build_model(cfg, spec)
-    info = describe(model, spec)
-    log(f"loading {cfg.data.name} from {cfg.data.root}")
-    data = load_data(cfg.data).to(device)
-    s = prepare(cfg, model, data, device)
+    with GracefulStop(announce=lambda text: log(text.strip())) as stop:
+        seed_everything(cfg.seed)  # the one place a run is seeded: initial weights, dropout, MixUp/CutMix
+        device = resolve_device(cfg.train.device)
+        spec = get_spec(cfg.data.name)
+        model = build_model(cfg, spec)
+        info = describe(model, spec)
+        log(f"loading {cfg.data.name} from {cfg.data.root}")
+        data = load_data(cfg.data).to(device)
+        s = prepare(cfg, model, data, device)
+        loop = _Loop(cfg, s, run_dir, stop, log, progress)
+        if resume is not None:
+            checkpoint.restore(s, resume, cfg, log=log)
+            loop.load(resume)
 
-    path = run_dir.create()
+        path = run_dir.create()
+        try:
+            attempts = list(run_dir.results.get("attempts", []))
+            for a in attempts:
+                if a.get("status") in (None, "running"):
+                    a["status"] = "killed"  # it ended without a word: SIGKILL, out of memory, a power cut
+            attempts.append({"started": now(), "from": loop.position(), "command": command})
+            if resume is None:
+                run_dir.results.update(model=cfg.model.name, dataset=cfg.data.name, params=info.params,
+                                       mult_adds=info.mult_adds, epochs=cfg.train.epochs)
+            run_dir.update("running", device=str(device), precision=str(s.precision), epochs=cfg.train.epochs,
+                           **provenance(device, command), started=run_dir.results.get("started") or now(),
+                           ended=None, error=None, traceback=None, attempts=attempts, **loop.progress())
+            run_dir.write("config.yaml", dump_config(cfg))
+            # The log as the checkpoint knows it (empty for a new run): lines written after it go.
+            run_dir.rewrite_metrics(loop.history)
+            if run_dir.resuming:
+                log(f"resuming {path} {loop.position()}")
+            if resume is None:
+                run_dir.write("summary.txt", info.summary + "\n")
+                log(info.summary)
+            log(f"run dir: {path}\ndevice: {s.describe()}, {len(data.train[1])} train / {len(data.val[1])} val "
+                f"images, {len(s.train_loader)} steps/epoch")
+            loop.run()
+            return _end(run_dir, "completed", **_summary(cfg, loop.history))
+        except NonFiniteLoss as e:
+            _end(run_dir, "diverged", error=str(e))
+            raise
+        except KeyboardInterrupt as e:
+            signame = e.signame if isinstance(e, Interrupted) else "SIGINT"
+            saved = loop.saved_at if cfg.output.checkpoints else None
+            how = ("resume with: " + resume_command(run_dir) + f" (continues {saved})") if saved else \
+                "no checkpoint to resume from (output.checkpoints is off or none was written yet)"
+            _end(run_dir, "interrupted", error=f"stopped by {signame} {loop.position()}; {how}",
+                 resume_command=resume_command(run_dir) if saved else None)
+            log(f"interrupted by {signame} {loop.position()}; {how}")
+            raise
+        except BaseException as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            known = isinstance(e, (UserError, RunFailed))
+            error = first if known else f"{type(e).__name__}: {first}".rstrip(": ")
+            if isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in first:
+                error += " (try a lower train.batch_size or train.eval_batch_size)"
+            _end(run_dir, "failed", error=error, traceback=None if known else traceback.format_exc())
+            if known:
+                raise
+            raise RunFailed(f"run failed: {error} (details in {run_dir.file('results.json')})") from e
+
+
+def _end(run_dir: RunDir, status: str, **fields: Any) -> dict[str, Any]:
+    """Record how the run ended; if even that cannot be written (a full disk), say so on stderr."""
+    attempts = list(run_dir.results.get("attempts", []))
+    if attempts:
+        attempts[-1] = {**attempts[-1], "ended": now(), "status": status}
     try:
-        run_dir.update("running", model=cfg.model.name, dataset=cfg.data.name, params=info.params,
-                       mult_adds=info.mult_adds, device=str(device), precision=str(s.precision),
-                       torch=torch.__version__, epochs=cfg.train.epochs)
-        run_dir.write("config.yaml", dump_config(cfg))
-        run_dir.write("summary.txt", info.summary + "\n")
-        log(info.summary)
-        log(f"run dir: {path}\ndevice: {s.describe()}, {len(data.train[1])} train / {len(data.val[1])} val "
-            f"images, {len(s.train_loader)} steps/epoch")
-        history = _epochs(cfg, s, run_dir, log, progress)
-        return run_dir.update("completed", **_summary(cfg, history))
-    except NonFiniteLoss as e:
-        run_dir.update("diverged", error=str(e))
-        raise
-    except KeyboardInterrupt:
-        run_dir.update("interrupted", error="interrupted by the user (Ctrl-C)")
-        raise
-    except BaseException as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        run_dir.update("failed", error=first if isinstance(e, UserError) else f"{type(e).__name__}: {first}",
-                       traceback=traceback.format_exc())
-        raise
+        return run_dir.update(status, ended=now(), attempts=attempts, **fields)
+    except RunFailed as e:
+        print(f"warning: could not record status {status!r}: {e}", file=sys.stderr)
+        return run_dir.results
 
 
 def _summary(cfg: Config, history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -83,26 +140,102 @@ def _summary(cfg: Config, history: list[dict[str, Any]]) -> dict[str, Any]:
     )
 
 
-def _epochs(cfg: Config, s, run_dir: RunDir, log, progress: bool) -> list[dict[str, Any]]:
-    history: list[dict[str, Any]] = []
-    best_acc = -1.0
-    for epoch in range(1, cfg.train.epochs + 1):
-        try:
-            tr = train_one_epoch(s, log_every=cfg.train.log_every, progress=progress,
-                                 desc=f"epoch {epoch}/{cfg.train.epochs}")
-        except NonFiniteLoss as e:
-            raise NonFiniteLoss(f"epoch {epoch}: {e}") from None
-        ev = evaluate(s, top5=cfg.train.top5, progress=progress)
-        row = {"epoch": epoch, "train_loss": tr["train_loss"], "train_acc": tr["train_acc"],
-               "val_loss": ev["val_loss"], "val_acc": ev["val_acc"], "lr": tr["lr"],
-               "epoch_time_s": tr["train_time_s"] + ev["eval_time_s"], "train_time_s": tr["train_time_s"],
-               "images_per_s": tr["images_per_s"], **({"val_top5": ev["val_top5"]} if "val_top5" in ev else {})}
-        history.append(row)
-        run_dir.log_epoch(row)
-        log(format_epoch(row, cfg.train.epochs))
-        if cfg.output.checkpoints:
-            run_dir.save_weights("last.pt", s.module)
-            if row["val_acc"] > best_acc:
-                run_dir.save_weights("best.pt", s.module)
-        best_acc = max(best_acc, row["val_acc"])
-    return history
+class _Loop:
+    """The epoch loop with its position (``epoch`` finished epochs, ``step`` steps into the next), so that
+    it can checkpoint and stop anywhere and continue from there."""
+
+    def __init__(self, cfg: Config, s: Setup, run_dir: RunDir, stop: GracefulStop, log, progress: bool):
+        self.cfg, self.s, self.run_dir, self.stop, self.log, self.bar = cfg, s, run_dir, stop, log, progress
+        self.epoch = 0  # finished epochs
+        self.step = 0  # optimizer steps into epoch + 1
+        self.global_step = 0
+        self.meter = EpochMeter(s.device)
+        self.history: list[dict[str, Any]] = []
+        self.best_acc, self.best_epoch = -1.0, 0
+        self.saved_at: Optional[str] = None  # the position of the last checkpoint written, in words
+        self.last_save = time.monotonic()
+
+    def load(self, ckpt: dict[str, Any]) -> None:
+        self.epoch, self.step, self.global_step = ckpt["epoch"], ckpt["step"], ckpt["global_step"]
+        self.history = list(ckpt["history"])
+        self.best_acc, self.best_epoch = ckpt["best_acc"], ckpt["best_epoch"]
+        if ckpt["meter"] is not None:
+            self.meter.load_state_dict(ckpt["meter"])
+        self.saved_at = self.position()
+
+    def position(self) -> str:
+        return checkpoint.describe_position(self.epoch, self.step, len(self.s.train_loader)) \
+            if self.epoch or self.step else "before epoch 1"
+
+    def progress(self) -> dict[str, Any]:
+        return {"epochs_done": self.epoch, "step": self.step, "updated": now(),
+                **({"best_val_acc": self.best_acc, "best_epoch": self.best_epoch} if self.history else {})}
+
+    def save(self) -> None:
+        if not self.cfg.output.checkpoints:
+            return
+        self.run_dir.save_state(checkpoint.capture(
+            self.s, self.cfg, epoch=self.epoch, step=self.step, global_step=self.global_step, meter=self.meter,
+            history=self.history, best_acc=self.best_acc, best_epoch=self.best_epoch))
+        self.saved_at = self.position()
+        self.last_save = time.monotonic()
+
+    def _stop_now(self) -> None:
+        """A stop was asked for: checkpoint where we are, then stop."""
+        self.save()
+        raise Interrupted(self.stop.signum)
+
+    def _after_step(self, step: int) -> None:
+        self.step = step
+        self.global_step += 1
+        out = self.cfg.output
+        if self.stop.requested:
+            self._stop_now()
+        if step < len(self.s.train_loader) and (
+                (out.checkpoint_every_steps and self.global_step % out.checkpoint_every_steps == 0)
+                or (out.checkpoint_every_minutes and time.monotonic() - self.last_save >= 60 * out.checkpoint_every_minutes)):
+            self.save()
+
+    def run(self) -> None:
+        cfg, s = self.cfg, self.s
+        total = cfg.train.epochs
+        if self.stop.requested:
+            self._stop_now()
+        while self.epoch < total:
+            n = self.epoch + 1
+            finished = self.step == len(s.train_loader)  # stopped between the epoch's training and its eval
+            try:
+                tr = train_one_epoch(s, () if finished else None, log_every=cfg.train.log_every,
+                                     progress=self.bar, desc=f"epoch {n}/{total}", meter=self.meter,
+                                     on_step=self._after_step)
+            except NonFiniteLoss as e:
+                raise NonFiniteLoss(f"epoch {n}: {e}") from None
+            self.step = len(s.train_loader)
+            ev = evaluate(s, top5=cfg.train.top5, progress=self.bar,
+                          on_batch=lambda: self.stop.requested and self._stop_now())
+            if not all(map(_finite, (ev["val_loss"], ev["val_acc"]))):
+                raise NonFiniteLoss(f"epoch {n}: validation loss became {ev['val_loss']}; "
+                                    f"try a lower train.lr, train.grad_clip, or train.warmup_epochs")
+            row = {"epoch": n, "train_loss": tr["train_loss"], "train_acc": tr["train_acc"],
+                   "val_loss": ev["val_loss"], "val_acc": ev["val_acc"], "lr": tr["lr"],
+                   "epoch_time_s": tr["train_time_s"] + ev["eval_time_s"], "train_time_s": tr["train_time_s"],
+                   "images_per_s": tr["images_per_s"], **({"val_top5": ev["val_top5"]} if "val_top5" in ev else {})}
+            improved = row["val_acc"] > self.best_acc
+            self.history.append(row)
+            if improved:
+                self.best_acc, self.best_epoch = row["val_acc"], n
+            self.epoch, self.step, self.meter = n, 0, EpochMeter(s.device)
+            # The checkpoint first: a kill after it and before the log line loses nothing (the log is
+            # rebuilt from the checkpoint's history); a kill before it redoes this epoch.
+            if cfg.output.checkpoints and improved:
+                self.run_dir.save_weights("best.pt", s.module)
+            self.save()
+            self.run_dir.log_epoch(row)
+            self.run_dir.update("running", **self.progress())
+            self.log(format_epoch(row, total))
+            if self.stop.requested:
+                raise Interrupted(self.stop.signum)
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")

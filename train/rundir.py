@@ -2,14 +2,25 @@
 
   config.yaml      the resolved config (after --set overrides and sweep values)
   summary.txt      the torchinfo summary
-  metrics.jsonl    one JSON line per finished epoch, appended and flushed as each ends
-  results.json     status (running / completed / diverged / interrupted / failed), what was trained,
-                   and once it ends, best/final accuracy and timings; ``error`` says why a run stopped
-  last.pt, best.pt model state dicts (``torch.load`` + ``load_state_dict`` into ``models.create_model``)
+  metrics.jsonl    one JSON line per finished epoch, appended and flushed as each ends; rebuilt from
+                   last.pt on --resume, so it never keeps an epoch the checkpoint does not
+  results.json     written when the run starts and at every epoch: status (running / completed /
+                   diverged / interrupted / failed), progress, provenance (command, git commit, versions,
+                   device, host, pid, times), ``attempts`` (one per start or resume), and once it ends,
+                   best/final accuracy and timings; ``error`` says why a run stopped
+  last.pt          the whole training state (train/checkpoint.py), for --resume
+  best.pt          the best epoch's model state dict (``torch.load`` + ``load_state_dict`` into
+                   ``models.create_model``)
+
+A run killed with SIGKILL leaves results.json saying ``running`` with a pid and host that no longer
+run it (``is_live`` tells), every other file whole, and at worst a temporary ``.tmp-*`` file that the
+next ``--resume`` removes.
 """
 from __future__ import annotations
 
 import json
+import os
+import socket
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -17,8 +28,8 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from core.errors import UserError
-from core.files import atomic_write
+from core.errors import RunFailed, UserError
+from core.files import atomic_write, remove_stale_temporaries, strict_json
 
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 
@@ -39,39 +50,102 @@ def new_dir(root: str | Path, name: str) -> Path:
     raise UserError(f"output.dir: too many runs named {name} at {stamp} in {root}")
 
 
+def read_results(path: str | Path) -> Optional[dict[str, Any]]:
+    """A run directory's results.json, or None when it is missing or unreadable."""
+    try:
+        data = json.loads((Path(path) / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_live(results: dict[str, Any]) -> Optional[bool]:
+    """Whether a ``running`` run's process still runs: False for one killed without a word (SIGKILL, a
+    power cut), None when that cannot be told from here (another host)."""
+    if results.get("status") != "running":
+        return False
+    pid = results.get("pid")
+    if results.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RunDir:
     """A run's directory. Made by ``create()`` (``fit`` calls it once the run can start), so a run that
-    fails on bad input before that leaves nothing behind; ``path`` is None until then."""
+    fails on bad input before that leaves nothing behind; ``path`` is None until then. ``RunDir.existing``
+    opens one to resume it."""
 
     def __init__(self, root: str | Path, name: str, *, extra: Optional[dict[str, Any]] = None):
         self.root, self.name = Path(root), name
         self.path: Optional[Path] = None
         self.results: dict[str, Any] = {"name": name, **(extra or {})}
+        self.resuming = False
+
+    @classmethod
+    def existing(cls, path: str | Path) -> "RunDir":
+        """A run directory written before, to continue in place (``--resume``)."""
+        path = Path(path).expanduser()
+        if not path.is_dir():
+            raise UserError(f"--resume {path}: no such directory")
+        results = read_results(path)
+        if results is None and (path / "results.json").exists():
+            results = {}
+        run = cls(path.parent, (results or {}).get("name") or path.name)
+        run.path, run.resuming = path, True
+        run.results.update(results or {})
+        return run
 
     def create(self) -> Path:
+        """Make the directory (a new run), or clean an existing one up for its resumed run."""
+        if self.resuming:
+            remove_stale_temporaries(self.path)
+            return self.path
         assert self.path is None, "a RunDir is created once"
         self.path = new_dir(self.root, self.name)
         return self.path
 
     def write(self, filename: str, text: str) -> Path:
-        return atomic_write(self._file(filename), text)
+        return self._guard(filename, lambda p: atomic_write(p, text))
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         """Append one epoch's metrics as one line, flushed to the OS before returning."""
-        with open(self._file("metrics.jsonl"), "a") as f:
-            f.write(json.dumps(row) + "\n")
+        def append(p: Path) -> None:
+            with open(p, "a") as f:
+                f.write(strict_json(row) + "\n")
+        self._guard("metrics.jsonl", append)
+
+    def rewrite_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """metrics.jsonl as exactly ``rows`` (a resumed run's history, from its checkpoint)."""
+        self.write("metrics.jsonl", "".join(strict_json(r) + "\n" for r in rows))
 
     def save_weights(self, filename: str, model: nn.Module) -> None:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        atomic_write(self._file(filename), lambda f: torch.save(state, f))
+        self._guard(filename, lambda p: atomic_write(p, lambda f: torch.save(state, f)))
+
+    def save_state(self, state: dict[str, Any], filename: str = "last.pt") -> None:
+        self._guard(filename, lambda p: atomic_write(p, lambda f: torch.save(state, f)))
 
     def update(self, status: str, **fields: Any) -> dict[str, Any]:
         """Record the run's status (and any results) in results.json; returns everything recorded so far."""
         assert status in STATUSES, status
         self.results.update(fields, status=status)
-        atomic_write(self._file("results.json"), json.dumps(self.results, indent=2) + "\n")
+        self.write("results.json", strict_json(self.results, indent=2) + "\n")
         return self.results
 
-    def _file(self, filename: str) -> Path:
+    def file(self, filename: str) -> Path:
         assert self.path is not None, "RunDir.create() first"
         return self.path / filename
+
+    def _guard(self, filename: str, write):
+        """Run ``write(path)``; a full disk or a lost directory is a ``RunFailed`` naming the file."""
+        path = self.file(filename)
+        try:
+            return write(path)
+        except OSError as e:
+            raise RunFailed(f"cannot write {path}: {e.strerror or e}") from None

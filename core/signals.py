@@ -1,0 +1,57 @@
+"""Graceful stops: SIGTERM (SLURM preemption, ``kill``, ``docker stop``, ``timeout``), SIGHUP (a dropped
+ssh session) and Ctrl-C (SIGINT) ask a run to stop at its next safe point instead of killing it.
+
+The first signal sets ``GracefulStop.signum``; the training loop checks it after every step, writes a
+resumable checkpoint and raises ``Interrupted``. A second signal stops at once (``Interrupted`` raised
+from the handler), as Lightning and the HF Trainer do, for a user who does not want to wait.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Optional
+
+from core.errors import Interrupted
+
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class GracefulStop:
+    """A context manager that turns stop signals into a flag (first signal) or ``Interrupted`` (second).
+
+    Outside the main thread (where Python cannot install handlers) it does nothing and the flag stays
+    unset, so signals keep their default behaviour.
+    """
+
+    def __init__(self, announce=lambda text: print(text, file=sys.stderr, flush=True)):
+        self.signum: Optional[int] = None
+        self._announce = announce
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def check(self) -> None:
+        """Raise ``Interrupted`` if a stop was asked for (for loops with nothing to save first)."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise Interrupted(signum, immediate=True)
+        self.signum = signum
+        self._announce(f"\n{signal.Signals(signum).name} received: stopping after this step with a resumable "
+                       f"checkpoint (send it again to stop at once)")
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()

@@ -1,0 +1,181 @@
+"""The whole training state in one file (``last.pt``), and safe reading of every checkpoint.
+
+``last.pt`` holds everything that decides what the run computes next, so ``--resume`` continues
+bit for bit where the run stopped (an epoch's end, or mid-epoch: ``output.checkpoint_every_steps``,
+``output.checkpoint_every_minutes``, or a stop signal):
+
+  model, optimizer, scheduler, scaler   their state dicts
+  epoch, step, global_step              epochs finished, optimizer steps into the next one, steps in all
+  meter                                 the unfinished epoch's running loss / accuracy sums and time
+  loader                                the training loader's position and generator (order + augmentation)
+  rng                                   Python's, torch's CPU and every CUDA generator (init, dropout, MixUp/CutMix)
+  history, best_acc, best_epoch         metrics.jsonl's rows so far: the log is rebuilt from them on resume
+  config, fingerprint                   the resolved config and a hash of every key that changes the math
+
+``best.pt`` stays a plain ``state_dict``. Every read goes through ``torch.load(weights_only=True)``
+(tensors and plain containers only, no code) and a damaged or foreign file is a one-line ``UserError``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from config import Config
+from core.errors import UserError
+from models.weights import load_weights, read  # noqa: F401 - load_weights: re-exported for train/
+
+FORMAT = "vitlab-checkpoint-1"
+
+# Keys a resume may change: none of them alters a number the run computes. ``train.epochs`` may also
+# grow, to extend a run; the schedule is then rebuilt for the new length (see ``restore``).
+FREE_KEYS = ("train.log_every", "output.dir", "output.checkpoints", "output.checkpoint_every_steps",
+             "output.checkpoint_every_minutes", "data.root", "data.download", "data.cache", "data.cache_dir")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def math_keys(cfg: Config) -> dict[str, Any]:
+    """The resolved config's keys that decide what the run computes (all but ``FREE_KEYS``, epochs)."""
+    flat = _flat(cfg.to_dict())
+    return {k: v for k, v in flat.items() if k not in FREE_KEYS and k != "train.epochs"}
+
+
+def fingerprint(cfg: Config) -> str:
+    text = json.dumps(math_keys(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_resumable(saved: Config, cfg: Config, epochs_done: int, where: str) -> None:
+    """Refuse a resume whose config would change the math; ``cfg`` may differ from ``saved`` in FREE_KEYS
+    and in a ``train.epochs`` that is at least the saved one."""
+    old, new = math_keys(saved), math_keys(cfg)
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) != new.get(key):
+            raise UserError(f"--resume {where}: {key} is {new.get(key)!r} but the run used {old.get(key)!r}; "
+                            f"a resumed run keeps its config except a longer train.epochs and "
+                            f"{', '.join(FREE_KEYS)}")
+    if cfg.train.epochs < saved.train.epochs:
+        raise UserError(f"--resume {where}: train.epochs {cfg.train.epochs} is shorter than the run's "
+                        f"{saved.train.epochs}; it may only grow (to extend the run)")
+    if cfg.train.epochs < epochs_done:
+        raise UserError(f"--resume {where}: train.epochs {cfg.train.epochs} < {epochs_done} epochs already done")
+
+
+# ----------------------------------------------------------------------------- RNG
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        if torch.cuda.device_count() != len(state["cuda"]):
+            warnings.warn(f"the checkpoint has {len(state['cuda'])} CUDA generators and this machine "
+                          f"{torch.cuda.device_count()} GPUs: CUDA random numbers will not continue exactly")
+        else:
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """A ``last.pt`` written by ``capture``, checked for the keys ``restore`` needs."""
+    ckpt = read(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        holds = "a plain state dict (model weights only)" if isinstance(ckpt, dict) and all(
+            isinstance(v, torch.Tensor) for v in ckpt.values()) else f"a {type(ckpt).__name__}"
+        raise UserError(f"{path}: holds {holds}, not a training checkpoint ({FORMAT}); "
+                        f"--resume needs the run's last.pt")
+    missing = [k for k in ("model", "optimizer", "scheduler", "epoch", "step", "rng", "loader", "history", "config")
+               if k not in ckpt]
+    if missing:
+        raise UserError(f"{path}: training checkpoint without {', '.join(missing)} (damaged); start the run again")
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- capture / restore
+
+
+def capture(s, cfg: Config, *, epoch: int, step: int, global_step: int, meter, history: list[dict[str, Any]],
+            best_acc: float, best_epoch: int) -> dict[str, Any]:
+    """The training state after ``epoch`` finished epochs and ``step`` steps into the next (all on the CPU)."""
+    return {
+        "format": FORMAT,
+        "config": cfg.to_dict(),
+        "fingerprint": fingerprint(cfg),
+        "epoch": epoch, "step": step, "global_step": global_step,
+        "model": {k: v.detach().cpu() for k, v in s.module.state_dict().items()},
+        "optimizer": s.optimizer.state_dict(),
+        "scheduler": s.scheduler.state_dict(),
+        "scaler": s.scaler.state_dict() if s.scaler is not None else None,
+        "meter": meter.state_dict() if step else None,
+        "loader": s.train_loader.state_dict(),
+        "rng": rng_state(),
+        "history": list(history), "best_acc": best_acc, "best_epoch": best_epoch,
+        "device": str(s.device), "precision": str(s.precision), "torch": str(torch.__version__),
+    }
+
+
+def restore(s, ckpt: dict[str, Any], cfg: Config, *, log=print) -> None:
+    """Put ``ckpt`` back into a freshly prepared setup ``s`` (built from ``cfg``).
+
+    With the same ``train.epochs`` everything is restored as saved. A longer run rebuilds the schedule
+    for its new length and moves it to the checkpoint's step, so the lr follows the new schedule from
+    there (the cosine of a 100-epoch run continued to 200 jumps back up: the shape a 200-epoch run has).
+    """
+    if ckpt["device"] != str(s.device) or ckpt["precision"] != str(s.precision):
+        log(f"warning: the run trained on {ckpt['device']} ({ckpt['precision']}) and resumes on {s.device} "
+            f"({s.precision}): numbers will not equal an uninterrupted run bit for bit")
+    s.module.load_state_dict(ckpt["model"])
+    saved_epochs = ckpt["config"]["train"]["epochs"]
+    extended = cfg.train.epochs != saved_epochs
+    if extended:
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+            warnings.simplefilter("ignore")
+            for _ in range(ckpt["global_step"]):
+                s.scheduler.step()
+    s.optimizer.load_state_dict(ckpt["optimizer"])
+    if extended:
+        for group, lr in zip(s.optimizer.param_groups, s.scheduler.get_last_lr()):
+            group["lr"] = lr
+    else:
+        s.scheduler.load_state_dict(ckpt["scheduler"])
+    if s.scaler is not None and ckpt.get("scaler"):
+        s.scaler.load_state_dict(ckpt["scaler"])
+    s.train_loader.load_state_dict(ckpt["loader"])
+    set_rng_state(ckpt["rng"])
+
+
+def describe_position(epoch: int, step: int, steps_per_epoch: Optional[int] = None) -> str:
+    if not step:
+        return f"after epoch {epoch}"
+    total = f"/{steps_per_epoch}" if steps_per_epoch else ""
+    return f"in epoch {epoch + 1} at step {step}{total}"

@@ -1,0 +1,79 @@
+"""Opening a run directory written before: to continue it (``--resume``) or to use its model (``--eval``,
+``--predict``). Everything read here is treated as untrusted and fails with one line."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch.nn as nn
+
+from config import Config, apply_override, from_dict, read_yaml
+from core.errors import UserError
+from data import get_spec
+from models import build_model
+from train import checkpoint
+from train.rundir import RunDir, is_live
+
+
+def run_config(path: Path, overrides: list[str] = ()) -> Config:
+    """The run's own config.yaml (with ``--set`` overrides applied), as validated as any --cfg file."""
+    file = path / "config.yaml"
+    if not file.is_file():
+        raise UserError(f"{path}: no config.yaml; not a run directory written by main.py")
+    raw = read_yaml(file)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        return from_dict(raw)
+    except UserError as e:
+        raise UserError(f"{file}: {e}") from None
+
+
+@dataclass
+class Resumption:
+    cfg: Config
+    run_dir: RunDir
+    ckpt: Optional[dict[str, Any]]  # None: no last.pt, the run starts over in its directory
+    done: bool  # completed and not extended: nothing to train
+
+
+def open_for_resume(path: str | Path, overrides: list[str] = ()) -> Resumption:
+    """Check that the run in ``path`` can continue with ``overrides`` and load its last.pt."""
+    path = Path(path).expanduser()
+    run_dir = RunDir.existing(path)
+    results = run_dir.results
+    if is_live(results):
+        raise UserError(f"--resume {path}: still running (pid {results.get('pid')} on this host); "
+                        f"stop it first (kill -TERM {results.get('pid')} writes a resumable checkpoint)")
+    cfg = run_config(path, overrides)
+    last = path / "last.pt"
+    if not last.exists():
+        if results.get("status") == "completed":
+            raise UserError(f"--resume {path}: completed without a last.pt (output.checkpoints was off); "
+                            f"nothing to continue from")
+        return Resumption(cfg, run_dir, None, done=False)
+    ckpt = checkpoint.load_training_state(last)
+    try:
+        saved = from_dict(ckpt["config"])
+    except UserError as e:
+        raise UserError(f"{last}: its config is not valid here ({e})") from None
+    checkpoint.check_resumable(saved, cfg, ckpt["epoch"], str(path))
+    done = ckpt["epoch"] >= cfg.train.epochs and results.get("status") == "completed"
+    return Resumption(cfg, run_dir, ckpt, done)
+
+
+def load_model(path: str | Path, which: str = "best") -> tuple[Config, nn.Module, Path]:
+    """The run's model (built from its config.yaml) with ``best.pt`` or ``last.pt`` loaded, in eval mode."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise UserError(f"{path}: no such run directory")
+    cfg = run_config(path)
+    file = path / f"{which}.pt"
+    if not file.exists():
+        raise UserError(f"{file}: not found (the run wrote no checkpoints, or was stopped before its "
+                        f"first epoch ended)")
+    spec = get_spec(cfg.data.name)
+    model = build_model(cfg, spec)
+    checkpoint.load_weights(model, file, f"{cfg.model.name} on {cfg.data.name}")
+    return cfg, model.eval(), file
