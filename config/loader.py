@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from config.schema import REQUIRED, Config, ModelConfig, check_range
-from core.convert import check_number, convert, short_repr
+from core.convert import FLOAT_RE, check_number, convert, short_repr
 from core.errors import UserError
 from core.registry import did_you_mean
 
@@ -109,9 +109,12 @@ def _check_model_value(value: Any, path: str) -> None:
             items = v.items() if isinstance(v, dict) else enumerate(v)
             stack.extend((item, f"{where}[{k!r}]", depth + 1) for k, item in items)
             continue
+        shown = short_repr(v)
+        if isinstance(v, str) and FLOAT_RE.match(v.strip()):  # '1.0e30': a string to YAML, a float to convert()
+            v = float(v)
         check_number(v, where)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) > MAX_MODEL_VALUE:
-            raise UserError(f"{where}: got {short_repr(v)}; model sizes, counts and rates are at most "
+            raise UserError(f"{where}: got {shown}; model sizes, counts and rates are at most "
                             f"{MAX_MODEL_VALUE:,} (larger would make building the model hang or run out of memory)")
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from core.errors import UserError
 from core.registry import did_you_mean
 
-_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 INT_LIMIT = 2 ** 63  # integers must lie in [-2**63, 2**63): what a tensor size, a count or a seed can hold
 _REPR_CHARS = 60  # longer values are shortened in messages, which stay one readable line
 
@@ -64,6 +64,7 @@ def convert(value: Any, tp: Any, path: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         assert len(inner) == 1, "only Optional[X] unions are supported"
+        check_number(value, path)  # "must be finite", not "expected a number or null, got inf"
         try:
             return convert(value, inner[0], path)
         except UserError:
@@ -90,8 +91,10 @@ def convert(value: Any, tp: Any, path: str) -> Any:
         return value
     if tp is float:
         # PyYAML reads 1e-3 (no dot) as a string; accept numeric strings for float fields.
-        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-            value = float(value)  # '1e400' becomes inf, refused below
+        if isinstance(value, str) and FLOAT_RE.match(value.strip()):
+            text, value = value, float(value)
+            if not math.isfinite(value):
+                raise UserError(f"{path}: got {short_repr(text)}, which is {value}; must be a finite number")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _bad(path, value, tp)
         try:
