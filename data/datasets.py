@@ -5,14 +5,30 @@ finds the official files under ``data.root`` (downloading them through
 torchvision when missing and allowed), decodes them, and caches the decoded
 tensors so the next run starts in a fraction of a second. The validation split
 is each dataset's official test split.
+
+Dataset files are untrusted input: a corrupted byte, a truncated download or a header claiming 2**31 images
+is a one-line ``UserError`` naming the file and what to do about it, never a traceback, a hang or an
+allocation the file cannot back. Sizes in headers are checked against the file's real size before anything
+is allocated, pickles are read with an unpickler that can only build numpy arrays, and every decoded split is
+checked against its ``DatasetSpec`` (shape, dtype, label range).
+
+The cache of decoded tensors is only a speed-up: an unreadable, corrupted or mismatched cache file is ignored
+(and replaced), and a cache folder that cannot be written costs one warning line, never the run.
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
+import io
+import math
 import os
 import pickle
+import re
 import struct
+import sys
+import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +38,11 @@ import numpy as np
 import torch
 
 from core.errors import UserError
-from core.files import atomic_write
+from core.files import TEMP_PREFIX, atomic_write
 from core.registry import Registry
 
 CACHE_FORMAT = 1  # bump when decoding changes, so old caches are not reused
+REFETCH = "delete it and run again with data.download: true to fetch a fresh copy"
 
 Split = tuple[torch.Tensor, torch.Tensor]  # images uint8 (N, C, H, W), labels int64 (N,)
 
@@ -71,6 +88,45 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
+def _corrupt(path: Path, problem: str) -> UserError:
+    return UserError(f"{path}: {problem}; {REFETCH}")
+
+
+def _brief(e: BaseException, path: Optional[Path] = None) -> str:
+    """An exception as a short clause for a one-line message: its type and the start of its first line."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    if path is not None:
+        text = text.replace(f"'{path}'", "it").replace(str(path), "it")
+    if len(text) > 120:
+        text = text[:120].rsplit(" ", 1)[0] + " ..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _describe(value) -> str:
+    """What a value read from a file is, for a message: 'uint8 array (10, 3072)', 'list', ..."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return f"{str(value.dtype).replace('torch.', '')} array {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def check_split(x, y, image_shape: tuple[int, int, int], num_classes: int) -> Optional[str]:
+    """What is wrong with a decoded split (None: nothing): images uint8 (N, *image_shape), labels int64 (N,)
+    in [0, num_classes), N >= 1. Checked on every decode and every cache read."""
+    want = image_shape
+    if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 4 and tuple(x.shape[1:]) == want):
+        return f"images are {_describe(x)}, expected uint8 (N, {', '.join(map(str, want))})"
+    if not (isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.ndim == 1):
+        return f"labels are {_describe(y)}, expected int64 (N,)"
+    if len(x) != len(y):
+        return f"{len(x)} images but {len(y)} labels"
+    if len(y) == 0:
+        return "no images"
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= num_classes:
+        return f"labels span {low}..{high}, expected 0..{num_classes - 1}"
+    return None
+
+
 # ----------------------------------------------------------------------------- CIFAR
 
 
@@ -88,17 +144,57 @@ def _cifar_files(folder: str, train: list[str], test: list[str]):
     return find, expected
 
 
-def _read_cifar_batch(path: Path, label_key: bytes) -> Split:
+class _CifarUnpickler(pickle.Unpickler):
+    """Builds only what a CIFAR batch holds (dicts, lists, bytes, numpy uint8 arrays). A corrupted or foreign
+    pickle can name any importable callable; this one refuses every other name instead of calling it."""
+
+    _core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core; old pickles name either
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _core.multiarray._reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _core.multiarray._reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,  # how protocol-2 pickles written by Python 3 store bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refers to {module}.{name}, which no CIFAR batch does") from None
+
+
+def _read_cifar_batch(path: Path, label_key: bytes, num_classes: int) -> Split:
     try:
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(batch[label_key], dtype=np.int64)
-    except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as e:
-        raise UserError(f"{path}: not a CIFAR python batch file ({type(e).__name__}: {e})") from None
-    if len(labels) != len(data):
-        raise UserError(f"{path}: {len(data)} images but {len(labels)} labels")
-    return torch.from_numpy(data), torch.from_numpy(labels)
+        # From memory, not the file: a corrupted length field then fails as truncated data instead of
+        # asking the file object for gigabytes.
+        raw = path.read_bytes()
+    except OSError as e:
+        raise _corrupt(path, f"cannot read ({_brief(e, path)})") from None
+    try:
+        batch = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as e:  # noqa: BLE001 - a damaged pickle fails in arbitrary ways; all mean the same here
+        raise _corrupt(path, f"not a readable CIFAR python batch ({_brief(e, path)})") from None
+    if not isinstance(batch, dict):
+        raise _corrupt(path, f"holds a {_describe(batch)}, expected the dict of a CIFAR python batch")
+    batch = {k.encode() if isinstance(k, str) else k: v for k, v in batch.items()}
+    if b"data" not in batch or label_key not in batch:
+        keys = ", ".join(sorted(repr(k) for k in batch))[:200]
+        raise _corrupt(path, f"has keys {keys or '(none)'}, expected b'data' and {label_key!r}")
+    data = batch[b"data"]
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+        raise _corrupt(path, f"b'data' is {_describe(data)}, expected a uint8 array (N, 3072)")
+    try:
+        labels = np.asarray(batch[label_key])
+    except (ValueError, TypeError, OverflowError):
+        labels = None
+    if labels is None or labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise _corrupt(path, f"{label_key!r} is {_describe(batch[label_key])}, expected a list of integer labels")
+    x, y = torch.from_numpy(data.reshape(-1, 3, 32, 32)), torch.from_numpy(labels.astype(np.int64))
+    problem = check_split(x, y, (3, 32, 32), num_classes)
+    if problem:
+        raise _corrupt(path, problem)
+    return x, y
 
 
 def _concat(splits: list[Split]) -> Split:
@@ -119,7 +215,7 @@ def _cifar(name, folder, train, test, label_key, num_classes, mean, std, tv_clas
     find, expected = _cifar_files(folder, train, test)
 
     def decode(files: list[Path]) -> tuple[Split, Split]:
-        batches = [_read_cifar_batch(f, label_key) for f in files]
+        batches = [_read_cifar_batch(f, label_key, num_classes) for f in files]
         return _concat(batches[: len(train)]), _concat(batches[len(train):])
 
     def download(root: Path) -> None:
@@ -143,22 +239,61 @@ DATASETS.register(_cifar("cifar100", "cifar-100-python", ["train"], ["test"], b"
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read an idx file (optionally .gz): big-endian header, then unsigned bytes."""
-    opener = gzip.open if path.suffix == ".gz" else open
+# Deflate expands data by at most ~1032x, so a .gz of N bytes cannot hold more than this many times N.
+MAX_DEFLATE_RATIO = 1032
+_CHUNK = 1 << 24  # read idx payloads in 16 MiB pieces: memory follows what the file holds, not its header
+
+
+def read_idx(path: Path, item_shape: tuple[int, ...] = ()) -> np.ndarray:
+    """Read an idx file (optionally .gz): big-endian header, then unsigned bytes, shape (N, *item_shape).
+
+    The header's sizes are checked against ``item_shape`` and the file's size before anything is read, and
+    the payload is read in chunks, so a damaged header cannot make us allocate what the file does not hold.
+    """
+    gz = path.suffix == ".gz"
     try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
-        raise UserError(f"{path}: cannot read idx file ({e})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise UserError(f"{path}: not an idx file of unsigned bytes (bad magic number)")
-    ndim = raw[3]
-    dims = struct.unpack(f">{ndim}I", raw[4: 4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise UserError(f"{path}: header says {dims} but holds {data.size} bytes")
-    return data.reshape(dims)
+        size = path.stat().st_size
+        with (gzip.open if gz else open)(path, "rb") as f:
+            dims = _idx_header(path, f, item_shape)
+            count, header = math.prod(dims), 4 + 4 * len(dims)
+            most = size * MAX_DEFLATE_RATIO if gz else size - header
+            if count > most:
+                holds = f"can decompress to at most ~{most:,}" if gz else f"holds {most:,}"
+                raise _corrupt(path, f"header claims shape {dims} ({count:,} bytes) but the file "
+                                     f"({size:,} bytes) {holds}")
+            data = bytearray()
+            while len(data) < count and (chunk := f.read(min(_CHUNK, count - len(data)))):
+                data += chunk
+            if len(data) < count:
+                raise _corrupt(path, f"truncated: header says shape {dims} ({count:,} bytes) but only "
+                                     f"{len(data):,} follow")
+            if f.read(1):  # also what makes gzip check the CRC of the whole stream
+                raise _corrupt(path, f"more data than its header's shape {dims} says")
+    except (OSError, EOFError, zlib.error) as e:  # gzip: BadGzipFile (an OSError), EOFError, zlib.error
+        raise _corrupt(path, f"cannot read ({_brief(e, path)})") from None
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+
+
+def _idx_header(path: Path, f, item_shape: tuple[int, ...]) -> tuple[int, ...]:
+    head = f.read(4)
+    if not head:
+        raise _corrupt(path, "empty")
+    if len(head) < 4 or head[:2] != b"\0\0":
+        gzipped = head[:2] == b"\x1f\x8b"
+        raise _corrupt(path, "gzip-compressed but not named .gz" if gzipped else
+                       "not an idx file (bad magic number)")
+    if head[2] != 0x08:
+        raise _corrupt(path, f"idx data type 0x{head[2]:02x}, expected 0x08 (unsigned bytes)")
+    ndim = head[3]
+    if ndim != 1 + len(item_shape):
+        raise _corrupt(path, f"idx header says {ndim} dimensions, expected {1 + len(item_shape)}")
+    raw = f.read(4 * ndim)
+    if len(raw) < 4 * ndim:
+        raise _corrupt(path, "truncated inside its header")
+    dims = struct.unpack(f">{ndim}I", raw)
+    if dims[1:] != item_shape:
+        raise _corrupt(path, f"header says items of shape {dims[1:]}, expected {item_shape}")
+    return dims
 
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
@@ -184,12 +319,18 @@ def _mnist(name: str, folder: str, mean: float, std: float, augment: str, tv_cla
                 f"in {root} or in {root / folder / 'raw'}")
 
     def decode(files: list[Path]) -> tuple[Split, Split]:
-        xtr, ytr, xte, yte = (read_idx(f) for f in files)
-        for imgs, labels, f in ((xtr, ytr, files[0]), (xte, yte, files[2])):
-            if imgs.ndim != 3 or labels.ndim != 1 or len(imgs) != len(labels):
-                raise UserError(f"{f}: images {imgs.shape} do not match labels {labels.shape}")
-        as_split = lambda x, y: (torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))  # noqa: E731
-        return as_split(xtr, ytr), as_split(xte, yte)
+        splits = []
+        for images, labels in (files[:2], files[2:]):
+            x, y = read_idx(images, (28, 28)), read_idx(labels)
+            if len(x) != len(y):
+                raise UserError(f"{images}: {len(x)} images but {labels.name} has {len(y)} labels; delete both "
+                                f"files and run again with data.download: true to fetch fresh copies")
+            if len(x) == 0:
+                raise _corrupt(images, "holds no images")
+            if int(y.max()) >= 10:
+                raise _corrupt(labels, f"labels span {int(y.min())}..{int(y.max())}, expected 0..9")
+            splits.append((torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y.astype(np.int64))))
+        return splits[0], splits[1]
 
     def download(root: Path) -> None:
         import torchvision.datasets as tvd
@@ -227,11 +368,16 @@ def _imagenette_find(root: Path) -> Optional[list[Path]]:
     return None
 
 
+MAX_IMAGE_PIXELS = 50_000_000  # far above any Imagenette image; a header claiming more is damaged
+
+
 def _load_image(path: Path, size: int) -> np.ndarray:
     from PIL import Image
 
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:  # checked before decoding allocates it
+                raise _corrupt(path, f"image header claims {im.width}x{im.height} pixels")
             im = im.convert("RGB")
             scale = size / min(im.size)
             w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
@@ -239,8 +385,10 @@ def _load_image(path: Path, size: int) -> np.ndarray:
             left, top = (w - size) // 2, (h - size) // 2
             im = im.crop((left, top, left + size, top + size))
             return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)  # (3, S, S)
-    except OSError as e:
-        raise UserError(f"{path}: cannot decode image ({e})") from None
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL fails on damaged files with OSError, SyntaxError, ValueError, ...
+        raise _corrupt(path, f"cannot decode image ({_brief(e, path)})") from None
 
 
 def _imagenette_decode(class_dirs: list[Path]) -> tuple[Split, Split]:
@@ -251,8 +399,11 @@ def _imagenette_decode(class_dirs: list[Path]) -> tuple[Split, Split]:
                  if p.suffix.lower() in IMAGE_EXTENSIONS]
         if not items:
             raise UserError(f"{dirs[0].parent}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # PIL decodes without the GIL
+        pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)  # PIL decodes without the GIL
+        try:
             images = list(pool.map(lambda it: _load_image(it[0], IMAGENETTE_SIZE), items))
+        finally:  # a bad image stops the decode now, not after the other 13,000
+            pool.shutdown(wait=True, cancel_futures=True)
         return torch.from_numpy(np.stack(images)), torch.tensor([label for _, label in items])
 
     return split(class_dirs[:half]), split(class_dirs[half:])
@@ -279,6 +430,16 @@ def default_cache_dir() -> Path:
     return Path(base) / "vitlab"
 
 
+def warn(message: str) -> None:
+    """One line on stderr: something went wrong that costs speed, not the run."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+STALE_TEMP_S = 3600  # a cache write older than this whose temporary file is still there was killed
+# Temporary files of cache writes: atomic_write names them TEMP_PREFIX + the cache file's name + "." + random.
+_CACHE_TEMP_RE = re.compile(rf"^{re.escape(TEMP_PREFIX)}[a-z0-9_]+-[0-9a-f]{{16}}\.pt\.")
+
+
 def _cache_key(name: str, files: list[Path]) -> str:
     h = hashlib.sha1(f"{name}:{CACHE_FORMAT}".encode())
     for f in files:
@@ -288,29 +449,101 @@ def _cache_key(name: str, files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def _remove_stale_temps(cache_dir: Path) -> None:
+    """Best effort: remove what killed cache writes left behind (only our own names, in case the folder is shared)."""
+    cutoff = time.time() - STALE_TEMP_S
+    try:
+        with os.scandir(cache_dir) as entries:
+            for e in entries:
+                try:
+                    if (_CACHE_TEMP_RE.match(e.name) and e.is_file(follow_symlinks=False)
+                            and e.stat(follow_symlinks=False).st_mtime < cutoff):
+                        os.unlink(e.path)
+                except OSError:
+                    pass
+    except OSError:
+        pass
+
+
+def _read_cache(path: Path, spec: DatasetSpec) -> tuple[Split, Split]:
+    """The cached splits, checked against ``spec``; raises ValueError saying why a file is unusable."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a damaged zip or pickle fails in arbitrary ways
+        raise ValueError(f"unreadable ({_brief(e, path)})") from None
+    keys = ("train_x", "train_y", "val_x", "val_y")
+    if not isinstance(blob, dict) or set(blob) != set(keys):
+        raise ValueError(f"holds {sorted(blob) if isinstance(blob, dict) else type(blob).__name__}, expected {keys}")
+    shape = (spec.in_chans, spec.image_size, spec.image_size)
+    for split in ("train", "val"):
+        problem = check_split(blob[f"{split}_x"], blob[f"{split}_y"], shape, spec.num_classes)
+        if problem:
+            raise ValueError(f"{split}: {problem}")
+    return (blob["train_x"], blob["train_y"]), (blob["val_x"], blob["val_y"])
+
+
+def _write_cache(path: Path, train: Split, val: Split) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {"train_x": train[0], "train_y": train[1], "val_x": val[0], "val_y": val[1]}
+    atomic_write(path, lambda f: torch.save(blob, f))
+
+
 def _decode_cached(spec: DatasetSpec, files: list[Path], cache_dir: Optional[Path]) -> tuple[Split, Split]:
+    """Decoded splits, from ``cache_dir`` when a valid cache file is there. The cache never stops a run: an
+    unusable cache file is ignored and replaced, an unwritable folder costs one warning line."""
     if cache_dir is None:
-        return spec.decode(files)
-    path = cache_dir / f"{spec.name}-{_cache_key(spec.name, files)}.pt"
+        return _decode(spec, files)
+    try:
+        path = cache_dir / f"{spec.name}-{_cache_key(spec.name, files)}.pt"
+    except OSError:  # a source file vanished since it was found: decoding will say which
+        return _decode(spec, files)
+    _remove_stale_temps(cache_dir)
+    ignored = None
     if path.is_file():
         try:
-            blob = torch.load(path, weights_only=True)
-            return (blob["train_x"], blob["train_y"]), (blob["val_x"], blob["val_y"])
-        except Exception:  # a cache is disposable: decode again and overwrite it
-            pass
-    train, val = spec.decode(files)
+            return _read_cache(path, spec)
+        except ValueError as e:
+            ignored = f"ignored the decoded-dataset cache {path}: {e}"
+    train, val = _decode(spec, files)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        blob = {"train_x": train[0], "train_y": train[1], "val_x": val[0], "val_y": val[1]}
-        atomic_write(path, lambda f: torch.save(blob, f))
-    except OSError:
-        pass  # an unwritable cache only costs speed next time
+        _write_cache(path, train, val)
+        if ignored:
+            warn(f"data.cache_dir: {ignored}; decoded the dataset again and replaced it")
+    except (OSError, RuntimeError) as e:  # torch.save reports some write errors as RuntimeError
+        reason = "it is a file, not a folder" if cache_dir.is_file() else _brief(e)
+        what = f"{ignored}, and cannot replace it" if ignored else f"cannot write the decoded-dataset cache {path}"
+        warn(f"data.cache_dir: {what} ({reason}); continuing without it (the next run decodes again)")
     return train, val
+
+
+def _decode(spec: DatasetSpec, files: list[Path]) -> tuple[Split, Split]:
+    train, val = spec.decode(files)
+    for split, (x, y) in (("train", train), ("val", val)):
+        problem = check_split(x, y, (spec.in_chans, spec.image_size, spec.image_size), spec.num_classes)
+        if problem:  # the format readers check their files; this is the last line for all datasets
+            raise UserError(f"data.root: {spec.name} {split} split: {problem}; {REFETCH}")
+    return train, val
+
+
+def _cache_folder(cache_dir: Optional[str | Path]) -> Optional[Path]:
+    if not cache_dir:
+        return None
+    try:
+        return Path(cache_dir).expanduser()
+    except RuntimeError as e:  # ~user that does not exist
+        warn(f"data.cache_dir: {cache_dir}: {e}; continuing without a cache")
+        return None
 
 
 def load_data(d) -> ImageData:
     """The dataset a config's ``data`` section describes (``config.schema.DataConfig``)."""
-    cache = (Path(d.cache_dir) if d.cache_dir else default_cache_dir()) if d.cache else None
+    cache = None
+    if d.cache:
+        try:
+            cache = d.cache_dir or default_cache_dir()
+        except RuntimeError as e:  # no home directory for the default cache folder
+            warn(f"data.cache_dir: no default cache folder ({e}); set data.cache_dir to use one; "
+                 f"continuing without a cache")
     return load_dataset(d.name, d.root, download=d.download, limit_train=d.limit_train, limit_val=d.limit_val,
                         cache_dir=cache)
 
@@ -329,7 +562,10 @@ def load_dataset(
     Raises UserError for anything the user can fix: missing files, failed download, corrupt data.
     """
     spec = get_spec(name)
-    root = Path(root).expanduser()
+    try:
+        root = Path(root).expanduser()
+    except RuntimeError as e:  # ~user that does not exist
+        raise UserError(f"data.root: {root}: {e}") from None
     files = spec.find(root)
     if files is None and download:
         try:
@@ -344,13 +580,9 @@ def load_dataset(
         hint = "set data.download: true to fetch it, or see README 'Datasets offline'" if not download \
             else "see README 'Datasets offline'"
         raise UserError(f"data.root: {name} not found: expected {spec.expected(root)}; {hint}")
-    train, val = _decode_cached(spec, files, Path(cache_dir).expanduser() if cache_dir else None)
+    train, val = _decode_cached(spec, files, _cache_folder(cache_dir))
     if limit_train is not None:
         train = (train[0][:limit_train], train[1][:limit_train])
     if limit_val is not None:
         val = (val[0][:limit_val], val[1][:limit_val])
-    for split, (x, y) in (("train", train), ("val", val)):
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= spec.num_classes):
-            raise UserError(f"data.root: {name} {split} labels span {int(y.min())}..{int(y.max())}, "
-                            f"expected 0..{spec.num_classes - 1}")
     return ImageData(spec, train, val)

@@ -120,7 +120,7 @@ def test_corrupt_idx_file(tmp_path):
 def test_label_count_mismatch(tmp_path):
     folder = write_mnist(tmp_path, n_train=8, n_test=8)
     write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(5, dtype=np.uint8))
-    with pytest.raises(UserError, match="do not match labels"):
+    with pytest.raises(UserError, match="8 images but train-labels-idx1-ubyte.gz has 5 labels; delete both"):
         load_dataset("mnist", folder)
 
 
@@ -182,3 +182,50 @@ def test_normalize_matches_torchvision():
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
     expected = torch.stack([TF.normalize(TF.convert_image_dtype(img, torch.float32), mean, std) for img in x])
     torch.testing.assert_close(normalize(x, mean, std), expected, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- untrusted files (more in test_bad_input.py)
+
+
+def test_cifar_pickle_naming_numpy1_modules_loads(tmp_path):
+    # The official batches were pickled by Python 2 and numpy 1: their arrays name numpy.core.multiarray.
+    import pickle
+
+    write_cifar10(tmp_path, per_batch=4, n_test=4)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    x, y = pattern_images(4, 10, 3, 32, seed=9)
+    raw = pickle.dumps({b"data": x.reshape(4, -1), b"labels": [int(v) for v in y]}, protocol=2)
+    assert b"numpy._core.multiarray\n" in raw
+    path.write_bytes(raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"))
+    d = load_dataset("cifar10", tmp_path)
+    assert torch.equal(d.train[0][:4], torch.from_numpy(x)) and d.train[1][:4].tolist() == y.tolist()
+
+
+def test_read_idx_refuses_a_huge_header_without_reading(tmp_path, monkeypatch):
+    import struct
+
+    from data.datasets import read_idx
+
+    path = tmp_path / "x-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(struct.pack(">BBBB3I", 0, 0, 8, 3, 2 ** 31, 28, 28) + bytes(1000)))
+    reads = []
+    real_open = gzip.open
+
+    def spy(*args, **kwargs):
+        f = real_open(*args, **kwargs)
+        real_read = f.read
+        f.read = lambda n=-1: reads.append(n) or real_read(n)
+        return f
+
+    monkeypatch.setattr(gzip, "open", spy)
+    with pytest.raises(UserError, match=r"claims shape \(2147483648, 28, 28\)"):
+        read_idx(path, (28, 28))
+    assert reads == [4, 12]  # the header only
+
+
+def test_decoded_data_is_checked_before_it_is_cached(tmp_path):
+    folder = write_mnist(tmp_path / "d", n_train=8, n_test=8)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.full(8, 12, dtype=np.uint8))
+    with pytest.raises(UserError, match=r"t10k-labels-idx1-ubyte.gz: labels span 12..12, expected 0..9"):
+        load_dataset("mnist", folder, cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.pt"))
