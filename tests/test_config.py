@@ -155,3 +155,42 @@ def test_every_seed_has_configs():
     assert {"seed001", "seed002", "seed003", "seed004"} <= groups
     seed003 = {p.stem for p in CONFIGS if p.parent.name == "seed003"}
     assert seed003 == {f"{m}_{d}" for m in ("cnn", "vit", "deepvit", "hybrid") for d in ("mnist", "cifar10", "cifar100")}
+
+
+# ----------------------------------------------------------------------------- numbers (the CLI matrix: test_bad_input.py)
+
+
+@pytest.mark.parametrize("section, key, value, says", [
+    ("train", "grad_clip", float("inf"), "train.grad_clip: got inf; must be a finite number"),  # Optional[float]
+    ("train", "lr", "1e400", "train.lr: got '1e400', which is inf; must be a finite number"),
+    ("train", "epochs", 10 ** 400, "train.epochs: got a 401-digit integer; must be an integer in [-2**63, 2**63)"),
+    ("data", "limit_val", 2 ** 63, "data.limit_val: got 9223372036854775808; must be an integer in"),
+    ("model", "mlp_ratio", float("nan"), "model.mlp_ratio: got nan; must be a finite number"),
+    ("model", "depth", 70_000, "model.depth: got 70000; model sizes, counts and rates are at most 65,536"),
+    ("model", "depth", "1e5", "model.depth: got '1e5'; model sizes"),
+    ("model", "dropout", [0.1, [float("-inf")]], "model.dropout[1][0]: got -inf; must be a finite number"),
+])
+def test_numbers_must_be_finite_and_sane(section, key, value, says):
+    sections = {"model": {"name": "vit"}} if section == "model" else {}
+    sections.setdefault(section, {})[key] = value
+    assert error_of(build, **sections).startswith(says)
+
+
+def test_aliased_lists_in_a_model_key_are_walked_once():
+    # YAML aliases: 7 levels of 9 references each are a few lines of text but 9**7 lists when walked naively.
+    def nested(leaf: str):
+        text = f"l0: &l0 [{leaf}]\n" + "".join(
+            f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 7))
+        return yaml.safe_load(text)["l6"]
+
+    import time
+
+    start = time.perf_counter()
+    assert build(model={"name": "vit", "x": nested("1, 2, 3")}).model.kwargs["x"]
+    assert "got inf; must be a finite number" in error_of(build, model={"name": "vit", "x": nested("1, .inf")})
+    assert time.perf_counter() - start < 1
+
+
+def test_long_values_are_shortened_in_messages():
+    message = error_of(build, name=list(range(10_000)))
+    assert len(message) < 200 and "characters" in message
