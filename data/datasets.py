@@ -25,6 +25,7 @@ import math
 import os
 import pickle
 import re
+import socket
 import struct
 import sys
 import time
@@ -42,6 +43,7 @@ from core.files import TEMP_PREFIX, atomic_write
 from core.registry import Registry
 
 CACHE_FORMAT = 1  # bump when decoding changes, so old caches are not reused
+DOWNLOAD_TIMEOUT_S = 60  # seconds without progress before a download gives up
 REFETCH = "delete it and run again with data.download: true to fetch a fresh copy"
 
 Split = tuple[torch.Tensor, torch.Tensor]  # images uint8 (N, C, H, W), labels int64 (N,)
@@ -356,8 +358,15 @@ IMAGENETTE_CLASSES = ("tench", "English springer", "cassette player", "chain saw
                       "garbage truck", "gas pump", "golf ball", "parachute")
 
 
+def _listing(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as e:  # e.g. a folder we may not read
+        raise UserError(f"{folder}: cannot list ({_brief(e, folder)})") from None
+
+
 def _class_dirs(split_dir: Path) -> list[Path]:
-    return sorted(d for d in split_dir.iterdir() if d.is_dir()) if split_dir.is_dir() else []
+    return [d for d in _listing(split_dir) if d.is_dir()] if split_dir.is_dir() else []
 
 
 def _imagenette_find(root: Path) -> Optional[list[Path]]:
@@ -395,7 +404,7 @@ def _imagenette_decode(class_dirs: list[Path]) -> tuple[Split, Split]:
     half = len(class_dirs) // 2
 
     def split(dirs: list[Path]) -> Split:
-        items = [(p, label) for label, d in enumerate(dirs) for p in sorted(d.iterdir())
+        items = [(p, label) for label, d in enumerate(dirs) for p in _listing(d)
                  if p.suffix.lower() in IMAGE_EXTENSIONS]
         if not items:
             raise UserError(f"{dirs[0].parent}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
@@ -568,13 +577,18 @@ def load_dataset(
         raise UserError(f"data.root: {root}: {e}") from None
     files = spec.find(root)
     if files is None and download:
+        # torchvision opens its URLs without a timeout: a network that drops packets would hang the run.
+        # This bounds each socket operation (not the whole download) and is restored right after.
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
         try:
             root.mkdir(parents=True, exist_ok=True)
             spec.download(root)
         except Exception as e:  # network, disk, checksum: all the user can act on
-            raise UserError(f"data.root: {name} not found and the download failed ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else 'no details'}); expected {spec.expected(root)}; "
-                            f"see README 'Datasets offline'") from None
+            raise UserError(f"data.root: {name} not found and the download failed ({_brief(e)}); "
+                            f"expected {spec.expected(root)}; see README 'Datasets offline'") from None
+        finally:
+            socket.setdefaulttimeout(previous)
         files = spec.find(root)
     if files is None:
         hint = "set data.download: true to fetch it, or see README 'Datasets offline'" if not download \

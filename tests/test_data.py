@@ -229,3 +229,21 @@ def test_decoded_data_is_checked_before_it_is_cached(tmp_path):
     with pytest.raises(UserError, match=r"t10k-labels-idx1-ubyte.gz: labels span 12..12, expected 0..9"):
         load_dataset("mnist", folder, cache_dir=tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("*.pt"))
+
+
+def test_download_has_a_socket_timeout_and_restores_it(tmp_path, monkeypatch):
+    import dataclasses
+    import socket
+
+    import data.datasets as ds
+
+    seen = []
+
+    def stalled(root):
+        seen.append(socket.getdefaulttimeout())
+        raise TimeoutError("timed out")
+
+    monkeypatch.setitem(ds.DATASETS._entries, "mnist", dataclasses.replace(ds.get_spec("mnist"), download=stalled))
+    with pytest.raises(UserError, match=r"download failed \(TimeoutError: timed out\)"):
+        load_dataset("mnist", tmp_path, download=True)
+    assert seen == [ds.DOWNLOAD_TIMEOUT_S] and socket.getdefaulttimeout() is None
