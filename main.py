@@ -120,26 +120,64 @@ def dry_run(points) -> int:
 
 
 def run_many(points, out: str | None, command: str) -> int:
+    """Several runs, then their comparison. The comparison directory is made first and holds sweep.json,
+    so ``--resume`` on it finishes the call if it is stopped or killed."""
     from pathlib import Path
 
-    from plots import compare
     from train.rundir import new_dir
-    from train.sweep import check_points, run_points, summary
+    from train.sweep import Manifest, check_points, jobs_for
 
     check_points(points)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
-    outcomes = run_points(points)
+    if out is not None and (Path(out) / Manifest.FILE).exists():
+        raise UserError(f"--out {out}: already holds a multi-run call; continue it with --resume {out}, "
+                        f"or pick another --out")
+    if out is not None:
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {out}: cannot create ({e.strerror})") from None
+    out_dir = Path(out) if out is not None else new_dir(points[0].cfg.output.dir, "compare")
+    manifest = Manifest.start(out_dir, points, command)
+    print(f"comparison directory: {out_dir} (if this call stops: python main.py --resume {out_dir})")
+    return finish_many(manifest, [], jobs_for(points), command)
+
+
+def finish_many(manifest, done, jobs, command: str) -> int:
+    from plots import compare
+    from train.sweep import run_jobs, summary
+
+    outcomes = done + run_jobs(jobs, len(manifest.points), manifest=manifest, command=command)
+    outcomes.sort(key=lambda o: manifest.points.index(o.point))
     print("\n" + summary(outcomes))
     failures = [{"name": o.point.name, "status": o.status, "error": o.error, "traceback": o.traceback}
                 for o in outcomes if o.status != "completed"]
-    run_dirs = [o.run_dir for o in outcomes if o.run_dir is not None]
-    out_dir = Path(out) if out is not None else new_dir(points[0].cfg.output.dir, "compare")
-    index = compare(run_dirs, out_dir, failures=failures, command=command)
+    started = {o.point.name for o in outcomes}
+    failures += [{"name": p.name, "status": "not started", "error": "the call stopped before it", "traceback": None}
+                 for p in manifest.points if p.name not in started]
+    # A run that failed before writing its config (e.g. a full disk) is listed among the failures only.
+    run_dirs = [o.run_dir for o in outcomes if o.run_dir is not None and (o.run_dir / "config.yaml").is_file()]
+    index = compare(run_dirs, manifest.folder, failures=failures, command=command)
     print(f"comparison: {index}")
-    if any(o.status == "interrupted" for o in outcomes):
-        return EXIT_INTERRUPTED
+    stopped = [o for o in outcomes if o.status == "interrupted"]
+    if stopped:
+        print(f"to finish the remaining runs: python main.py --resume {manifest.folder}")
+        return stopped[0].exit_code or EXIT_INTERRUPTED
     return EXIT_RUN_FAILED if failures else 0
+
+
+def resume_many(folder, overrides: list[str], command: str) -> int:
+    from train.sweep import Manifest, plan
+
+    if overrides:
+        raise UserError(f"--set: not used when resuming the multi-run call in {folder}; its points keep their "
+                        f"configs (extend a single run with --resume RUN_DIR --set train.epochs=N)")
+    manifest = Manifest.load(folder)
+    done, jobs = plan(manifest)
+    print(f"{folder}: {len(done)} of {len(manifest.points)} runs already finished; "
+          f"{len(jobs)} to run or continue")
+    return finish_many(manifest, done, jobs, command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,9 +217,14 @@ def print_done(results, path) -> None:
 
 
 def resume(path: str, overrides: list[str], command: str) -> int:
+    from pathlib import Path
+
     from train.fit import fit
     from train.resume import open_for_resume
+    from train.sweep import Manifest
 
+    if (Path(path) / Manifest.FILE).is_file():
+        return resume_many(Path(path), overrides, command)
     r = open_for_resume(path, overrides)
     if r.done:
         print(f"{path}: already completed all {r.cfg.train.epochs} epochs; to train longer: "

@@ -23,7 +23,7 @@ import os
 import socket
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -86,6 +86,7 @@ class RunDir:
         self.path: Optional[Path] = None
         self.results: dict[str, Any] = {"name": name, **(extra or {})}
         self.resuming = False
+        self.on_create: Optional[Callable[[Path], None]] = None  # e.g. a sweep recording where its point runs
 
     @classmethod
     def existing(cls, path: str | Path) -> "RunDir":
@@ -108,6 +109,8 @@ class RunDir:
             return self.path
         assert self.path is None, "a RunDir is created once"
         self.path = new_dir(self.root, self.name)
+        if self.on_create is not None:
+            self.on_create(self.path)
         return self.path
 
     def write(self, filename: str, text: str) -> Path:

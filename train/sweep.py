@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import re
 import traceback
 from dataclasses import dataclass, field
@@ -18,12 +19,14 @@ import torch
 import yaml
 
 from config import Config, apply_override, from_dict, read_yaml, set_dotted
-from core.errors import UserError
+from core.errors import Interrupted, RunFailed, UserError
+from core.files import atomic_write, strict_json
 from data import get_spec
 from models import DATASET_KEYS, MODELS
 from train.engine import NonFiniteLoss
 from train.fit import fit
-from train.rundir import RunDir
+from train.resume import open_for_resume
+from train.rundir import RunDir, is_live, read_results
 
 # ----------------------------------------------------------------------------- expansion
 #
@@ -171,6 +174,8 @@ class Outcome:
     results: dict[str, Any] = field(default_factory=dict)
     error: Optional[str] = None  # one line
     traceback: Optional[str] = None  # for errors that are not the user's (a bug, out of memory, ...)
+    exit_code: Optional[int] = None  # an interrupted point: the signal's exit code (130 Ctrl-C, 143 SIGTERM)
+    skipped: bool = False  # finished before this call (a resumed sweep): not trained again
 
 
 def check_points(points: list[Point]) -> None:
@@ -187,33 +192,129 @@ def check_points(points: list[Point]) -> None:
             raise UserError(f"{p.source}{f' (sweep point {p.name})' if p.values else ''}: {e}") from None
 
 
-def run_points(points: list[Point], *, log=print) -> list[Outcome]:
-    outcomes = []
-    for i, point in enumerate(points, 1):
-        swept = ", ".join(f"{k}={v}" for k, v in point.values.items())
-        log(f"\n=== run {i}/{len(points)}: {point.name}{f' ({swept})' if swept else ''} [{point.source}]")
-        run_dir = RunDir(point.cfg.output.dir, point.cfg.run_name, extra=point.record())
+class Manifest:
+    """``sweep.json`` in a multi-run call's comparison directory: every point (its resolved config) and the
+    run directory it trains in, written before the first point starts and after each one changes, so
+    ``--resume COMPARE_DIR`` can finish the call after a crash, SIGKILL or preemption."""
+
+    FILE = "sweep.json"
+
+    def __init__(self, folder: Path, command: str, points: list[Point], run_dirs: list[Optional[str]]):
+        self.folder, self.command, self.points, self.run_dirs = folder, command, points, run_dirs
+
+    @classmethod
+    def start(cls, folder: Path, points: list[Point], command: str) -> "Manifest":
+        m = cls(folder, command, points, [None] * len(points))
+        m.save()
+        return m
+
+    @classmethod
+    def load(cls, folder: Path) -> "Manifest":
+        path = folder / cls.FILE
         try:
-            results = fit(point.cfg, run_dir, log=log)
+            raw = json.loads(path.read_text())
+            points = [Point(p["name"], p["values"], from_dict(p["config"]), p["source"], p["experiment"])
+                      for p in raw["points"]]
+            run_dirs = [p.get("run_dir") for p in raw["points"]]
+            command = raw["command"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{path}: not a readable sweep manifest ({type(e).__name__}: {e})") from None
+        except UserError as e:
+            raise UserError(f"{path}: a point's config is not valid here ({e})") from None
+        return cls(folder, command, points, run_dirs)
+
+    def set_run_dir(self, i: int, path: Path) -> None:
+        self.run_dirs[i] = str(path)
+        self.save()
+
+    def save(self) -> None:
+        points = [{"name": p.name, "values": p.values, "experiment": p.experiment, "source": p.source,
+                   "config": p.cfg.to_dict(), "run_dir": d} for p, d in zip(self.points, self.run_dirs)]
+        try:
+            atomic_write(self.folder / self.FILE, strict_json({"command": self.command, "points": points}, indent=2))
+        except OSError as e:
+            raise RunFailed(f"cannot write {self.folder / self.FILE}: {e.strerror or e}") from None
+
+
+@dataclass
+class Job:
+    """One point to run: fresh, or continued from its run directory's last.pt (``ckpt``)."""
+
+    index: int
+    point: Point
+    run_dir: RunDir
+    cfg: Config
+    ckpt: Optional[dict[str, Any]] = None
+
+
+def plan(manifest: Manifest, *, log=print) -> tuple[list[Outcome], list[Job]]:
+    """What a resumed call still has to do: completed and diverged points are kept as they are (a
+    diverged run diverges again with the same seed), interrupted or killed ones continue from their
+    last.pt, failed ones and those never started run from scratch."""
+    done, jobs = [], []
+    for i, (point, folder) in enumerate(zip(manifest.points, manifest.run_dirs)):
+        results = read_results(folder) if folder else None
+        status = (results or {}).get("status")
+        if status == "running" and is_live(results):
+            raise UserError(f"--resume {manifest.folder}: point {point.name} is still running "
+                            f"(pid {results.get('pid')}, {folder}); stop it first")
+        if status in ("completed", "diverged"):
+            done.append(Outcome(point, status, Path(folder), results, error=results.get("error"), skipped=True))
+        elif status in ("interrupted", "running") or (folder and results is None and Path(folder).is_dir()):
+            r = open_for_resume(folder)
+            jobs.append(Job(i, point, r.run_dir, r.cfg, r.ckpt))
+        else:  # failed, or never started: a new run directory
+            jobs.append(Job(i, point, _new_run_dir(point), point.cfg))
+        if status == "failed":
+            log(f"{point.name}: failed before ({results.get('error')}); running it again")
+    return done, jobs
+
+
+def _new_run_dir(point: Point) -> RunDir:
+    return RunDir(point.cfg.output.dir, point.cfg.run_name, extra=point.record())
+
+
+def jobs_for(points: list[Point]) -> list[Job]:
+    return [Job(i, p, _new_run_dir(p), p.cfg) for i, p in enumerate(points)]
+
+
+def run_jobs(jobs: list[Job], total: int, *, manifest: Optional[Manifest] = None, log=print,
+             command: Optional[str] = None) -> list[Outcome]:
+    """Run each job in turn. A failed or diverged point is recorded and the rest go on; a stop signal
+    ends the call after the current point has checkpointed."""
+    outcomes = []
+    for n, job in enumerate(jobs, 1):
+        point, run_dir = job.point, job.run_dir
+        swept = ", ".join(f"{k}={v}" for k, v in point.values.items())
+        log(f"\n=== run {job.index + 1}/{total}: {point.name}{f' ({swept})' if swept else ''} [{point.source}]"
+            f"{' (resumed)' if run_dir.resuming else ''}")
+        if manifest is not None:
+            run_dir.on_create = lambda path, i=job.index: manifest.set_run_dir(i, path)
+        try:
+            results = fit(job.cfg, run_dir, log=log, resume=job.ckpt, command=command)
             outcomes.append(Outcome(point, "completed", run_dir.path, results))
-        except KeyboardInterrupt:
-            outcomes.append(Outcome(point, "interrupted", run_dir.path,
-                                    error="interrupted by the user; later runs were not started"))
-            log(f"interrupted during run {i}/{len(points)} {point.name}")
+        except KeyboardInterrupt as e:
+            code = e.exit_code if isinstance(e, Interrupted) else 130
+            outcomes.append(Outcome(point, "interrupted", run_dir.path, error=run_dir.results.get("error") or
+                                    "interrupted", exit_code=code))
+            log(f"interrupted during run {job.index + 1}/{total} {point.name}; "
+                f"{len(jobs) - n} later run(s) not started")
             break
         except NonFiniteLoss as e:
             outcomes.append(Outcome(point, "diverged", run_dir.path, error=str(e)))
-        except UserError as e:
-            outcomes.append(Outcome(point, "failed", run_dir.path, error=str(e)))
+        except (UserError, RunFailed) as e:
+            outcomes.append(Outcome(point, "failed", run_dir.path, error=str(e),
+                                    traceback=run_dir.results.get("traceback") if run_dir.path else None))
         except Exception as e:  # noqa: BLE001 - one broken point must not cost the rest of the sweep
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             outcomes.append(Outcome(point, "failed", run_dir.path,
                                     error=f"{type(e).__name__}: {first}", traceback=traceback.format_exc()))
+        finally:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # an out-of-memory point should not starve the next one
         last = outcomes[-1]
         if last.status != "completed":
-            log(f"run {i}/{len(points)} {point.name} {last.status}: {last.error}")
+            log(f"run {job.index + 1}/{total} {point.name} {last.status}: {last.error}")
     return outcomes
 
 
@@ -223,6 +324,10 @@ def summary(outcomes: list[Outcome]) -> str:
     for o in outcomes:
         if o.status == "completed":
             r = o.results
+            if o.skipped:
+                lines.append(f"  done    {o.point.name}: best val acc {r['best_val_acc']:.2f}% (finished before)"
+                             f" -> {o.run_dir}")
+                continue
             lines.append(f"  ok      {o.point.name}: best val acc {r['best_val_acc']:.2f}% "
                          f"(epoch {r['best_epoch']}), final {r['final_val_acc']:.2f}% -> {o.run_dir}")
         else:

@@ -1,0 +1,197 @@
+"""Faults with real signals to real processes, and sweeps that resume: the run directory stays consistent
+and truthful, and ``--resume`` ends where an uninterrupted run ends, bit for bit."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train.engine
+from fixtures import ROOT, TINY_VIT, call_main, read_metrics, run_fit, tiny_raw, write_yaml
+from config import from_dict
+from core.files import TEMP_PREFIX
+from train.rundir import is_live, read_results
+
+TIMING = ("epoch_time_s", "train_time_s", "images_per_s")
+
+
+def numbers(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def long_raw(root, out, **train):
+    """Long enough (30 tiny epochs) that a signal lands mid-run; every source of randomness on."""
+    return tiny_raw(root, out, model={**TINY_VIT, "dropout": 0.1, "drop_path": 0.1}, epochs=30, precision="fp32",
+                    mixup_alpha=0.8, warmup_epochs=1, data={"random_erasing": 0.25}, **train)
+
+
+def start(cfg_file: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--cfg", str(cfg_file)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_epochs(out: Path, proc: subprocess.Popen, epochs: int, timeout: float = 120) -> Path:
+    """The run directory, once its results.json says ``epochs`` epochs are done."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for run_dir in out.glob("*/"):
+            results = read_results(run_dir)
+            if results and results.get("epochs_done", 0) >= epochs:
+                return run_dir
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended early (exit {proc.returncode}):\n{proc.stdout.read()}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("the run did not get going in time")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from fixtures import write_mnist
+
+    return write_mnist(tmp_path_factory.mktemp("faults") / "fmnist", n_train=256, n_test=128)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_stop_signal_to_a_real_run_checkpoints_and_says_how_to_resume(data_root, tmp_path, capsys, sig, code):
+    raw = long_raw(data_root, tmp_path / "runs")
+    proc = start(write_yaml(tmp_path / "c.yaml", raw))
+    run_dir = wait_for_epochs(tmp_path / "runs", proc, 2)
+    proc.send_signal(sig)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == code, out
+    assert f"resume with: python main.py --resume {run_dir}" in out
+    results = read_results(run_dir)
+    assert results["status"] == "interrupted" and signal.Signals(sig).name in results["error"]
+    assert not list(run_dir.glob(f"{TEMP_PREFIX}*"))
+    done = torch.load(run_dir / "last.pt", weights_only=True)["epoch"]
+    assert len(read_metrics(run_dir)) == done
+
+    # Continued in place, it ends as a run that was never stopped.
+    r = call_main(capsys, "--resume", run_dir)
+    assert r.returncode == 0, r.stderr
+    ref_dir, _ = run_fit(from_dict(long_raw(data_root, tmp_path / "ref")))
+    assert numbers(read_metrics(run_dir)) == numbers(read_metrics(ref_dir))
+    assert all(torch.equal(a, b) for a, b in zip(torch.load(run_dir / "best.pt").values(),
+                                                  torch.load(ref_dir / "best.pt").values()))
+
+
+def test_sigkill_leaves_a_consistent_directory_that_resumes_exactly(data_root, tmp_path, capsys):
+    raw = long_raw(data_root, tmp_path / "runs", log_every=1)
+    raw["output"]["checkpoint_every_steps"] = 3  # checkpoints mid-epoch too, so the kill may land in a write
+    proc = start(write_yaml(tmp_path / "c.yaml", raw))
+    run_dir = wait_for_epochs(tmp_path / "runs", proc, 3)
+    time.sleep(0.13)  # somewhere inside an epoch
+    proc.kill()
+    proc.wait(timeout=60)
+
+    # Consistent: every file whole and loadable, the log only complete lines, the status not a lie.
+    results = read_results(run_dir)
+    assert results["status"] == "running" and is_live(results) is False
+    rows = read_metrics(run_dir)
+    assert rows and [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    assert ckpt["epoch"] <= len(rows) <= ckpt["epoch"] + 1
+    torch.load(run_dir / "best.pt", weights_only=True)
+
+    r = call_main(capsys, "--resume", run_dir)
+    assert r.returncode == 0, r.stderr
+    assert not list(run_dir.glob(f"{TEMP_PREFIX}*"))  # a temporary file the kill left is gone
+    results = read_results(run_dir)
+    assert results["status"] == "completed"
+    assert [a["status"] for a in results["attempts"]] == ["killed", "completed"]
+    ref_dir, _ = run_fit(from_dict(long_raw(data_root, tmp_path / "ref", log_every=1)))
+    assert numbers(read_metrics(run_dir)) == numbers(read_metrics(ref_dir))
+
+
+def test_resume_refuses_a_live_run(data_root, tmp_path, capsys):
+    run_dir, _ = run_fit(from_dict(tiny_raw(data_root, tmp_path)))
+    results = json.loads((run_dir / "results.json").read_text())
+    results.update(status="running", pid=os.getpid())  # this very process: alive
+    (run_dir / "results.json").write_text(json.dumps(results))
+    r = call_main(capsys, "--resume", run_dir)
+    assert r.returncode == 2 and "still running" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def sweep_yaml(root, tmp_path, name="s.yaml"):
+    raw = tiny_raw(root, tmp_path / "runs", model={**TINY_VIT, "dropout": 0.1}, precision="fp32")
+    raw["sweep"] = {"seed": [0, 1, 2]}
+    return write_yaml(tmp_path / name, raw)
+
+
+def test_a_stopped_sweep_resumes_without_training_anything_twice(data_root, tmp_path, capsys, monkeypatch):
+    cfg = sweep_yaml(data_root, tmp_path)
+    ref = call_main(capsys, "--cfg", cfg, "--out", tmp_path / "ref-compare")
+    assert ref.returncode == 0, ref.stderr
+    ref_runs = {read_results(p)["name"]: p for p in (tmp_path / "runs").glob("*-seed=*")}
+
+    # Stop with SIGTERM in the middle of the second point (step 4 of its first epoch).
+    real, calls = train.engine.train_step, [0]
+
+    def step_then_signal(*args):
+        out = real(*args)
+        calls[0] += 1
+        if calls[0] == 2 * 8 + 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(train.engine, "train_step", step_then_signal)
+    compare = tmp_path / "compare"
+    r = call_main(capsys, "--cfg", cfg, "--set", f"output.dir={tmp_path / 'runs2'}", "--out", compare)
+    assert r.returncode == 143, r.stderr
+    assert f"python main.py --resume {compare}" in r.stdout and (compare / "index.md").is_file()
+    manifest = json.loads((compare / "sweep.json").read_text())
+    first, second, third = (p["run_dir"] for p in manifest["points"])
+    assert read_results(first)["status"] == "completed" and read_results(second)["status"] == "interrupted"
+    assert third is None
+    untouched = (Path(first) / "metrics.jsonl").stat().st_mtime_ns
+
+    monkeypatch.undo()
+    r = call_main(capsys, "--resume", compare)
+    assert r.returncode == 0, r.stderr
+    assert "1 of 3 runs already finished; 2 to run or continue" in r.stdout
+    manifest = json.loads((compare / "sweep.json").read_text())
+    dirs = [Path(p["run_dir"]) for p in manifest["points"]]
+    assert dirs[:2] == [Path(first), Path(second)]
+    assert (dirs[0] / "metrics.jsonl").stat().st_mtime_ns == untouched  # not trained twice
+    for d in dirs:
+        name = read_results(d)["name"]
+        assert read_results(d)["status"] == "completed"
+        assert numbers(read_metrics(d)) == numbers(read_metrics(ref_runs[name]))
+    assert "Runs that did not complete" not in (compare / "index.md").read_text()
+
+    r = call_main(capsys, "--resume", compare)  # all done: nothing runs, the comparison is rewritten
+    assert r.returncode == 0 and "3 of 3 runs already finished; 0 to run" in r.stdout
+
+
+def test_a_resumed_sweep_reruns_failed_points(data_root, tmp_path, capsys, monkeypatch):
+    cfg = sweep_yaml(data_root, tmp_path)
+    real, calls = train.engine.train_step, [0]
+
+    def second_point_breaks(*args):
+        calls[0] += 1
+        if calls[0] == 2 * 8 + 1:  # the second point's first step
+            raise RuntimeError("a broken GPU")
+        return real(*args)
+
+    monkeypatch.setattr(train.engine, "train_step", second_point_breaks)
+    compare = tmp_path / "compare"
+    r = call_main(capsys, "--cfg", cfg, "--out", compare)
+    assert r.returncode == 1 and "a broken GPU" in r.stdout
+    monkeypatch.undo()
+    r = call_main(capsys, "--resume", compare)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 of 3 runs already finished; 1 to run or continue" in r.stdout
+    manifest = json.loads((compare / "sweep.json").read_text())
+    assert [read_results(p["run_dir"])["status"] for p in manifest["points"]] == ["completed"] * 3
