@@ -37,7 +37,7 @@ def atomic_write(path: str | Path, data: Payload) -> Path:
             if callable(data):
                 data(f)
             else:
-                f.write(data.encode() if isinstance(data, str) else data)
+                f.write(data.encode() if isinstance(data, str) else data)  # bytes or a memoryview
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import yaml
 
 from core.errors import UserError
+from core.procs import process_alive
 
 RUN_FILES = "config.yaml, metrics.jsonl and results.json"
 
@@ -44,7 +45,11 @@ class Run:
 
     @property
     def status(self) -> str:
-        return str(self.results.get("status", "incomplete"))
+        """results.json's status; a ``running`` run whose process is gone (on this host) is ``killed``."""
+        status = str(self.results.get("status", "incomplete"))
+        if status == "running" and process_alive(self.results.get("host"), self.results.get("pid")) is False:
+            return "killed"
+        return status
 
     def series(self, key: str) -> list[float]:
         return [float(m[key]) for m in self.metrics if key in m]

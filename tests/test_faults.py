@@ -195,3 +195,81 @@ def test_a_resumed_sweep_reruns_failed_points(data_root, tmp_path, capsys, monke
     assert "2 of 3 runs already finished; 1 to run or continue" in r.stdout
     manifest = json.loads((compare / "sweep.json").read_text())
     assert [read_results(p["run_dir"])["status"] for p in manifest["points"]] == ["completed"] * 3
+
+
+# ----------------------------------------------------------------------------- recorded truthfully
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB file system (tmpfs) to fill up; needs root and mount, skipped with the reason otherwise."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({(r.stderr or r.stdout).strip() or 'mount failed'})")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temporary_files(data_root, small_disk, capsys):
+    # A model whose checkpoint (weights + AdamW state) outgrows what the disk has left after epoch 1.
+    raw = tiny_raw(data_root, small_disk / "runs", model={**TINY_VIT, "embed_dim": 64}, epochs=6)
+    (small_disk / "filler").write_bytes(b"\0" * (1024 * 1024 - 400 * 1024))
+    r = call_main(capsys, "--cfg", write_yaml(small_disk.parent / "c.yaml", raw))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[-1].startswith("error: cannot write ") and "No space left" in r.stderr
+    (run_dir,) = (small_disk / "runs").iterdir()
+    assert not list(run_dir.glob(f"{TEMP_PREFIX}*"))
+    results = read_results(run_dir)  # whole, whatever it could record
+    assert results["status"] == "failed" and "No space left" in results["error"] or \
+        results["status"] == "running" and "could not record status 'failed'" in r.stderr
+    for pt in run_dir.glob("*.pt"):
+        torch.load(pt, weights_only=True)
+
+
+def test_a_nan_validation_loss_is_diverged_not_completed(data_root, tmp_path, capsys, monkeypatch):
+    import train.fit
+
+    real = train.fit.evaluate
+
+    def nan_eval(*args, **kwargs):
+        return {**real(*args, **kwargs), "val_loss": float("nan")}
+
+    monkeypatch.setattr(train.fit, "evaluate", nan_eval)
+    r = call_main(capsys, "--cfg", write_yaml(tmp_path / "c.yaml", tiny_raw(data_root, tmp_path / "runs")))
+    assert r.returncode == 1 and "validation loss became nan" in r.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    text = (run_dir / "results.json").read_text()
+    assert json.loads(text)["status"] == "diverged" and "NaN" not in text
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/path", "a/b", ".hidden", "", "x" * 300])
+def test_a_run_name_cannot_leave_output_dir(data_root, tmp_path, capsys, name):
+    raw = tiny_raw(data_root, tmp_path / "runs", name=None)
+    raw["name"] = name
+    r = call_main(capsys, "--cfg", write_yaml(tmp_path / "c.yaml", raw))
+    assert r.returncode == 2 and r.stderr.startswith("error: name: ") and len(r.stderr.splitlines()) == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "escape").exists()
+
+
+def test_checkpoints_every_n_steps_and_minutes(data_root, tmp_path, monkeypatch):
+    from train.rundir import RunDir
+
+    saved = []
+    real = RunDir.save_state
+    def recording(self, state, filename="last.pt"):
+        if filename == "last.pt":
+            saved.append((state["epoch"], state["step"]))
+        real(self, state, filename)
+
+    monkeypatch.setattr(RunDir, "save_state", recording)
+    raw = tiny_raw(data_root, tmp_path)
+    raw["output"]["checkpoint_every_steps"] = 3
+    run_fit(from_dict(raw))
+    assert saved == [(0, 3), (0, 6), (1, 0), (1, 1), (1, 4), (1, 7), (2, 0)]  # global steps 3, 6, 9, ...
+    saved.clear()
+    raw["output"] = {"dir": str(tmp_path), "checkpoint_every_minutes": 1e-9}  # every step, in effect
+    run_fit(from_dict(raw))
+    assert saved == [(0, s) for s in range(1, 8)] + [(1, 0)] + [(1, s) for s in range(1, 8)] + [(2, 0)]

@@ -18,9 +18,8 @@ next ``--resume`` removes.
 """
 from __future__ import annotations
 
+import io
 import json
-import os
-import socket
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -30,6 +29,7 @@ import torch.nn as nn
 
 from core.errors import RunFailed, UserError
 from core.files import atomic_write, remove_stale_temporaries, strict_json
+from core.procs import process_alive
 
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 
@@ -64,16 +64,7 @@ def is_live(results: dict[str, Any]) -> Optional[bool]:
     power cut), None when that cannot be told from here (another host)."""
     if results.get("status") != "running":
         return False
-    pid = results.get("pid")
-    if results.get("host") != socket.gethostname() or not isinstance(pid, int):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(results.get("host"), results.get("pid"))
 
 
 class RunDir:
@@ -128,11 +119,14 @@ class RunDir:
         self.write("metrics.jsonl", "".join(strict_json(r) + "\n" for r in rows))
 
     def save_weights(self, filename: str, model: nn.Module) -> None:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        self._guard(filename, lambda p: atomic_write(p, lambda f: torch.save(state, f)))
+        self.save_state({k: v.detach().cpu() for k, v in model.state_dict().items()}, filename)
 
     def save_state(self, state: dict[str, Any], filename: str = "last.pt") -> None:
-        self._guard(filename, lambda p: atomic_write(p, lambda f: torch.save(state, f)))
+        # Serialised in memory first: torch.save into a file on a full disk fails with a RuntimeError
+        # from its zip writer ("unexpected pos"); a plain write fails with ENOSPC, which _guard reports.
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self._guard(filename, lambda p: atomic_write(p, buffer.getbuffer()))
 
     def update(self, status: str, **fields: Any) -> dict[str, Any]:
         """Record the run's status (and any results) in results.json; returns everything recorded so far."""
