@@ -10,6 +10,7 @@ import copy
 import itertools
 import json
 import re
+import signal
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 from config import Config, apply_override, from_dict, read_yaml, set_dotted
 from core.errors import Interrupted, RunFailed, UserError
 from core.files import atomic_write, strict_json
+from core.signals import GracefulStop
 from data import get_spec
 from models import DATASET_KEYS, MODELS
 from train.engine import NonFiniteLoss
@@ -281,10 +283,21 @@ def jobs_for(points: list[Point]) -> list[Job]:
 def run_jobs(jobs: list[Job], total: int, *, manifest: Optional[Manifest] = None, log=print,
              command: Optional[str] = None) -> list[Outcome]:
     """Run each job in turn. A failed or diverged point is recorded and the rest go on; a stop signal
-    ends the call after the current point has checkpointed."""
+    ends the call after the current point has checkpointed (between points: before the next starts)."""
+    with GracefulStop(announce=lambda text: log(text.strip())) as stop:
+        return _run_jobs(jobs, total, manifest, log, command, stop)
+
+
+def _run_jobs(jobs, total, manifest, log, command, stop: GracefulStop) -> list[Outcome]:
     outcomes = []
     for n, job in enumerate(jobs, 1):
         point, run_dir = job.point, job.run_dir
+        if stop.requested:
+            log(f"stopped by {signal.Signals(stop.signum).name} before run {job.index + 1}/{total}; "
+                f"{len(jobs) - n + 1} run(s) not started")
+            outcomes.append(Outcome(point, "interrupted", None, error="not started: the call was stopped",
+                                    exit_code=128 + stop.signum))
+            break
         swept = ", ".join(f"{k}={v}" for k, v in point.values.items())
         log(f"\n=== run {job.index + 1}/{total}: {point.name}{f' ({swept})' if swept else ''} [{point.source}]"
             f"{' (resumed)' if run_dir.resuming else ''}")
