@@ -130,6 +130,8 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         raise UserError(f"--set {key}: value {short_repr(text)} is not valid YAML ({_yaml_problem(e)})") from None
     except RecursionError:
         raise UserError(f"--set {key}: value is nested too deeply to be a config value") from None
+    except ValueError as e:  # PyYAML's constructors: a 5,000-digit integer, a date like 2020-13-45
+        raise UserError(f"--set {key}: value {short_repr(text)} cannot be read: {_value_problem(e)}") from None
     set_dotted(raw, key, value, f"--set {key}")
 
 
@@ -152,6 +154,11 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
+def _value_problem(e: ValueError) -> str:
+    # "Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits; use sys.set_..."
+    return str(e).split(";")[0].strip() or type(e).__name__
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -168,6 +175,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: malformed YAML: {_yaml_problem(e)}") from None
     except RecursionError:  # PyYAML's parser recurses once per nesting level
         raise UserError(f"{path}: malformed YAML: nested too deeply to be a config") from None
+    except ValueError as e:  # PyYAML's constructors: a 5,000-digit integer, a date like 2020-13-45
+        raise UserError(f"{path}: a value cannot be read: {_value_problem(e)}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read: {e}") from None
     if raw is None:

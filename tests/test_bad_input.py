@@ -101,6 +101,10 @@ CONFIG_CASES = [
     ("seed: 1e400", override("seed=1e400")),
     ("seed: a 400-digit integer", override(f"seed={BIG}", names=["401-digit"])),
     ("seed: negative", override("seed=-1")),
+    ("seed: a 5,000-digit integer (Python refuses to parse it)", override("seed=" + "1" * 5000, names=["4300"])),
+    ("yaml: a 5,000-digit integer in a file", config_file("seed: " + "7" * 5000 + "\n", names=["4300"])),
+    ("yaml: a date that does not exist", config_file("name: 2020-13-45\n", names=["month"])),
+    ("name: a date that does not exist", override("name=2020-02-30", names=["day"])),
     # ... and in the free-form model keywords (core/convert.py, config/loader.py)
     ("model.mlp_ratio: inf", vit(mlp_ratio=".inf")),
     ("model.mlp_ratio: nan", vit(mlp_ratio=".nan")),
