@@ -29,6 +29,7 @@ import socket
 import struct
 import sys
 import time
+import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -401,6 +402,8 @@ def _load_image(path: Path, size: int) -> np.ndarray:
 
 
 def _imagenette_decode(class_dirs: list[Path]) -> tuple[Split, Split]:
+    from PIL import Image
+
     half = len(class_dirs) // 2
 
     def split(dirs: list[Path]) -> Split:
@@ -410,7 +413,10 @@ def _imagenette_decode(class_dirs: list[Path]) -> tuple[Split, Split]:
             raise UserError(f"{dirs[0].parent}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
         pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)  # PIL decodes without the GIL
         try:
-            images = list(pool.map(lambda it: _load_image(it[0], IMAGENETTE_SIZE), items))
+            with warnings.catch_warnings():  # set here, once, for the workers: the filters are process-wide
+                # PIL only warns (two lines on stderr) for headers between 1x and 2x its pixel limit.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                images = list(pool.map(lambda it: _load_image(it[0], IMAGENETTE_SIZE), items))
         finally:  # a bad image stops the decode now, not after the other 13,000
             pool.shutdown(wait=True, cancel_futures=True)
         return torch.from_numpy(np.stack(images)), torch.tensor([label for _, label in items])

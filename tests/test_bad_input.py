@@ -342,6 +342,8 @@ DATA_CASES = [
     ("imagenette: png claiming 100000 x 100000", run_on("imagenette", imagenette, replace_image(size=(100_000, 100_000)),
                                                         [])),
     ("imagenette: png claiming 8000 x 8000", run_on("imagenette", imagenette, replace_image(size=(8000, 8000)), [])),
+    ("imagenette: png claiming 10000 x 10000 (PIL only warns)", run_on("imagenette", imagenette,
+                                                                       replace_image(size=(10_000, 10_000)), [])),
 ]
 
 
