@@ -195,6 +195,10 @@ def _main(argv: list[str] | None) -> int:
     from train.sweep import load_points
 
     command = "python main.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.eval is not None:
+        return eval_run(args.eval, args.ckpt)
+    if args.predict is not None:
+        return predict(args.predict[0], args.predict[1:], args.ckpt, args.top)
     if args.resume is not None:
         return resume(args.resume, args.overrides, command)
     points = load_points(args.cfg, args.overrides)
@@ -214,6 +218,25 @@ def _main(argv: list[str] | None) -> int:
 def print_done(results, path) -> None:
     print(f"done: best val acc {results['best_val_acc']:.2f}% (epoch {results['best_epoch']}), "
           f"final {results['final_val_acc']:.2f}%, {results['train_time_s']:.1f}s training -> {path}")
+
+
+def eval_run(path: str, which: str) -> int:
+    from plots.confusion import write_confusion
+    from train.inference import evaluate_run, format_eval
+
+    r = evaluate_run(path, which, progress=sys.stderr.isatty())
+    print(format_eval(r))
+    csv, png = write_confusion(r.confusion, r.classes, r.run_dir, f"confusion_{which}", top1=r.top1,
+                               title=f"{r.model} on {r.dataset}, {which}.pt")
+    print(f"confusion matrix: {csv}, {png}")
+    return 0
+
+
+def predict(path: str, images: list[str], which: str, top: int) -> int:
+    from train.inference import format_predictions, predict_images
+
+    print(format_predictions(predict_images(path, images, which, top)))
+    return 0
 
 
 def resume(path: str, overrides: list[str], command: str) -> int:

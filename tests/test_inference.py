@@ -281,3 +281,30 @@ def test_compiled_run_is_evaluated_eagerly(fmnist_run, tmp_path):
     r = evaluate_run(copy)
     assert r.compiled and r.top1 == results["best_val_acc"]  # this run really trained eagerly
     assert "torch.compile" in format_eval(r)
+
+
+def test_eval_and_predict_from_the_command_line(fmnist_root, tmp_path, capsys):
+    """``main.py --eval`` and ``--predict`` as a user calls them: printed numbers, written files, exit codes."""
+    import json
+
+    from PIL import Image
+
+    from fixtures import call_main, run_fit, tiny_config
+
+    run_dir, results = run_fit(tiny_config(fmnist_root, tmp_path))
+    r = call_main(capsys, "--eval", run_dir)
+    assert r.returncode == 0, r.stderr
+    assert f"top-1 {results['best_val_acc']:.2f}%" in r.stdout
+    assert (run_dir / "confusion_best.csv").is_file() and (run_dir / "confusion_best.png").is_file()
+    r = call_main(capsys, "--eval", run_dir, "--ckpt", "last")
+    assert r.returncode == 0 and (run_dir / "confusion_last.png").is_file()
+    assert json.loads((run_dir / "results.json").read_text()) == results  # evaluating changes no record
+
+    Image.new("RGB", (100, 60), (200, 10, 10)).save(tmp_path / "red.jpg")
+    r = call_main(capsys, "--predict", run_dir, tmp_path / "red.jpg", "--top", "3")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].endswith("red.jpg") and len(lines) == 4 and all(line.strip().endswith(tuple(
+        "abcdefghijklmnopqrstuvwxyz")) for line in lines[1:])
+    r = call_main(capsys, "--predict", run_dir, tmp_path / "missing.png")
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.splitlines()) == 1
