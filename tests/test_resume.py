@@ -164,6 +164,17 @@ def test_sigint_during_eval_checkpoints_the_trained_epoch(reference, tmp_path, m
     assert same_weights(weights(run_dir), ref["fp32"][1])
 
 
+def test_sighup_is_a_graceful_stop_too(reference, tmp_path, monkeypatch):
+    """A dropped ssh session: exit 129 with a checkpoint, like SIGTERM."""
+    root, ref = reference
+    stop_at_step(monkeypatch, 5, lambda: os.kill(os.getpid(), signal.SIGHUP))
+    run_dir, stop = stopped_run(config(root, tmp_path))
+    assert stop.exit_code == 129 and "SIGHUP" in json.loads((run_dir / "results.json").read_text())["error"]
+    monkeypatch.undo()
+    resume(run_dir)
+    assert numbers(read_metrics(run_dir)) == numbers(ref["fp32"][0])
+
+
 def test_second_signal_stops_at_once_and_resumes_from_last_checkpoint(reference, tmp_path, monkeypatch):
     root, ref = reference
     cfg = config(root, tmp_path)
