@@ -180,7 +180,7 @@ def _read_cifar_batch(path: Path, label_key: bytes, num_classes: int) -> Split:
         raise _corrupt(path, f"not a readable CIFAR python batch ({_brief(e, path)})") from None
     if not isinstance(batch, dict):
         raise _corrupt(path, f"holds a {_describe(batch)}, expected the dict of a CIFAR python batch")
-    batch = {k.encode() if isinstance(k, str) else k: v for k, v in batch.items()}
+    batch = {k.encode(errors="replace") if isinstance(k, str) else k: v for k, v in batch.items()}
     if b"data" not in batch or label_key not in batch:
         keys = ", ".join(sorted(repr(k) for k in batch))[:200]
         raise _corrupt(path, f"has keys {keys or '(none)'}, expected b'data' and {label_key!r}")
