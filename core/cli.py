@@ -11,6 +11,11 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C (SIGTERM: 143, SIGHUP: 129)
 
 
+def one_line(e: BaseException) -> str:
+    """The message on one line, whatever it quotes (a path with a newline in it, say)."""
+    return str(e).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def run_cli(main: Callable[[Optional[list[str]]], int], argv: Optional[list[str]] = None) -> int:
     """Call ``main(argv)``; a user mistake is ``error: ...`` and exit 2, a failed run ``error: ...`` and
     exit 1, a stop signal 128 + its number (Ctrl-C 130, SIGTERM 143). Anything else is a bug and keeps its
@@ -18,10 +23,10 @@ def run_cli(main: Callable[[Optional[list[str]]], int], argv: Optional[list[str]
     try:
         return main(argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RunFailed as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_RUN_FAILED
     except Interrupted as e:
         print(f"interrupted ({e.signame})", file=sys.stderr)

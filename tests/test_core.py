@@ -1,8 +1,10 @@
 """The bottom of the stack: the atomic write every file goes through, and the one CLI error path."""
+import signal
+
 import pytest
 
 from core.cli import run_cli
-from core.errors import UserError
+from core.errors import Interrupted, RunFailed, UserError
 from core.files import TEMP_PREFIX, atomic_write
 
 
@@ -71,5 +73,16 @@ def test_run_cli_turns_user_errors_and_ctrl_c_into_exit_codes(capsys):
     assert capsys.readouterr().err == "error: train.lr: got 0.0; must be in (0, 100]\n"
     assert run_cli(interrupted, []) == 130
     assert run_cli(lambda argv: 0, []) == 0
+
+    def sigterm(argv):
+        raise Interrupted(signal.SIGTERM)
+
+    def failed_on_a_strange_path(argv):
+        raise RunFailed("cannot write /tmp/a\nb/last.pt: No space left on device")
+
+    capsys.readouterr()
+    assert run_cli(sigterm, []) == 143 and capsys.readouterr().err == "interrupted (SIGTERM)\n"
+    assert run_cli(failed_on_a_strange_path, []) == 1
+    assert capsys.readouterr().err == "error: cannot write /tmp/a\\nb/last.pt: No space left on device\n"
     with pytest.raises(ZeroDivisionError):  # a bug is not a user error: its traceback stays
         run_cli(lambda argv: 1 / 0, [])
