@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--top: got {args.top}; must be at least 1")
     if args.overrides and (args.eval or args.predict or args.list_models):
         p.error("--set: only used with --cfg or --resume")
+    for flag, given in (("--dry-run", args.dry_run), ("--out", args.out is not None)):
+        if given and args.cfg is None:
+            p.error(f"{flag}: only used with --cfg (a resumed multi-run call writes into its own directory)")
     return args
 
 

@@ -10,6 +10,8 @@ def process_alive(host: Any, pid: Any) -> Optional[bool]:
     """True or False for a process on this host; None when it cannot be told (another host, no pid)."""
     if host != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
         return None
+    if pid == os.getpid():  # this process asks, so the writer is gone (a restarted container reuses pids)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -7,6 +7,7 @@ from the handler), as Lightning and the HF Trainer do, for a user who does not w
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -28,6 +29,7 @@ class GracefulStop:
         self.signum: Optional[int] = None
         self._announce = announce
         self._previous: dict[int, object] = {}
+        self._holding = False
 
     @property
     def requested(self) -> bool:
@@ -38,8 +40,19 @@ class GracefulStop:
         if self.signum is not None:
             raise Interrupted(self.signum)
 
+    @contextlib.contextmanager
+    def holding(self):
+        """No immediate stop inside: for the last writes that record how a run ended."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+
     def _handle(self, signum: int, frame) -> None:
         if self.signum is not None:
+            if self._holding:
+                return
             raise Interrupted(signum, immediate=True)
         self.signum = signum
         self._announce(f"\n{signal.Signals(signum).name} received: stopping after this step with a resumable "

@@ -63,6 +63,8 @@ class TensorLoader:
     def state_dict(self) -> dict:
         """Where the current epoch stands: resume from here with ``load_state_dict``. Between epochs
         (after a full pass, or before the first) it says to start a new epoch."""
+        if self._resume is not None:  # loaded and not yet iterated: still where the loaded state says
+            return dict(self._resume)
         mid_epoch = self._epoch_start is not None and 0 < self._position < len(self)
         return {
             "position": self._position if mid_epoch else 0,

@@ -112,13 +112,22 @@ def test_sigkill_leaves_a_consistent_directory_that_resumes_exactly(data_root, t
     assert numbers(read_metrics(run_dir)) == numbers(read_metrics(ref_dir))
 
 
-def test_resume_refuses_a_live_run(data_root, tmp_path, capsys):
+def test_resume_refuses_a_live_run_but_not_its_own_reused_pid(data_root, tmp_path, capsys):
     run_dir, _ = run_fit(from_dict(tiny_raw(data_root, tmp_path)))
     results = json.loads((run_dir / "results.json").read_text())
-    results.update(status="running", pid=os.getpid())  # this very process: alive
-    (run_dir / "results.json").write_text(json.dumps(results))
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        (run_dir / "results.json").write_text(json.dumps({**results, "status": "running", "pid": live.pid}))
+        r = call_main(capsys, "--resume", run_dir)
+        assert r.returncode == 2 and "still running" in r.stderr and len(r.stderr.splitlines()) == 1
+    finally:
+        live.kill()
+        live.wait()
+    # A restarted container may give the resuming process the dead writer's pid: that is not "alive".
+    (run_dir / "results.json").write_text(json.dumps({**results, "status": "running", "pid": os.getpid()}))
     r = call_main(capsys, "--resume", run_dir)
-    assert r.returncode == 2 and "still running" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert r.returncode == 0, r.stderr
+    assert read_results(run_dir)["status"] == "completed"
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -173,6 +182,33 @@ def test_a_stopped_sweep_resumes_without_training_anything_twice(data_root, tmp_
 
     r = call_main(capsys, "--resume", compare)  # all done: nothing runs, the comparison is rewritten
     assert r.returncode == 0 and "3 of 3 runs already finished; 0 to run" in r.stdout
+
+
+def test_a_sweep_resumes_from_another_directory_and_after_a_kill_before_a_config(data_root, tmp_path, capsys,
+                                                                               monkeypatch):
+    """Relative output.dir / data.root are taken from where the call started; a point killed right after its
+    directory was made (no config.yaml yet) starts afresh."""
+    raw = tiny_raw("fmnist", "runs", model={**TINY_VIT}, precision="fp32", epochs=1)
+    raw["sweep"] = {"seed": [0, 1]}
+    (tmp_path / "fmnist").symlink_to(data_root)
+    monkeypatch.chdir(tmp_path)
+    r = call_main(capsys, "--cfg", write_yaml(tmp_path / "s.yaml", raw), "--out", "cmp")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "cmp" / "sweep.json").read_text())
+    first, second = (Path(p["run_dir"]) for p in manifest["points"])
+    assert first.is_absolute()
+    for f in second.iterdir():  # as if killed before config.yaml was written
+        f.unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = call_main(capsys, "--resume", tmp_path / "cmp")
+    assert r.returncode == 0, r.stderr
+    assert "1 of 2 runs already finished; 1 to run" in r.stdout
+    manifest = json.loads((tmp_path / "cmp" / "sweep.json").read_text())
+    assert Path(manifest["points"][0]["run_dir"]) == first
+    assert Path(manifest["points"][1]["run_dir"]).parent == tmp_path / "runs"  # not elsewhere/runs
+    assert not (elsewhere / "runs").exists()
 
 
 def test_a_resumed_sweep_reruns_failed_points(data_root, tmp_path, capsys, monkeypatch):

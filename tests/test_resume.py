@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import train.engine
+import train.fit
 from core.errors import Interrupted, RunFailed
 from fixtures import TINY_VIT, quiet, read_metrics, run_fit, tiny_config
 from train.fit import fit
@@ -194,6 +195,32 @@ def test_second_signal_stops_at_once_and_resumes_from_last_checkpoint(reference,
     assert same_weights(weights(run_dir), ref["fp32"][1])
 
 
+def test_a_stop_before_the_first_step_of_a_resumed_run_keeps_its_place(reference, tmp_path, monkeypatch):
+    """Preempted again while the resumed job is still loading data: the new last.pt must still point
+    mid-epoch (not at the epoch's start), or the epoch would be trained twice."""
+    root, ref = reference
+    cfg = config(root, tmp_path)
+    stop_at_step(monkeypatch, 11, lambda: os.kill(os.getpid(), signal.SIGTERM))  # epoch 2, step 3
+    run_dir, _ = stopped_run(cfg)
+    monkeypatch.undo()
+    real_load = train.fit.load_data
+
+    def load_then_sigterm(*args, **kwargs):
+        data = real_load(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return data
+
+    monkeypatch.setattr(train.fit, "load_data", load_then_sigterm)
+    with pytest.raises(Interrupted):
+        resume(run_dir)
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"], ckpt["loader"]["position"]) == (1, 3, 3)
+    monkeypatch.undo()
+    resume(run_dir)
+    assert numbers(read_metrics(run_dir)) == numbers(ref["fp32"][0])
+    assert same_weights(weights(run_dir), ref["fp32"][1])
+
+
 def test_extend_a_finished_run(reference, tmp_path):
     root, _ = reference
     cfg = tiny_config(root, tmp_path, epochs=2, schedule="constant")
@@ -214,6 +241,7 @@ def test_extend_a_finished_run(reference, tmp_path):
     ("train.epochs=1", "train.epochs 1 is shorter than the run's 2"),
     ("seed=3", "seed is 3 but the run used 0"),
     ("model.depth=2", "model.depth is 2 but the run used 1"),
+    ("output.checkpoints=false", "output.checkpoints is False but the run used True"),
 ])
 def test_resume_refuses_a_config_that_changes_the_math(reference, tmp_path, override, message):
     from core.errors import UserError

@@ -35,7 +35,8 @@ FORMAT = "vitlab-checkpoint-1"
 
 # Keys a resume may change: none of them alters a number the run computes. ``train.epochs`` may also
 # grow, to extend a run; the schedule is then rebuilt for the new length (see ``restore``).
-FREE_KEYS = ("train.log_every", "output.dir", "output.checkpoints", "output.checkpoint_every_steps",
+# ``output.checkpoints`` may not: turned off, it would leave a last.pt behind that the run has passed.
+FREE_KEYS = ("train.log_every", "output.dir", "output.checkpoint_every_steps",
              "output.checkpoint_every_minutes", "data.root", "data.download", "data.cache", "data.cache_dir")
 
 

@@ -89,17 +89,21 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, pro
             log(f"run dir: {path}\ndevice: {s.describe()}, {len(data.train[1])} train / {len(data.val[1])} val "
                 f"images, {len(s.train_loader)} steps/epoch")
             loop.run()
-            return _end(run_dir, "completed", **_summary(cfg, loop.history))
+            with stop.holding():
+                return _end(run_dir, "completed", **{**loop.progress(), "resume_command": None,
+                                                     **_summary(cfg, loop.history)})
         except NonFiniteLoss as e:
-            _end(run_dir, "diverged", error=str(e))
+            with stop.holding():
+                _end(run_dir, "diverged", error=str(e), **loop.progress())
             raise
         except KeyboardInterrupt as e:
             signame = e.signame if isinstance(e, Interrupted) else "SIGINT"
             saved = loop.saved_at if cfg.output.checkpoints else None
             how = ("resume with: " + resume_command(run_dir) + f" (continues {saved})") if saved else \
                 "no checkpoint to resume from (output.checkpoints is off or none was written yet)"
-            _end(run_dir, "interrupted", error=f"stopped by {signame} {loop.position()}; {how}",
-                 resume_command=resume_command(run_dir) if saved else None)
+            with stop.holding():
+                _end(run_dir, "interrupted", error=f"stopped by {signame} {loop.position()}; {how}",
+                     resume_command=resume_command(run_dir) if saved else None, **loop.progress(saved=True))
             log(f"interrupted by {signame} {loop.position()}; {how}")
             raise
         except BaseException as e:
@@ -108,7 +112,9 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, pro
             error = first if known else f"{type(e).__name__}: {first}".rstrip(": ")
             if isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in first:
                 error += " (try a lower train.batch_size or train.eval_batch_size)"
-            _end(run_dir, "failed", error=error, traceback=None if known else traceback.format_exc())
+            with stop.holding():
+                _end(run_dir, "failed", error=error, traceback=None if known else traceback.format_exc(),
+                     **loop.progress(saved=True))
             if known:
                 raise
             raise RunFailed(f"run failed: {error} (details in {run_dir.file('results.json')})") from e
@@ -167,9 +173,14 @@ class _Loop:
         return checkpoint.describe_position(self.epoch, self.step, len(self.s.train_loader)) \
             if self.epoch or self.step else "before epoch 1"
 
-    def progress(self) -> dict[str, Any]:
-        return {"epochs_done": self.epoch, "step": self.step, "updated": now(),
-                **({"best_val_acc": self.best_acc, "best_epoch": self.best_epoch} if self.history else {})}
+    def progress(self, saved: bool = False) -> dict[str, Any]:
+        """results.json's progress fields; ``saved``: also where the last checkpoint stands (what a resume
+        continues from), which after a stop or crash may be behind the step the run reached."""
+        out = {"epochs_done": self.epoch, "step": self.step, "updated": now(),
+               **({"best_val_acc": self.best_acc, "best_epoch": self.best_epoch} if self.history else {})}
+        if saved:
+            out["checkpoint"] = self.saved_at
+        return out
 
     def save(self) -> None:
         if not self.cfg.output.checkpoints:

@@ -2,6 +2,7 @@
 ``--predict``). Everything read here is treated as untrusted and fails with one line."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -13,15 +14,29 @@ from core.errors import UserError
 from data import get_spec
 from models import build_model
 from train import checkpoint
-from train.rundir import RunDir, is_live
+from train.rundir import RunDir, is_live, read_results
+
+
+def anchor_paths(config: dict[str, Any], cwd: Optional[str]) -> dict[str, Any]:
+    """A config (raw dict) with its relative paths (output.dir, data.root, data.cache_dir) taken from ``cwd``,
+    where the run or call started, so a resume started in another directory finds the same files."""
+    config = copy.deepcopy(config)
+    for section, key in (("output", "dir"), ("data", "root"), ("data", "cache_dir")):
+        node = config.get(section)
+        value = node.get(key) if isinstance(node, dict) else None
+        if cwd and isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            node[key] = str(Path(cwd) / value)
+    return config
 
 
 def run_config(path: Path, overrides: list[str] = ()) -> Config:
-    """The run's own config.yaml (with ``--set`` overrides applied), as validated as any --cfg file."""
+    """The run's own config.yaml (relative paths from where it ran, ``--set`` overrides applied), as
+    validated as any --cfg file."""
     file = path / "config.yaml"
     if not file.is_file():
         raise UserError(f"{path}: no config.yaml; not a run directory written by main.py")
-    raw = read_yaml(file)
+    cwd = (read_results(path) or {}).get("cwd")
+    raw = anchor_paths(read_yaml(file), cwd if isinstance(cwd, str) else None)
     for assignment in overrides:
         apply_override(raw, assignment)
     try:

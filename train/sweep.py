@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 import re
 import signal
 import traceback
@@ -27,7 +28,7 @@ from data import get_spec
 from models import DATASET_KEYS, MODELS
 from train.engine import NonFiniteLoss
 from train.fit import fit
-from train.resume import open_for_resume
+from train.resume import anchor_paths, open_for_resume
 from train.rundir import RunDir, is_live, read_results
 
 # ----------------------------------------------------------------------------- expansion
@@ -201,8 +202,10 @@ class Manifest:
 
     FILE = "sweep.json"
 
-    def __init__(self, folder: Path, command: str, points: list[Point], run_dirs: list[Optional[str]]):
+    def __init__(self, folder: Path, command: str, points: list[Point], run_dirs: list[Optional[str]],
+                 cwd: Optional[str] = None):
         self.folder, self.command, self.points, self.run_dirs = folder, command, points, run_dirs
+        self.cwd = cwd or os.getcwd()  # where the call started: its configs' relative paths start there
 
     @classmethod
     def start(cls, folder: Path, points: list[Point], command: str) -> "Manifest":
@@ -215,25 +218,26 @@ class Manifest:
         path = folder / cls.FILE
         try:
             raw = json.loads(path.read_text())
-            points = [Point(p["name"], p["values"], from_dict(p["config"]), p["source"], p["experiment"])
-                      for p in raw["points"]]
+            points = [Point(p["name"], p["values"], from_dict(anchor_paths(p["config"], raw["cwd"])), p["source"],
+                            p["experiment"]) for p in raw["points"]]
             run_dirs = [p.get("run_dir") for p in raw["points"]]
-            command = raw["command"]
+            command, cwd = raw["command"], raw["cwd"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"{path}: not a readable sweep manifest ({type(e).__name__}: {e})") from None
         except UserError as e:
             raise UserError(f"{path}: a point's config is not valid here ({e})") from None
-        return cls(folder, command, points, run_dirs)
+        return cls(folder, command, points, run_dirs, cwd)
 
     def set_run_dir(self, i: int, path: Path) -> None:
-        self.run_dirs[i] = str(path)
+        self.run_dirs[i] = str(Path(path).resolve())  # absolute: a resume may start in another directory
         self.save()
 
     def save(self) -> None:
         points = [{"name": p.name, "values": p.values, "experiment": p.experiment, "source": p.source,
                    "config": p.cfg.to_dict(), "run_dir": d} for p, d in zip(self.points, self.run_dirs)]
         try:
-            atomic_write(self.folder / self.FILE, strict_json({"command": self.command, "points": points}, indent=2))
+            atomic_write(self.folder / self.FILE, strict_json({"command": self.command, "cwd": self.cwd,
+                                                               "points": points}, indent=2))
         except OSError as e:
             raise RunFailed(f"cannot write {self.folder / self.FILE}: {e.strerror or e}") from None
 
@@ -260,12 +264,13 @@ def plan(manifest: Manifest, *, log=print) -> tuple[list[Outcome], list[Job]]:
         if status == "running" and is_live(results):
             raise UserError(f"--resume {manifest.folder}: point {point.name} is still running "
                             f"(pid {results.get('pid')}, {folder}); stop it first")
+        started = folder is not None and (Path(folder) / "config.yaml").is_file()
         if status in ("completed", "diverged"):
             done.append(Outcome(point, status, Path(folder), results, error=results.get("error"), skipped=True))
-        elif status in ("interrupted", "running") or (folder and results is None and Path(folder).is_dir()):
+        elif started and status != "failed":  # interrupted, or killed ("running" with its process gone)
             r = open_for_resume(folder)
             jobs.append(Job(i, point, r.run_dir, r.cfg, r.ckpt))
-        else:  # failed, or never started: a new run directory
+        else:  # failed, never started, or killed before it wrote its config: a new run directory
             jobs.append(Job(i, point, _new_run_dir(point), point.cfg))
         if status == "failed":
             log(f"{point.name}: failed before ({results.get('error')}); running it again")
