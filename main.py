@@ -193,9 +193,7 @@ def _main(argv: list[str] | None) -> int:
         print(list_models_table())
         return 0
 
-    from train.fit import fit
-    from train.rundir import RunDir
-    from train.sweep import load_points
+    from config.sweep import load_points
 
     command = "python main.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.eval is not None:
@@ -204,7 +202,11 @@ def _main(argv: list[str] | None) -> int:
         return predict(args.predict[0], args.predict[1:], args.ckpt, args.top)
     if args.resume is not None:
         return resume(args.resume, args.overrides, command)
-    points = load_points(args.cfg, args.overrides)
+    points = load_points(args.cfg, args.overrides)  # before torch is imported: a typo costs no wait
+
+    from train.fit import fit
+    from train.rundir import RunDir
+
     if args.dry_run:
         return dry_run(points)
     if len(points) > 1 or points[0].values:

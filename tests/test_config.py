@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from config import Config, apply_override, dump_config, from_dict, load_config
-from train.sweep import load_points
+from config.sweep import load_points
 from core.errors import UserError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("**/*.yaml"))

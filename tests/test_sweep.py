@@ -7,7 +7,8 @@ import yaml
 
 from core.errors import UserError
 from fixtures import call_main, tiny_raw, write_yaml
-from train.sweep import check_points, expand, load_points
+from config.sweep import expand, load_points
+from train.sweep import check_points
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"model": {"name": "cnn_transformer"}, "data": {"name": "fashion_mnist"}}

@@ -1,0 +1,153 @@
+"""Sweeps: a config's ``sweep:`` grid expanded into points (``Point``), one validated ``Config`` each.
+
+No torch here: a typo in a sweep, or any config, is reported before the seconds torch takes to import.
+Running the points is ``train.sweep``.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from config.loader import apply_override, from_dict, read_yaml, set_dotted
+from config.schema import Config
+from core.errors import UserError
+
+# ----------------------------------------------------------------------------- expansion
+#
+# A ``sweep:`` section maps dotted keys to lists of values and is expanded as a
+# grid (itertools.product, in the order written), each point one run:
+#
+#   sweep:
+#     model.num_layers: [1, 2, 4]
+#     seed: [0, 1, 2]
+#
+# Nested sections are the same as dotted keys (``model: {num_layers: [1, 2]}``).
+# A list item that is a mapping sets several keys together, for values that only
+# make sense in pairs: ``model: [{cnn_channels: 64, num_heads: 2}, {cnn_channels: 128, num_heads: 4}]``.
+
+MAX_SWEEP_POINTS = 10_000
+
+
+@dataclass
+class Point:
+    """One run of a config file: its name, the values its sweep set (empty without a sweep), its config."""
+
+    name: str
+    values: dict[str, Any]
+    cfg: Config
+    source: str
+    experiment: str = ""  # the name without its seed: points that differ only in seed are repeats of one
+
+    def record(self) -> dict[str, Any]:
+        """What the run directory keeps of its place in the sweep (results.json), for the comparison."""
+        return {"experiment": self.experiment or self.name, "swept": self.values} if self.values else {}
+
+
+def _flatten_axes(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    axes = {}
+    for k, v in node.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            if not v:
+                raise UserError(f"sweep.{key}: empty section; expected lists of values below it")
+            axes.update(_flatten_axes(v, key))
+        else:
+            axes[key] = v
+    return axes
+
+
+def _axis_options(key: str, values: Any) -> list[dict[str, Any]]:
+    """The assignments (dotted key -> value) of each value of one axis."""
+    if not isinstance(values, list) or not values:
+        raise UserError(f"sweep.{key}: expected a non-empty list of values, e.g. {key}: [1, 2], got {values!r}")
+    if key == "name" or key.startswith("sweep"):
+        raise UserError(f"sweep.{key}: cannot be swept; each point's name is made from the swept values")
+    return [_flatten_axes(v, key) if isinstance(v, dict) else {key: v} for v in values]
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        text = yaml.safe_dump(value).split("\n")[0]
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    elif isinstance(value, (list, dict)):
+        text = yaml.safe_dump(value, default_flow_style=True).strip().replace(" ", "")
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9._=+,-]", "_", text)[:40]
+
+
+def _point_name(raw: dict[str, Any], values: dict[str, Any], short: dict[str, str]) -> str:
+    """``name`` (or the model's name) + one ``key=value`` per swept key; a swept model is named by itself."""
+    parts = [_format_value(v) if k == "model.name" else f"{short[k]}={_format_value(v)}" for k, v in values.items()]
+    base = raw.get("name")
+    if base is None and "model.name" not in values and isinstance(raw.get("model"), dict):
+        base = raw["model"].get("name")
+    return "-".join(([str(base)] if base else []) + parts)
+
+
+def expand(raw: dict[str, Any], source: str, overrides: list[str] = ()) -> list[Point]:
+    """The runs one config describes: itself, or one per point of its ``sweep`` grid.
+
+    ``overrides`` (``--set`` assignments) are applied first; one that sets a swept key is an error,
+    since the sweep would silently win. Every point is validated before any of them runs.
+    """
+    raw = copy.deepcopy(raw)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    sweep = raw.pop("sweep", None)
+    if sweep is None:
+        cfg = from_dict(raw)
+        return [Point(cfg.run_name, {}, cfg, source)]
+    if not isinstance(sweep, dict) or not sweep:
+        raise UserError(f"{source}: sweep: expected a mapping of dotted keys to lists of values, "
+                        f"e.g. sweep: {{seed: [0, 1, 2]}}; got {sweep!r}")
+    try:
+        axes = [_axis_options(key, values) for key, values in _flatten_axes(sweep).items()]
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+    keys = [k for options in axes for k in dict.fromkeys(k for o in options for k in o)]
+    for k in keys:
+        if keys.count(k) > 1:
+            raise UserError(f"{source}: sweep.{k}: set by more than one entry of the sweep; keep one")
+        for assignment in overrides:
+            set_key = assignment.partition("=")[0].strip()
+            if not set_key.startswith("sweep") and (set_key == k or k.startswith(set_key + ".")
+                                                     or set_key.startswith(k + ".")):
+                raise UserError(f"--set {set_key}: also swept by sweep.{k} in {source}; set it in one place")
+    count = 1
+    for options in axes:
+        count *= len(options)
+    if count > MAX_SWEEP_POINTS:
+        raise UserError(f"{source}: sweep has {count:,} points; at most {MAX_SWEEP_POINTS:,} are allowed")
+    leaf = {k: k.rsplit(".", 1)[-1] for k in keys}
+    short = {k: leaf[k] if list(leaf.values()).count(leaf[k]) == 1 else k for k in keys}
+    points = []
+    for combo in itertools.product(*axes):
+        values = {k: v for assignment in combo for k, v in assignment.items()}
+        point_raw = copy.deepcopy(raw)
+        for k, v in values.items():
+            set_dotted(point_raw, k, copy.deepcopy(v), f"sweep.{k}")
+        name = _point_name(raw, values, short)
+        point_raw["name"] = name
+        experiment = _point_name(raw, {k: v for k, v in values.items() if k != "seed"}, short)
+        points.append(Point(name, values, _point_config(point_raw, source, name), source, experiment))
+    return points
+
+
+def _point_config(raw: dict[str, Any], source: str, name: str) -> Config:
+    try:
+        return from_dict(raw)
+    except UserError as e:
+        raise UserError(f"{source} (sweep point {name}): {e}") from None
+
+
+def load_points(paths: list[str | Path], overrides: list[str] = ()) -> list[Point]:
+    """Every run of every config file, in order; all validated before anything runs."""
+    return [p for path in paths for p in expand(read_yaml(path), str(path), overrides)]
