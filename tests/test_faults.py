@@ -27,8 +27,8 @@ def numbers(rows):
 
 
 def long_raw(root, out, **train):
-    """Long enough (30 tiny epochs) that a signal lands mid-run; every source of randomness on."""
-    return tiny_raw(root, out, model={**TINY_VIT, "dropout": 0.1, "drop_path": 0.1}, epochs=30, precision="fp32",
+    """Long enough (16 tiny epochs) that a signal lands mid-run; every source of randomness on."""
+    return tiny_raw(root, out, model={**TINY_VIT, "dropout": 0.1, "drop_path": 0.1}, epochs=16, precision="fp32",
                     mixup_alpha=0.8, warmup_epochs=1, data={"random_erasing": 0.25}, **train)
 
 
@@ -60,56 +60,52 @@ def data_root(tmp_path_factory):
     return write_mnist(tmp_path_factory.mktemp("faults") / "fmnist", n_train=256, n_test=128)
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143)])  # SIGHUP (129): in-process, test_resume.py
-def test_stop_signal_to_a_real_run_checkpoints_and_says_how_to_resume(data_root, tmp_path, capsys, sig, code):
-    raw = long_raw(data_root, tmp_path / "runs")
-    proc = start(write_yaml(tmp_path / "c.yaml", raw))
-    run_dir = wait_for_epochs(tmp_path / "runs", proc, 2)
-    proc.send_signal(sig)
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == code, out
-    assert f"resume with: python main.py --resume {run_dir}" in out
-    results = read_results(run_dir)
-    assert results["status"] == "interrupted" and signal.Signals(sig).name in results["error"]
-    assert not list(run_dir.glob(f"{TEMP_PREFIX}*"))
-    done = torch.load(run_dir / "last.pt", weights_only=True)["epoch"]
-    assert len(read_metrics(run_dir)) == done
+def test_sigterm_and_sigkill_to_real_runs_then_resume_exactly(data_root, tmp_path, capsys):
+    """Two real runs of one config, started together: SIGTERM to one after epoch 2 (exit 143, checkpoint,
+    the resume command printed), SIGKILL to the other inside an epoch after 3 (the directory stays
+    consistent, a temporary file it may have left is removed). Both resume to the uninterrupted run."""
+    raw = long_raw(data_root, tmp_path / "term", log_every=1)
+    raw["output"]["checkpoint_every_steps"] = 3  # mid-epoch checkpoints too: a kill may land in a write
+    term = start(write_yaml(tmp_path / "term.yaml", raw))
+    killed = start(write_yaml(tmp_path / "kill.yaml", {**raw, "output": {**raw["output"], "dir": str(tmp_path / "kill")}}))
 
-    # Continued in place, it ends as a run that was never stopped.
-    r = call_main(capsys, "--resume", run_dir)
-    assert r.returncode == 0, r.stderr
-    ref_dir, _ = run_fit(from_dict(long_raw(data_root, tmp_path / "ref")))
-    assert numbers(read_metrics(run_dir)) == numbers(read_metrics(ref_dir))
-    assert all(torch.equal(a, b) for a, b in zip(torch.load(run_dir / "best.pt").values(),
-                                                  torch.load(ref_dir / "best.pt").values()))
-
-
-def test_sigkill_leaves_a_consistent_directory_that_resumes_exactly(data_root, tmp_path, capsys):
-    raw = long_raw(data_root, tmp_path / "runs", log_every=1)
-    raw["output"]["checkpoint_every_steps"] = 3  # checkpoints mid-epoch too, so the kill may land in a write
-    proc = start(write_yaml(tmp_path / "c.yaml", raw))
-    run_dir = wait_for_epochs(tmp_path / "runs", proc, 3)
+    term_dir = wait_for_epochs(tmp_path / "term", term, 2)
+    term.send_signal(signal.SIGTERM)
+    kill_dir = wait_for_epochs(tmp_path / "kill", killed, 3)
     time.sleep(0.13)  # somewhere inside an epoch
-    proc.kill()
-    proc.wait(timeout=60)
+    killed.kill()
+    out = term.communicate(timeout=120)[0]
+    killed.wait(timeout=60)
 
-    # Consistent: every file whole and loadable, the log only complete lines, the status not a lie.
-    results = read_results(run_dir)
+    assert term.returncode == 143, out
+    assert f"resume with: python main.py --resume {term_dir}" in out
+    results = read_results(term_dir)
+    assert results["status"] == "interrupted" and "SIGTERM" in results["error"]
+    assert not list(term_dir.glob(f"{TEMP_PREFIX}*"))
+    ckpt = torch.load(term_dir / "last.pt", weights_only=True)
+    assert len(read_metrics(term_dir)) == ckpt["epoch"] and results["checkpoint"] == results["error"].split(
+        "(continues ")[1].rstrip(")")
+
+    # Killed: every file whole and loadable, the log only complete lines, the status not a lie.
+    results = read_results(kill_dir)
     assert results["status"] == "running" and is_live(results) is False
-    rows = read_metrics(run_dir)
+    rows = read_metrics(kill_dir)
     assert rows and [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
-    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    ckpt = torch.load(kill_dir / "last.pt", weights_only=True)
     assert ckpt["epoch"] <= len(rows) <= ckpt["epoch"] + 1
-    torch.load(run_dir / "best.pt", weights_only=True)
+    torch.load(kill_dir / "best.pt", weights_only=True)
 
-    r = call_main(capsys, "--resume", run_dir)
-    assert r.returncode == 0, r.stderr
-    assert not list(run_dir.glob(f"{TEMP_PREFIX}*"))  # a temporary file the kill left is gone
-    results = read_results(run_dir)
-    assert results["status"] == "completed"
-    assert [a["status"] for a in results["attempts"]] == ["killed", "completed"]
     ref_dir, _ = run_fit(from_dict(long_raw(data_root, tmp_path / "ref", log_every=1)))
-    assert numbers(read_metrics(run_dir)) == numbers(read_metrics(ref_dir))
+    for run_dir, first_attempt in ((term_dir, "interrupted"), (kill_dir, "killed")):
+        r = call_main(capsys, "--resume", run_dir)
+        assert r.returncode == 0, r.stderr
+        assert not list(run_dir.glob(f"{TEMP_PREFIX}*"))
+        results = read_results(run_dir)
+        assert results["status"] == "completed" and results["resume_command"] is None
+        assert [a["status"] for a in results["attempts"]] == [first_attempt, "completed"]
+        assert numbers(read_metrics(run_dir)) == numbers(read_metrics(ref_dir))
+        assert all(torch.equal(a, b) for a, b in zip(torch.load(run_dir / "best.pt").values(),
+                                                      torch.load(ref_dir / "best.pt").values()))
 
 
 def test_resume_refuses_a_live_run_but_not_its_own_reused_pid(data_root, tmp_path, capsys):
@@ -134,24 +130,26 @@ def test_resume_refuses_a_live_run_but_not_its_own_reused_pid(data_root, tmp_pat
 
 
 def sweep_yaml(root, tmp_path, name="s.yaml"):
-    raw = tiny_raw(root, tmp_path / "runs", model={**TINY_VIT, "dropout": 0.1}, precision="fp32")
+    raw = tiny_raw(root, tmp_path / "runs", model={**TINY_VIT, "dropout": 0.1}, precision="fp32", epochs=1)
     raw["sweep"] = {"seed": [0, 1, 2]}
     return write_yaml(tmp_path / name, raw)
 
 
 def test_a_stopped_sweep_resumes_without_training_anything_twice(data_root, tmp_path, capsys, monkeypatch):
     cfg = sweep_yaml(data_root, tmp_path)
-    ref = call_main(capsys, "--cfg", cfg, "--out", tmp_path / "ref-compare")
-    assert ref.returncode == 0, ref.stderr
-    ref_runs = {read_results(p)["name"]: p for p in (tmp_path / "runs").glob("*-seed=*")}
+    ref_runs = {}  # each point trained alone, uninterrupted
+    for seed in (0, 1, 2):
+        raw = {**tiny_raw(data_root, tmp_path / "ref", model={**TINY_VIT, "dropout": 0.1}, precision="fp32",
+                          epochs=1, seed=seed), "name": f"t-seed={seed}"}
+        ref_runs[raw["name"]] = run_fit(from_dict(raw))[0]
 
-    # Stop with SIGTERM in the middle of the second point (step 4 of its first epoch).
+    # Stop with SIGTERM in the middle of the second point (step 4 of its epoch).
     real, calls = train.engine.train_step, [0]
 
     def step_then_signal(*args):
         out = real(*args)
         calls[0] += 1
-        if calls[0] == 2 * 8 + 4:
+        if calls[0] == 8 + 4:  # points have 1 epoch of 8 steps
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
@@ -217,7 +215,7 @@ def test_a_resumed_sweep_reruns_failed_points(data_root, tmp_path, capsys, monke
 
     def second_point_breaks(*args):
         calls[0] += 1
-        if calls[0] == 2 * 8 + 1:  # the second point's first step
+        if calls[0] == 8 + 1:  # the second point's first step
             raise RuntimeError("a broken GPU")
         return real(*args)
 
