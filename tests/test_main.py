@@ -41,7 +41,8 @@ def test_end_to_end_training_run(tmp_path, fmnist_root, capsys):
     args = ["--cfg", ROOT / "configs/fashion_mnist.yaml", "--set", f"data.root={fmnist_root}",
             "--set", "data.download=false", "--set", f"data.cache_dir={tmp_path / 'cache'}",
             "--set", "train.epochs=2", "--set", "train.batch_size=64", "--set", f"output.dir={out}"]
-    p = run(*args)
+    # In-process (a real subprocess of main.py runs in test_faults.py's signal test): same code, no import wait.
+    p = call_main(capsys, *args)
     assert p.returncode == 0, p.stderr
     # Not a terminal: one plain line per epoch, no progress-bar redraws.
     assert "epoch 1/2" in p.stdout and "epoch 2/2" in p.stdout and "\r" not in p.stdout + p.stderr
@@ -56,7 +57,7 @@ def test_end_to_end_training_run(tmp_path, fmnist_root, capsys):
         assert key in results
     assert "train:\n  epochs: 2" in (run_dir / "config.yaml").read_text()
 
-    # A second identical run (in-process this time) gets its own directory; the first is untouched.
+    # A second identical run gets its own directory; the first is untouched.
     before = (run_dir / "metrics.jsonl").read_bytes()
     p = call_main(capsys, *args)
     assert p.returncode == 0, p.stderr
