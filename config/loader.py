@@ -41,6 +41,10 @@ RENAMED_MODELS = {
 }
 
 
+# Keys that were replaced; an old config gets the new key in its error.
+RENAMED_KEYS = {"train.amp": "train.precision: auto | fp32 | bf16 | fp16 (amp: true is auto, amp: false is fp32)"}
+
+
 # ----------------------------------------------------------------------------- loading
 
 def _build(cls: type, raw: Any, path: str) -> Any:
@@ -69,6 +73,8 @@ def _build(cls: type, raw: Any, path: str) -> Any:
     for key in raw:
         if key not in fields:
             dotted = f"{path}.{_key_text(key)}" if path else _key_text(key)
+            if dotted in RENAMED_KEYS:
+                raise UserError(f"{dotted}: replaced by {RENAMED_KEYS[dotted]}")
             raise UserError(f"{dotted}: unknown key{did_you_mean(str(key), valid)}; "
                             f"valid keys{' in ' + path if path else ''}: {', '.join(valid)}")
     values = {}

@@ -194,3 +194,10 @@ def test_aliased_lists_in_a_model_key_are_walked_once():
 def test_long_values_are_shortened_in_messages():
     message = error_of(build, name=list(range(10_000)))
     assert len(message) < 200 and "characters" in message
+
+
+def test_a_replaced_key_names_its_replacement():
+    from config import from_dict
+
+    with pytest.raises(UserError, match=r"train.amp: replaced by train.precision: auto \| fp32"):
+        from_dict({"model": {"name": "vit"}, "data": {"name": "cifar10"}, "train": {"amp": False}})
