@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.nn as nn
 
 from config import Config
 from core.errors import UserError
-from models.weights import load_weights, read  # noqa: F401 - load_weights: re-exported for train/
+from models.weights import read
 
 FORMAT = "vitlab-checkpoint-1"
 

@@ -13,6 +13,7 @@ from config import Config, apply_override, from_dict, read_yaml
 from core.errors import UserError
 from data import get_spec
 from models import build_model
+from models.weights import load_weights
 from train import checkpoint
 from train.rundir import RunDir, is_live, read_results
 
@@ -90,5 +91,5 @@ def load_model(path: str | Path, which: str = "best") -> tuple[Config, nn.Module
                         f"first epoch ended)")
     spec = get_spec(cfg.data.name)
     model = build_model(cfg, spec)
-    checkpoint.load_weights(model, file, f"{cfg.model.name} on {cfg.data.name}")
+    load_weights(model, file, f"{cfg.model.name} on {cfg.data.name}")
     return cfg, model.eval(), file
