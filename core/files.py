@@ -7,6 +7,8 @@ or the new one, never a half-written one; a failed write removes its temporary f
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -63,9 +65,6 @@ def _fsync_dir(folder: Path) -> None:
 
 def strict_json(obj, **kwargs) -> str:
     """JSON that every parser reads: a non-finite float (NaN, inf) becomes null instead of bare ``NaN``."""
-    import json
-    import math
-
     def clean(x):
         if isinstance(x, float) and not math.isfinite(x):
             return None

@@ -153,6 +153,14 @@ def run_fit(cfg, **extra):
     return run_dir.path, results
 
 
+TIMING = ("epoch_time_s", "train_time_s", "images_per_s")  # wall-clock: the only fields two equal runs differ in
+
+
+def numbers(rows: list[dict]) -> list[dict]:
+    """metrics.jsonl rows without their wall-clock fields: what must match bit for bit between runs."""
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     import json
 

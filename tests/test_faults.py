@@ -14,17 +14,10 @@ import pytest
 import torch
 
 import train.engine
-from fixtures import ROOT, TINY_VIT, call_main, read_metrics, run_fit, tiny_raw, write_yaml
+from fixtures import ROOT, TINY_VIT, call_main, numbers, read_metrics, run_fit, tiny_raw, write_yaml
 from config import from_dict
 from core.files import TEMP_PREFIX
 from train.rundir import is_live, read_results
-
-TIMING = ("epoch_time_s", "train_time_s", "images_per_s")
-
-
-def numbers(rows):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
-
 
 def long_raw(root, out, **train):
     """Long enough (16 tiny epochs) that a signal lands mid-run; every source of randomness on."""

@@ -16,17 +16,10 @@ import torch
 import train.engine
 import train.fit
 from core.errors import Interrupted, RunFailed
-from fixtures import TINY_VIT, quiet, read_metrics, run_fit, tiny_config
+from fixtures import TINY_VIT, numbers, quiet, read_metrics, run_fit, tiny_config
 from train.fit import fit
 from train.resume import open_for_resume
 from train.rundir import RunDir
-
-TIMING = ("epoch_time_s", "train_time_s", "images_per_s")  # wall-clock: the only fields that may differ
-
-
-def numbers(rows):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
-
 
 def config(root, out, precision="fp32", **train):
     model = {**TINY_VIT, "dropout": 0.1, "drop_path": 0.1}
@@ -40,6 +33,12 @@ def weights(run_dir):
 
 def same_weights(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def assert_like_reference(run_dir, ref):
+    """The run ended bit for bit like the uninterrupted ``ref`` (its metrics, its final weights)."""
+    assert numbers(read_metrics(run_dir)) == numbers(ref[0])
+    assert same_weights(weights(run_dir), ref[1])
 
 
 def resume(run_dir, overrides=()):
@@ -99,8 +98,7 @@ def test_sigterm_after_epoch_1_then_resume_is_bitwise_identical(reference, tmp_p
     assert len(read_metrics(run_dir)) == 1
     resumed = resume(run_dir)
     assert resumed["status"] == "completed"
-    assert numbers(read_metrics(run_dir)) == numbers(ref[precision][0])
-    assert same_weights(weights(run_dir), ref[precision][1])
+    assert_like_reference(run_dir, ref[precision])
     assert resumed["best_val_acc"] == ref[precision][2]["best_val_acc"]
     assert [a["status"] for a in resumed["attempts"]] == ["interrupted", "completed"]
 
@@ -125,8 +123,7 @@ def test_crash_mid_epoch_resumes_from_step_checkpoint_bitwise(reference, tmp_pat
     assert (ckpt["epoch"], ckpt["step"], ckpt["global_step"]) == (1, 3, 11)
     monkeypatch.undo()
     resume(run_dir.path)
-    assert numbers(read_metrics(run_dir.path)) == numbers(ref[precision][0])
-    assert same_weights(weights(run_dir.path), ref[precision][1])
+    assert_like_reference(run_dir.path, ref[precision])
 
 
 def test_sigterm_on_an_epochs_last_step_checkpoints_before_its_eval(reference, tmp_path, monkeypatch):
@@ -138,8 +135,7 @@ def test_sigterm_on_an_epochs_last_step_checkpoints_before_its_eval(reference, t
     assert (ckpt["epoch"], ckpt["step"]) == (0, 8) and not (run_dir / "metrics.jsonl").read_text()
     monkeypatch.undo()
     resume(run_dir)
-    assert numbers(read_metrics(run_dir)) == numbers(ref["fp32"][0])
-    assert same_weights(weights(run_dir), ref["fp32"][1])
+    assert_like_reference(run_dir, ref["fp32"])
 
 
 def test_sigint_during_eval_checkpoints_the_trained_epoch(reference, tmp_path, monkeypatch):
@@ -161,8 +157,7 @@ def test_sigint_during_eval_checkpoints_the_trained_epoch(reference, tmp_path, m
     assert (ckpt["epoch"], ckpt["step"]) == (1, 8)
     monkeypatch.undo()
     resume(run_dir)
-    assert numbers(read_metrics(run_dir)) == numbers(ref["fp32"][0])
-    assert same_weights(weights(run_dir), ref["fp32"][1])
+    assert_like_reference(run_dir, ref["fp32"])
 
 
 def test_sighup_is_a_graceful_stop_too(reference, tmp_path, monkeypatch):
@@ -173,7 +168,7 @@ def test_sighup_is_a_graceful_stop_too(reference, tmp_path, monkeypatch):
     assert stop.exit_code == 129 and "SIGHUP" in json.loads((run_dir / "results.json").read_text())["error"]
     monkeypatch.undo()
     resume(run_dir)
-    assert numbers(read_metrics(run_dir)) == numbers(ref["fp32"][0])
+    assert_like_reference(run_dir, ref["fp32"])
 
 
 def test_second_signal_stops_at_once_and_resumes_from_last_checkpoint(reference, tmp_path, monkeypatch):
@@ -191,8 +186,7 @@ def test_second_signal_stops_at_once_and_resumes_from_last_checkpoint(reference,
     assert results["status"] == "interrupted" and "after epoch 1" in results["error"]
     monkeypatch.undo()
     resume(run_dir)
-    assert numbers(read_metrics(run_dir)) == numbers(ref["fp32"][0])
-    assert same_weights(weights(run_dir), ref["fp32"][1])
+    assert_like_reference(run_dir, ref["fp32"])
 
 
 def test_a_stop_before_the_first_step_of_a_resumed_run_keeps_its_place(reference, tmp_path, monkeypatch):
@@ -217,8 +211,7 @@ def test_a_stop_before_the_first_step_of_a_resumed_run_keeps_its_place(reference
     assert (ckpt["epoch"], ckpt["step"], ckpt["loader"]["position"]) == (1, 3, 3)
     monkeypatch.undo()
     resume(run_dir)
-    assert numbers(read_metrics(run_dir)) == numbers(ref["fp32"][0])
-    assert same_weights(weights(run_dir), ref["fp32"][1])
+    assert_like_reference(run_dir, ref["fp32"])
 
 
 def test_extend_a_finished_run(reference, tmp_path):
