@@ -85,12 +85,10 @@ class RunDir:
         path = Path(path).expanduser()
         if not path.is_dir():
             raise UserError(f"--resume {path}: no such directory")
-        results = read_results(path)
-        if results is None and (path / "results.json").exists():
-            results = {}
-        run = cls(path.parent, (results or {}).get("name") or path.name)
+        results = read_results(path) or {}  # missing or unreadable: the run rewrites it
+        run = cls(path.parent, results.get("name") or path.name)
         run.path, run.resuming = path, True
-        run.results.update(results or {})
+        run.results.update(results)
         return run
 
     def create(self) -> Path:
