@@ -10,6 +10,7 @@
     python main.py --eval runs/cnn_tr_medium-20261126-101500 [--ckpt last]
     python main.py --predict runs/cnn_tr_medium-20261126-101500 cat.jpg dog.png
     python main.py --list-models
+    torchrun --nproc_per_node=4 main.py --cfg configs/cnn_tr_medium.yaml   # one run on 4 processes (DDP)
 """
 from __future__ import annotations
 
@@ -196,6 +197,11 @@ def _main(argv: list[str] | None) -> int:
     from config.sweep import load_points
 
     command = "python main.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    from train.distributed import from_env
+
+    dist = from_env()
+    if dist.enabled:
+        return distributed(args, dist, command)
     if args.eval is not None:
         return eval_run(args.eval, args.ckpt)
     if args.predict is not None:
@@ -218,6 +224,56 @@ def _main(argv: list[str] | None) -> int:
     results = fit(cfg, run_dir, command=command)  # diverged, failed: one line and exit 1 (core.cli)
     print_done(results, run_dir.path)
     return 0
+
+
+def distributed(args, dist, command: str) -> int:
+    """One run on several processes (started by torchrun): ``--cfg`` with one config, or ``--resume RUN_DIR``."""
+    from pathlib import Path
+
+    from config.sweep import load_points
+
+    if args.cfg is None and args.resume is None or args.dry_run or args.out is not None:
+        raise UserError("torchrun: trains one run (--cfg FILE or --resume RUN_DIR); run --eval, --predict, "
+                        "--dry-run and --list-models with plain python")
+    points = load_points(args.cfg, args.overrides) if args.cfg is not None else None
+    if points is not None and (len(points) > 1 or points[0].values):
+        raise UserError("torchrun: trains one run; for several (a sweep, several --cfg files) use --jobs N or "
+                        "--launcher slurm, each point of which may use several GPUs (README 'Scaling out')")
+    from train import distributed as d
+    from train.fit import fit
+    from train.resume import open_for_resume
+    from train.rundir import RunDir
+    from train.sweep import Manifest
+
+    if args.resume is not None and (Path(args.resume) / Manifest.FILE).is_file():
+        raise UserError(f"torchrun: --resume {args.resume} is a multi-run call; resume it with plain python")
+    command = command.replace("python main.py", d.launcher(dist), 1)
+    d.start(dist)
+    try:
+        ckpt = None
+        if points is not None:
+            cfg = points[0].cfg
+            run_dir = RunDir(cfg.output.dir, cfg.run_name)
+        else:
+            r = open_for_resume(args.resume, args.overrides)
+            dist.barrier()  # every process has read the run's state before rank 0 writes it again
+            if r.done:
+                if dist.is_main:
+                    print(f"{args.resume}: already completed all {r.cfg.train.epochs} epochs")
+                return 0
+            cfg, run_dir, ckpt = r.cfg, r.run_dir, r.ckpt
+        results = fit(cfg, run_dir, resume=ckpt, command=command, dist=dist)
+        if dist.is_main:
+            print_done(results, run_dir.path)
+        return 0
+    finally:
+        d.stop()
+
+
+def single_run_note(jobs: int | None, jobs_per_gpu: int | None) -> None:
+    given = " ".join(f"{flag} {v}" for flag, v in (("--jobs", jobs), ("--jobs-per-gpu", jobs_per_gpu)) if v is not None)
+    if given:
+        print(f"note: {given}: ignored for a single run (it runs in this process)", file=sys.stderr)
 
 
 def print_done(results, path) -> None:

@@ -108,6 +108,7 @@ class TrainConfig:
     # torch.compile mode; false = eager, true = "default", "reduce-overhead" = CUDA graphs
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
     log_every: int = num(50, ge=1)  # steps between progress-bar updates (each one is a host sync)
+    sync_bn: bool = False  # several processes (torchrun): BatchNorm statistics over the global batch (GPUs)
 
     def check(self) -> None:
         if self.warmup_epochs > self.epochs:

@@ -31,15 +31,26 @@ class TensorLoader:
         generator: Optional[torch.Generator] = None,
         channels_last: bool = False,
         erase_prob: float = 0.0,
+        shard: Optional[tuple[int, int]] = None,
+        aug_generator: Optional[torch.Generator] = None,
     ):
         assert x.dtype == torch.uint8 and x.ndim == 4 and len(x) == len(y)
         self.x, self.y = x, y
         self.batch_size = batch_size
+        # Several processes (train/distributed.py): ``shard`` = (rank, world size). ``x, y`` are then the whole
+        # set on the host, ``generator`` (same seed everywhere) draws each epoch's order of it, and this
+        # process copies only its slice of every global batch to ``generator``'s device, once per epoch;
+        # ``aug_generator`` (seeded per process) draws the augmentation.
+        self.shard = shard
+        self.rank, self.world = shard or (0, 1)
+        assert shard is None or (shuffle and drop_last and generator is not None), "a shard is of shuffled full batches"
+        device = generator.device if shard is not None else x.device
         # On the data's device once, so no per-batch host-to-device copy of the statistics.
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=x.device)
-        self.std = torch.tensor(std, dtype=torch.float32, device=x.device)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device)
         self.transform, self.shuffle, self.drop_last = transform, shuffle, drop_last
         self.generator = generator
+        self.aug_generator = aug_generator if aug_generator is not None else generator
         self.channels_last = channels_last
         self.erase_prob = erase_prob
         self._epoch_start: Optional[torch.Tensor] = None  # generator state before this epoch's order
@@ -47,8 +58,8 @@ class TensorLoader:
         self._resume: Optional[dict] = None
 
     def __len__(self) -> int:
-        n = len(self.x)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, b = len(self.x), self.batch_size * self.world  # the global batch
+        return n // b if self.drop_last else -(-n // b)
 
     @property
     def position(self) -> int:
@@ -70,12 +81,33 @@ class TensorLoader:
             "position": self._position if mid_epoch else 0,
             "epoch_start": self._epoch_start if mid_epoch else None,
             "generator": self.generator.get_state() if self.generator is not None else None,
+            **({"aug_generator": self.aug_generator.get_state()} if self._separate_aug else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
         if self.generator is not None and state.get("generator") is not None:
             self.generator.set_state(state["generator"])
+        if self._separate_aug and state.get("aug_generator") is not None:
+            self.aug_generator.set_state(state["aug_generator"])
         self._resume = state if state.get("position") else None
+
+    @property
+    def _separate_aug(self) -> bool:
+        return self.aug_generator is not None and self.aug_generator is not self.generator
+
+    def _epoch_data(self, order: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """(x, y, order) this process iterates this epoch: the whole set and its order, or (a shard) this
+        process's slice of every global batch, in order, copied to its device."""
+        if self.shard is None:
+            return self.x, self.y, order
+        steps, b = len(self), self.batch_size
+        mine = order[: steps * b * self.world].view(steps, self.world, b)[:, self.rank].reshape(-1).cpu()
+        device = self.generator.device
+        pin = device.type == "cuda"
+        x, y = self.x[mine], self.y[mine]
+        if pin:
+            x, y = x.pin_memory(), y.pin_memory()
+        return x.to(device, non_blocking=pin), y.to(device, non_blocking=pin), None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.x)
@@ -86,22 +118,27 @@ class TensorLoader:
             if gen is not None:
                 gen.set_state(resume["epoch_start"])
         self._epoch_start = gen.get_state() if gen is not None else None
-        order = torch.randperm(n, device=self.x.device, generator=gen) if self.shuffle else None
+        device = gen.device if self.shard is not None else self.x.device
+        order = torch.randperm(n, device=device, generator=gen) if self.shuffle else None
         if resume is not None and gen is not None:
             gen.set_state(resume["generator"])
+            if self._separate_aug:
+                self.aug_generator.set_state(resume["aug_generator"])
+        x, y, order = self._epoch_data(order)
+        n, aug = len(x), self.aug_generator
         self._position = start
         for i in range(start, len(self)):
             sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
             if order is None:
-                xb, yb = self.x[sl], self.y[sl]
+                xb, yb = x[sl], y[sl]
             else:
                 idx = order[sl]
-                xb, yb = self.x[idx], self.y[idx]
+                xb, yb = x[idx], y[idx]
             if self.transform is not None:
-                xb = self.transform(xb, gen)
+                xb = self.transform(xb, aug)
             xb = normalize(xb, self.mean, self.std)
             if self.erase_prob > 0:
-                xb = random_erasing(xb, self.erase_prob, gen)
+                xb = random_erasing(xb, self.erase_prob, aug)
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             self._position = i + 1

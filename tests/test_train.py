@@ -207,8 +207,8 @@ def test_top5_counts_a_label_among_the_five_largest_logits(fmnist_root, tmp_path
     s = _setup(fmnist_root, tmp_path)
     logits = torch.tensor([[9.0, 8, 7, 6, 5, 4], [0, 1, 2, 3, 4, 5], [5, 0, 0, 0, 0, 0]])
     labels = torch.tensor([4, 0, 0])  # 2nd: label 0 has the smallest logit; 3rd: top-1 right
-    s.model = lambda x: logits  # fixed logits through the real evaluate()
-    s.model.eval = lambda: None
+    s.eval_model = lambda x: logits  # fixed logits through the real evaluate()
+    s.eval_model.eval = lambda: None
     out = evaluate(s, [(torch.zeros(3, 1), labels)], top5=True)
     assert out["val_acc"] == pytest.approx(100 / 3) and out["val_top5"] == pytest.approx(200 / 3)
 

@@ -9,6 +9,8 @@ bit for bit where the run stopped (an epoch's end, or mid-epoch: ``output.checkp
   meter                                 the unfinished epoch's running loss / accuracy sums and time
   loader                                the training loader's position and generator (order + augmentation)
   rng                                   Python's, torch's CPU and every CUDA generator (init, dropout, MixUp/CutMix)
+  world_size, ranks                     with several processes (torchrun): each one's meter, loader and rng
+                                        (the top-level ones are rank 0's); a resume needs the same count
   history, best_acc, best_epoch         metrics.jsonl's rows so far: the log is rebuilt from them on resume
   config, fingerprint                   the resolved config and a hash of every key that changes the math
 
@@ -125,8 +127,14 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
 
 
 def capture(s, cfg: Config, *, epoch: int, step: int, global_step: int, meter, history: list[dict[str, Any]],
-            best_acc: float, best_epoch: int) -> dict[str, Any]:
-    """The training state after ``epoch`` finished epochs and ``step`` steps into the next (all on the CPU)."""
+            best_acc: float, best_epoch: int) -> Optional[dict[str, Any]]:
+    """The training state after ``epoch`` finished epochs and ``step`` steps into the next (all on the CPU).
+    With several processes every one must call it (it gathers their own states); rank 0 gets the
+    checkpoint, the others None."""
+    own = {"meter": meter.state_dict() if step else None, "loader": s.train_loader.state_dict(), "rng": rng_state()}
+    ranks = s.dist.gather(own)
+    if ranks is None:
+        return None
     return {
         "format": FORMAT,
         "config": cfg.to_dict(),
@@ -136,9 +144,9 @@ def capture(s, cfg: Config, *, epoch: int, step: int, global_step: int, meter, h
         "optimizer": s.optimizer.state_dict(),
         "scheduler": s.scheduler.state_dict(),
         "scaler": s.scaler.state_dict() if s.scaler is not None else None,
-        "meter": meter.state_dict() if step else None,
-        "loader": s.train_loader.state_dict(),
-        "rng": rng_state(),
+        **own,
+        "world_size": s.dist.world_size,
+        **({"ranks": ranks} if s.dist.enabled else {}),
         "history": list(history), "best_acc": best_acc, "best_epoch": best_epoch,
         "device": str(s.device), "precision": str(s.precision), "torch": str(torch.__version__),
     }
@@ -151,7 +159,13 @@ def restore(s, ckpt: dict[str, Any], cfg: Config, *, log=print) -> None:
     for its new length and moves it to the checkpoint's step, so the lr follows the new schedule from
     there (the cosine of a 100-epoch run continued to 200 jumps back up: the shape a 200-epoch run has).
     """
-    if ckpt["device"] != str(s.device) or ckpt["precision"] != str(s.precision):
+    world = ckpt.get("world_size", 1)
+    if world != s.dist.world_size:
+        how = f"torchrun --nproc_per_node={world} main.py --resume DIR" if world > 1 else "python main.py --resume DIR"
+        raise UserError(f"--resume: the run trained on {world} process(es) (global batch {world} x "
+                        f"train.batch_size) and this is {s.dist.world_size}; resume it the way it ran: {how}")
+    ckpt = own_state(ckpt, s.dist)
+    if ckpt["device"].split(":")[0] != s.device.type or ckpt["precision"] != str(s.precision):
         log(f"warning: the run trained on {ckpt['device']} ({ckpt['precision']}) and resumes on {s.device} "
             f"({s.precision}): numbers will not equal an uninterrupted run bit for bit")
     s.module.load_state_dict(ckpt["model"])
@@ -172,6 +186,11 @@ def restore(s, ckpt: dict[str, Any], cfg: Config, *, log=print) -> None:
         s.scaler.load_state_dict(ckpt["scaler"])
     s.train_loader.load_state_dict(ckpt["loader"])
     set_rng_state(ckpt["rng"])
+
+
+def own_state(ckpt: dict[str, Any], dist) -> dict[str, Any]:
+    """``ckpt`` with this process's meter, loader and generators (several processes: its entry in ``ranks``)."""
+    return {**ckpt, **ckpt["ranks"][dist.rank]} if dist.enabled else ckpt
 
 
 def describe_position(epoch: int, step: int, steps_per_epoch: Optional[int] = None) -> str:

@@ -105,9 +105,11 @@ def train_one_epoch(s: Setup, loader: Optional[Iterable] = None, *, log_every: i
         logits, loss = train_step(s, images, targets)
         meter.add(loss, logits, labels)
         if step % log_every == 0:
-            total = meter.loss_sum.item()  # the only host sync inside the epoch
+            # The only host sync inside the epoch (with several processes: their sums, so that all of
+            # them see a non-finite loss at the same step and stop together).
+            total, correct, seen = s.dist.sum([meter.loss_sum, meter.correct, meter.seen], s.device)
             _check_finite(total, step)
-            bar.set_postfix(loss=f"{total / meter.seen:.4f}", acc=f"{100 * meter.correct.item() / meter.seen:.2f}",
+            bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{100 * correct / seen:.2f}",
                             lr=f"{s.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
         if on_step is not None:
             meter.time_s = time.perf_counter() - start
@@ -115,15 +117,15 @@ def train_one_epoch(s: Setup, loader: Optional[Iterable] = None, *, log_every: i
     sync(s.device)
     elapsed = time.perf_counter() - start
     meter.time_s = elapsed
-    total = meter.loss_sum.item()
+    total, correct, seen = s.dist.sum([meter.loss_sum, meter.correct, meter.seen], s.device)  # over all processes
     _check_finite(total, step)
-    seen = meter.seen
     return {
         "train_loss": total / max(1, seen),
-        "train_acc": 100.0 * meter.correct.item() / max(1, seen),
+        "train_acc": 100.0 * correct / max(1, seen),
         "lr": s.optimizer.param_groups[0]["lr"],
         "train_time_s": elapsed,
         "images_per_s": seen / max(elapsed, 1e-9),
+        "train_images": int(seen),  # over all processes
     }
 
 
@@ -136,10 +138,11 @@ def _check_finite(loss_sum: float, step: int) -> None:
 @torch.inference_mode()
 def evaluate(s: Setup, loader: Optional[Iterable] = None, *, top5: bool = False, progress: bool = False,
              on_batch: Optional[Callable[[], object]] = None) -> dict:
-    """Loss (plain cross-entropy, whatever the training loss smooths) and accuracy over ``loader``.
+    """Loss (plain cross-entropy, whatever the training loss smooths) and accuracy over ``loader`` (with
+    several processes: over every process's part of the validation split).
     ``on_batch()`` runs before each batch (and may stop the evaluation by raising)."""
     loader = s.val_loader if loader is None else loader
-    s.model.eval()
+    s.eval_model.eval()
     loss_sum = torch.zeros((), device=s.device)
     correct = torch.zeros((), device=s.device, dtype=torch.long)
     correct5 = torch.zeros((), device=s.device, dtype=torch.long)
@@ -150,7 +153,7 @@ def evaluate(s: Setup, loader: Optional[Iterable] = None, *, top5: bool = False,
         if on_batch is not None:
             on_batch()
         with s.precision.autocast():
-            logits = s.model(images)
+            logits = s.eval_model(images)
             loss = F.cross_entropy(logits, labels)
         seen += labels.shape[0]
         loss_sum += loss.float() * labels.shape[0]
@@ -159,11 +162,13 @@ def evaluate(s: Setup, loader: Optional[Iterable] = None, *, top5: bool = False,
             k = min(5, logits.shape[1])
             correct5 += (logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum()
     sync(s.device)
+    loss_total, correct, correct5, seen = s.dist.sum([loss_sum, correct, correct5, seen], s.device)
     out = {
-        "val_loss": loss_sum.item() / max(1, seen),
-        "val_acc": 100.0 * correct.item() / max(1, seen),
+        "val_loss": loss_total / max(1, seen),
+        "val_acc": 100.0 * correct / max(1, seen),
         "eval_time_s": time.perf_counter() - start,
+        "val_images": int(seen),  # over all processes
     }
     if top5:
-        out["val_top5"] = 100.0 * correct5.item() / max(1, seen)
+        out["val_top5"] = 100.0 * correct5 / max(1, seen)
     return out

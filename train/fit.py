@@ -6,6 +6,7 @@ resumable checkpoint and raise ``Interrupted`` (core/signals.py).
 """
 from __future__ import annotations
 
+import signal
 import statistics
 import sys
 import time
@@ -23,6 +24,7 @@ from models.measure import describe
 from train import checkpoint
 from train.engine import EpochMeter, NonFiniteLoss, evaluate, train_one_epoch
 from train.provenance import now, provenance
+from train.distributed import Dist, PeerLost, launcher
 from train.rundir import RunDir
 from train.setup import Setup, prepare, resolve_device, seed_everything
 
@@ -34,12 +36,12 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
             f"lr {m['lr']:.2e}  {m['epoch_time_s']:.1f}s  {m['images_per_s']:.0f} img/s")
 
 
-def resume_command(run_dir: RunDir) -> str:
-    return f"python main.py --resume {run_dir.path}"
+def resume_command(run_dir: RunDir, dist: Dist = Dist()) -> str:
+    return f"{launcher(dist)} --resume {run_dir.path}"
 
 
 def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, progress: Optional[bool] = None,
-        resume: Optional[dict[str, Any]] = None, command: Optional[str] = None) -> dict[str, Any]:
+        resume: Optional[dict[str, Any]] = None, command: Optional[str] = None, dist: Dist = Dist()) -> dict[str, Any]:
     """Train ``cfg`` end to end into ``run_dir`` (from ``resume``, a loaded last.pt, if given); returns
     results.json's content.
 
@@ -48,24 +50,35 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, pro
     (``NonFiniteLoss`` is re-raised), ``interrupted`` (``Interrupted`` / ``KeyboardInterrupt``, re-raised,
     with a resumable checkpoint when the stop was graceful) or ``failed`` with the error (re-raised; an
     error that is not the user's becomes ``RunFailed`` with the first line, the traceback in results.json).
+
+    With several processes (``dist``, train/distributed.py) every one calls ``fit``; only rank 0 writes
+    ``run_dir`` and logs.
     """
     if progress is None:
         progress = sys.stderr.isatty()
+    if not dist.is_main:
+        log, progress = (lambda text: None), False
+        run_dir.writes = False
     with GracefulStop(announce=lambda text: log(text.strip())) as stop:
         seed_everything(cfg.seed)  # the one place a run is seeded: initial weights, dropout, MixUp/CutMix
-        device = resolve_device(cfg.train.device)
+        device = resolve_device(cfg.train.device, dist)
         spec = get_spec(cfg.data.name)
-        model = build_model(cfg, spec)
+        model = build_model(cfg, spec)  # the same initial weights in every process
+        if dist.rank:
+            torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)  # its own dropout and MixUp/CutMix draws
         info = describe(model, spec)
         log(f"loading {cfg.data.name} from {cfg.data.root}")
-        data = load_data(cfg.data).to(device)
-        s = prepare(cfg, model, data, device)
+        data = load_data(cfg.data)
+        if not dist.enabled:  # several processes: each copies its part to its device (make_loaders)
+            data = data.to(device)
+        s = prepare(cfg, model, data, device, dist)
         loop = _Loop(cfg, s, run_dir, stop, log, progress)
         if resume is not None:
             checkpoint.restore(s, resume, cfg, log=log)
             loop.load(resume)
 
-        path = run_dir.create()
+        path = dist.broadcast(run_dir.create())
+        run_dir.path = path
         try:
             attempts = list(run_dir.results.get("attempts", []))
             for a in attempts:
@@ -76,6 +89,7 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, pro
                 run_dir.results.update(model=cfg.model.name, dataset=cfg.data.name, params=info.params,
                                        mult_adds=info.mult_adds, epochs=cfg.train.epochs)
             run_dir.update("running", device=str(device), precision=str(s.precision), epochs=cfg.train.epochs,
+                           processes=dist.world_size, global_batch=cfg.train.batch_size * dist.world_size,
                            **provenance(device, command), started=run_dir.results.get("started") or now(),
                            ended=None, error=None, traceback=None, attempts=attempts, **loop.progress())
             run_dir.write("config.yaml", dump_config(cfg))
@@ -86,8 +100,9 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, pro
             if resume is None:
                 run_dir.write("summary.txt", info.summary + "\n")
                 log(info.summary)
+            batch = f", global batch {cfg.train.batch_size * dist.world_size}" if dist.enabled else ""
             log(f"run dir: {path}\ndevice: {s.describe()}, {len(data.train[1])} train / {len(data.val[1])} val "
-                f"images, {len(s.train_loader)} steps/epoch")
+                f"images, {len(s.train_loader)} steps/epoch{batch}")
             loop.run()
             with stop.holding():
                 return _end(run_dir, "completed", **{**loop.progress(), "resume_command": None,
@@ -99,24 +114,31 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, pro
         except KeyboardInterrupt as e:
             signame = e.signame if isinstance(e, Interrupted) else "SIGINT"
             saved = loop.saved_at if cfg.output.checkpoints else None
-            how = ("resume with: " + resume_command(run_dir) + f" (continues {saved})") if saved else \
+            how = ("resume with: " + resume_command(run_dir, dist) + f" (continues {saved})") if saved else \
                 "no checkpoint to resume from (output.checkpoints is off or none was written yet)"
             with stop.holding():
                 _end(run_dir, "interrupted", error=f"stopped by {signame} {loop.position()}; {how}",
-                     resume_command=resume_command(run_dir) if saved else None, **loop.progress(saved=True))
+                     resume_command=resume_command(run_dir, dist) if saved else None, **loop.progress(saved=True))
             log(f"interrupted by {signame} {loop.position()}; {how}")
             raise
         except BaseException as e:
+            if dist.is_peer_loss(e):  # a collective inside torch (DDP's gradient all-reduce) lost a process
+                e = dist.peer_lost(e)
             first = (str(e).strip().splitlines() or [""])[0]
             known = isinstance(e, (UserError, RunFailed))
             error = first if known else f"{type(e).__name__}: {first}".rstrip(": ")
             if isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in first:
                 error += " (try a lower train.batch_size or train.eval_batch_size)"
+            # Another process of the run died: this one's checkpoint is good, the run can go on from it.
+            resumable = isinstance(e, PeerLost) and loop.saved_at is not None
             with stop.holding():
                 _end(run_dir, "failed", error=error, traceback=None if known else traceback.format_exc(),
+                     **({"resume_command": resume_command(run_dir, dist)} if resumable else {}),
                      **loop.progress(saved=True))
+            if resumable:
+                log(f"resume with: {resume_command(run_dir, dist)} (continues {loop.saved_at})")
             if known:
-                raise
+                raise e  # (a lost process: as PeerLost)
             raise RunFailed(f"run failed: {error} (details in {run_dir.file('results.json')})") from e
 
 
@@ -162,6 +184,7 @@ class _Loop:
         self.last_save = time.monotonic()
 
     def load(self, ckpt: dict[str, Any]) -> None:
+        ckpt = checkpoint.own_state(ckpt, self.s.dist)
         self.epoch, self.step, self.global_step = ckpt["epoch"], ckpt["step"], ckpt["global_step"]
         self.history = list(ckpt["history"])
         self.best_acc, self.best_epoch = ckpt["best_acc"], ckpt["best_epoch"]
@@ -185,32 +208,43 @@ class _Loop:
     def save(self) -> None:
         if not self.cfg.output.checkpoints:
             return
-        self.run_dir.save_state(checkpoint.capture(
+        state = checkpoint.capture(  # several processes: all gather, rank 0 writes
             self.s, self.cfg, epoch=self.epoch, step=self.step, global_step=self.global_step, meter=self.meter,
-            history=self.history, best_acc=self.best_acc, best_epoch=self.best_epoch))
+            history=self.history, best_acc=self.best_acc, best_epoch=self.best_epoch)
+        if state is not None:
+            self.run_dir.save_state(state)
         self.saved_at = self.position()
         self.last_save = time.monotonic()
+
+    def _stop_requested(self) -> bool:
+        """Whether to stop now; with several processes, whether any of them got a stop signal."""
+        return self.s.dist.any([self.stop.requested], self.s.device)[0]
 
     def _stop_now(self) -> None:
         """A stop was asked for: checkpoint where we are, then stop."""
         self.save()
-        raise Interrupted(self.stop.signum)
+        raise Interrupted(self.stop.signum or signal.SIGTERM)  # a process the signal did not reach: as SIGTERM
 
     def _after_step(self, step: int) -> None:
         self.step = step
         self.global_step += 1
         out = self.cfg.output
-        if self.stop.requested:
+        stop = self.stop.requested
+        timed = bool(out.checkpoint_every_minutes) and \
+            time.monotonic() - self.last_save >= 60 * out.checkpoint_every_minutes
+        if self.s.dist.enabled:  # decided together, every log_every steps (each agreement is a host sync)
+            stop, timed = self.s.dist.any([stop, timed], self.s.device) if step % self.cfg.train.log_every == 0 \
+                else (False, False)
+        if stop:
             self._stop_now()
         if step < len(self.s.train_loader) and (
-                (out.checkpoint_every_steps and self.global_step % out.checkpoint_every_steps == 0)
-                or (out.checkpoint_every_minutes and time.monotonic() - self.last_save >= 60 * out.checkpoint_every_minutes)):
+                (out.checkpoint_every_steps and self.global_step % out.checkpoint_every_steps == 0) or timed):
             self.save()
 
     def run(self) -> None:
         cfg, s = self.cfg, self.s
         total = cfg.train.epochs
-        if self.stop.requested:
+        if self._stop_requested():
             self._stop_now()
         while self.epoch < total:
             n = self.epoch + 1
@@ -222,15 +256,17 @@ class _Loop:
             except NonFiniteLoss as e:
                 raise NonFiniteLoss(f"epoch {n}: {e}") from None
             self.step = len(s.train_loader)
+            # Several processes check for a stop after the evaluation (together), not within it.
             ev = evaluate(s, top5=cfg.train.top5, progress=self.bar,
-                          on_batch=lambda: self.stop.requested and self._stop_now())
+                          on_batch=None if s.dist.enabled else lambda: self.stop.requested and self._stop_now())
             if not all(map(_finite, (ev["val_loss"], ev["val_acc"]))):
                 raise NonFiniteLoss(f"epoch {n}: validation loss became {ev['val_loss']}; "
                                     f"try a lower train.lr, train.grad_clip, or train.warmup_epochs")
             row = {"epoch": n, "train_loss": tr["train_loss"], "train_acc": tr["train_acc"],
                    "val_loss": ev["val_loss"], "val_acc": ev["val_acc"], "lr": tr["lr"],
                    "epoch_time_s": tr["train_time_s"] + ev["eval_time_s"], "train_time_s": tr["train_time_s"],
-                   "images_per_s": tr["images_per_s"], **({"val_top5": ev["val_top5"]} if "val_top5" in ev else {})}
+                   "images_per_s": tr["images_per_s"], **({"val_top5": ev["val_top5"]} if "val_top5" in ev else {}),
+                   "train_images": tr["train_images"], "val_images": ev["val_images"]}
             improved = row["val_acc"] > self.best_acc
             self.history.append(row)
             if improved:
@@ -244,8 +280,8 @@ class _Loop:
             self.run_dir.log_epoch(row)
             self.run_dir.update("running", **self.progress())
             self.log(format_epoch(row, total))
-            if self.stop.requested:
-                raise Interrupted(self.stop.signum)
+            if self._stop_requested():
+                raise Interrupted(self.stop.signum or signal.SIGTERM)
 
 
 def _finite(x: float) -> bool:

@@ -134,7 +134,7 @@ def evaluate_run(path: str | Path, which: str = "best", *, device: Optional[str 
             labels.append(y)
             yield images, y
 
-    measured = evaluate(dataclasses.replace(s, model=tap), batches(), top5=True, progress=progress)
+    measured = evaluate(dataclasses.replace(s, eval_model=tap), batches(), top5=True, progress=progress)
     n = data.spec.num_classes
     true, predicted = torch.cat(labels), torch.cat(tap.predicted)
     confusion = torch.bincount(true * n + predicted, minlength=n * n).view(n, n).cpu()

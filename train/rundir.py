@@ -78,6 +78,9 @@ class RunDir:
         self.results: dict[str, Any] = {"name": name, **(extra or {})}
         self.resuming = False
         self.on_create: Optional[Callable[[Path], None]] = None  # e.g. a sweep recording where its point runs
+        # False in the processes of a several-process run other than rank 0: they write nothing (``path``
+        # is then rank 0's, set by ``fit``).
+        self.writes = True
 
     @classmethod
     def existing(cls, path: str | Path) -> "RunDir":
@@ -94,9 +97,12 @@ class RunDir:
     def create(self) -> Path:
         """Make the directory (a new run), or clean an existing one up for its resumed run."""
         if self.resuming:
-            remove_stale_temporaries(self.path)
+            if self.writes:
+                remove_stale_temporaries(self.path)
             return self.path
         assert self.path is None, "a RunDir is created once"
+        if not self.writes:
+            return None
         self.path = new_dir(self.root, self.name)
         if self.on_create is not None:
             self.on_create(self.path)
@@ -120,6 +126,8 @@ class RunDir:
         self.save_state({k: v.detach().cpu() for k, v in model.state_dict().items()}, filename)
 
     def save_state(self, state: dict[str, Any], filename: str = "last.pt") -> None:
+        if not self.writes:
+            return
         # Serialised in memory first: torch.save into a file on a full disk fails with a RuntimeError
         # from its zip writer ("unexpected pos"); a plain write fails with ENOSPC, which _guard reports.
         buffer = io.BytesIO()
@@ -139,6 +147,8 @@ class RunDir:
 
     def _guard(self, filename: str, write):
         """Run ``write(path)``; a full disk or a lost directory is a ``RunFailed`` naming the file."""
+        if not self.writes:
+            return None
         path = self.file(filename)
         try:
             return write(path)

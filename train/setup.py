@@ -18,6 +18,7 @@ from config import Config, TrainConfig
 from core.errors import UserError
 from data import ImageData, TensorLoader, mixup_cutmix, train_transform
 from train.cpu_dropout import use_cpu_dropout
+from train.distributed import Dist
 
 
 def seed_everything(seed: int) -> None:
@@ -26,12 +27,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, dist: Dist = Dist()) -> torch.device:
+    """``train.device`` (auto, cpu, cuda) as a device; with several processes on CUDA, the GPU numbered
+    LOCAL_RANK (made the current one)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device: 'cuda' requested but CUDA is not available here; valid: auto, cpu")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if not dist.enabled or device.type != "cuda":
+        return device
+    count = torch.cuda.device_count()
+    if dist.local_rank >= count:
+        raise UserError(f"torchrun: LOCAL_RANK {dist.local_rank} but this node sees {count} GPU(s); start at most "
+                        f"--nproc_per_node={count} processes per node, or set train.device: cpu")
+    torch.cuda.set_device(dist.local_rank)
+    return torch.device("cuda", dist.local_rank)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -131,20 +142,33 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
     return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
-def make_loaders(cfg: Config, data: ImageData, device: torch.device,
-                 channels_last: bool = False) -> tuple[TensorLoader, TensorLoader]:
-    """The training loader (shuffled, augmented, seeded from ``cfg.seed``) and the validation loader."""
+def make_loaders(cfg: Config, data: ImageData, device: torch.device, channels_last: bool = False,
+                 dist: Dist = Dist()) -> tuple[TensorLoader, TensorLoader]:
+    """The training loader (shuffled, augmented, seeded from ``cfg.seed``) and the validation loader.
+
+    Alone, ``data`` is on ``device``. With several processes it is on the host: every process draws the
+    same order from ``cfg.seed`` and takes its slice of each global batch (``TensorLoader(shard=...)``),
+    augments with its own generator, and validates on its contiguous part of the validation split."""
     spec = data.spec
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
     common = dict(mean=spec.mean, std=spec.std, channels_last=channels_last)
     transform = train_transform(spec.augment if cfg.data.augment else "none", spec.image_size,
                                 cfg.data.auto_augment)
+    shard = {}
+    val_x, val_y = data.val
+    if dist.enabled:
+        aug = torch.Generator(device=device)
+        aug.manual_seed((cfg.seed + 1_000_003 * (dist.rank + 1)) % 2 ** 63)  # a stream of its own per process
+        shard = dict(shard=(dist.rank, dist.world_size), aug_generator=aug)
+        part = torch.tensor_split(torch.arange(len(val_y)), dist.world_size)[dist.rank]
+        val_x, val_y = val_x[part].to(device), val_y[part].to(device)
     train = TensorLoader(*data.train, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
-                         transform=transform, generator=gen, erase_prob=cfg.data.random_erasing, **common)
-    val = TensorLoader(*data.val, batch_size=cfg.train.eval_batch_size, **common)
+                         transform=transform, generator=gen, erase_prob=cfg.data.random_erasing, **shard, **common)
+    val = TensorLoader(val_x, val_y, batch_size=cfg.train.eval_batch_size, **common)
     if len(train) == 0:
-        raise UserError(f"train.batch_size: {cfg.train.batch_size} is larger than the {len(data.train[1])} "
+        per = f" x {dist.world_size} processes" if dist.enabled else ""
+        raise UserError(f"train.batch_size: {cfg.train.batch_size}{per} is larger than the {len(data.train[1])} "
                         f"training samples; lower it or raise data.limit_train")
     return train, val
 
@@ -153,7 +177,7 @@ def make_loaders(cfg: Config, data: ImageData, device: torch.device,
 class Setup:
     """Everything one training run (or a benchmark of it) steps through."""
 
-    model: nn.Module  # what the steps call: compiled when train.compile is set
+    model: nn.Module  # what the training steps call: compiled when train.compile is set, DDP-wrapped
     module: nn.Module  # the plain module: its state_dict, eager inference, inspection
     device: torch.device
     optimizer: torch.optim.Optimizer
@@ -167,28 +191,48 @@ class Setup:
     channels_last: bool
     grad_clip: Optional[float] = None
     cpu_dropout: int = 0  # nn.Dropout modules given the cheaper CPU mask
+    dist: Dist = Dist()
+    eval_model: Optional[nn.Module] = None  # what evaluation calls (default ``model``); never DDP's wrapper
+
+    def __post_init__(self):
+        if self.eval_model is None:
+            self.eval_model = self.model
 
     def describe(self) -> str:
         extras = [str(self.precision)] + (["channels_last"] if self.channels_last else []) \
-            + (["compiled"] if self.model is not self.module else []) \
-            + ([f"CPU dropout mask x{self.cpu_dropout}"] if self.cpu_dropout else [])
+            + (["compiled"] if self.eval_model is not self.module else []) \
+            + ([f"CPU dropout mask x{self.cpu_dropout}"] if self.cpu_dropout else []) \
+            + ([f"DDP over {self.dist.world_size} processes"] if self.dist.enabled else [])
         return f"{self.device} ({', '.join(extras)})"
 
 
-def prepare(cfg: Config, model: nn.Module, data: ImageData, device: torch.device) -> Setup:
-    """Model on the device (NHWC, cheaper CPU dropout, compiled if asked), loaders, optimizer, schedule, loss."""
+def prepare(cfg: Config, model: nn.Module, data: ImageData, device: torch.device, dist: Dist = Dist()) -> Setup:
+    """Model on the device (NHWC, cheaper CPU dropout, DDP, compiled if asked), loaders, optimizer, schedule, loss."""
     t = cfg.train
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+    if t.sync_bn and dist.enabled:
+        if device.type != "cuda":
+            raise UserError("train.sync_bn: torch's SyncBatchNorm runs on GPUs only; set it false on the CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # NHWC measured 3-22% faster for every conv net on a 2-core CPU, neutral for ViTs (BENCHMARKS.md).
     model.to(device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
     cpu_dropout = use_cpu_dropout(model) if device.type == "cpu" and t.cpu_dropout else 0
-    train_loader, val_loader = make_loaders(cfg, data, device, channels_last=t.channels_last)
+    train_loader, val_loader = make_loaders(cfg, data, device, channels_last=t.channels_last, dist=dist)
     optimizer = build_optimizer(model, t, fused=device.type == "cuda")
     precision = Precision.for_device(device, t.precision)
+    compiled = (lambda m: m) if t.compile == "off" else (lambda m: torch.compile(m, mode=t.compile))
+    train_model = model
+    if dist.enabled:  # after the optimizer: DDP wraps the same parameters
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     return Setup(
-        model=model if t.compile == "off" else torch.compile(model, mode=t.compile),
+        model=compiled(train_model),
+        # Evaluation never goes through DDP: its forward would sync buffers across processes whose
+        # validation parts may have different numbers of batches.
+        eval_model=None if not dist.enabled else compiled(model),
         module=model,
+        dist=dist,
         device=device,
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, t, len(train_loader)),
