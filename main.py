@@ -38,6 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", metavar="DIR",
                    help="where a multi-run call writes its comparison (default: a new compare-DATE-TIME "
                         "directory under the first run's output.dir)")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="run up to N points of a multi-run call (or of --resume COMPARE_DIR) at once, each in its "
+                        "own process with its log in its run directory; GPUs round-robin, CPU threads divided "
+                        "(default 1: one after another in this process)")
+    p.add_argument("--jobs-per-gpu", type=int, metavar="K",
+                   help="at most K points per GPU at once; without --jobs, N = K x the visible GPUs")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and the model summary (for several runs: each run's name, "
                         "swept values and parameter count), then exit without training")
@@ -69,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--top: got {args.top}; must be at least 1")
     if args.overrides and (args.eval or args.predict or args.list_models):
         p.error("--set: only used with --cfg or --resume")
+    for flag, value in (("--jobs", args.jobs), ("--jobs-per-gpu", args.jobs_per_gpu)):
+        if value is not None and value < 1:  # one line, as every input error (p.error adds the usage)
+            raise UserError(f"{flag}: got {value}; must be at least 1")
+        if value is not None and args.cfg is None and args.resume is None:
+            raise UserError(f"{flag}: only used with --cfg or --resume (it runs the points of a multi-run call "
+                            f"at once)")
     for flag, given in (("--dry-run", args.dry_run), ("--out", args.out is not None)):
         if given and args.cfg is None:
             p.error(f"{flag}: only used with --cfg (a resumed multi-run call writes into its own directory)")
@@ -123,15 +135,17 @@ def dry_run(points) -> int:
     return EXIT_USER_ERROR if failed else 0
 
 
-def run_many(points, out: str | None, command: str) -> int:
+def run_many(points, out: str | None, command: str, jobs: int | None = None, jobs_per_gpu: int | None = None) -> int:
     """Several runs, then their comparison. The comparison directory is made first and holds sweep.json,
     so ``--resume`` on it finishes the call if it is stopped or killed."""
     from pathlib import Path
 
+    from train.parallel import plan_workers
     from train.rundir import new_dir
     from train.sweep import Manifest, check_points, jobs_for
 
     check_points(points)
+    workers = plan_workers(jobs, jobs_per_gpu)  # None: one after another, in this process
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
     if out is not None and (Path(out) / Manifest.FILE).exists():
@@ -145,14 +159,14 @@ def run_many(points, out: str | None, command: str) -> int:
     out_dir = Path(out) if out is not None else new_dir(points[0].cfg.output.dir, "compare")
     manifest = Manifest.start(out_dir, points, command)
     print(f"comparison directory: {out_dir} (if this call stops: python main.py --resume {out_dir})")
-    return finish_many(manifest, [], jobs_for(points), command)
+    return finish_many(manifest, [], jobs_for(points), command, workers)
 
 
-def finish_many(manifest, done, jobs, command: str) -> int:
+def finish_many(manifest, done, jobs, command: str, workers=None) -> int:
     from plots import compare
     from train.sweep import run_jobs, summary
 
-    outcomes = done + run_jobs(jobs, len(manifest.points), manifest=manifest, command=command)
+    outcomes = done + run_jobs(jobs, len(manifest.points), manifest=manifest, command=command, workers=workers)
     outcomes.sort(key=lambda o: manifest.points.index(o.point))
     print("\n" + summary(outcomes))
     failures = [{"name": o.point.name, "status": o.status, "error": o.error, "traceback": o.traceback}
@@ -171,17 +185,20 @@ def finish_many(manifest, done, jobs, command: str) -> int:
     return EXIT_RUN_FAILED if failures else 0
 
 
-def resume_many(folder, overrides: list[str], command: str) -> int:
+def resume_many(folder, overrides: list[str], command: str, jobs: int | None = None,
+                jobs_per_gpu: int | None = None) -> int:
+    from train.parallel import plan_workers
     from train.sweep import Manifest, plan
 
     if overrides:
         raise UserError(f"--set: not used when resuming the multi-run call in {folder}; its points keep their "
                         f"configs (extend a single run with --resume RUN_DIR --set train.epochs=N)")
+    workers = plan_workers(jobs, jobs_per_gpu)
     manifest = Manifest.load(folder)
     done, jobs = plan(manifest)
     print(f"{folder}: {len(done)} of {len(manifest.points)} runs already finished; "
           f"{len(jobs)} to run or continue")
-    return finish_many(manifest, done, jobs, command)
+    return finish_many(manifest, done, jobs, command, workers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +224,7 @@ def _main(argv: list[str] | None) -> int:
     if args.predict is not None:
         return predict(args.predict[0], args.predict[1:], args.ckpt, args.top)
     if args.resume is not None:
-        return resume(args.resume, args.overrides, command)
+        return resume(args.resume, args.overrides, command, args.jobs, args.jobs_per_gpu)
     points = load_points(args.cfg, args.overrides)  # before torch is imported: a typo costs no wait
 
     from train.fit import fit
@@ -216,9 +233,10 @@ def _main(argv: list[str] | None) -> int:
     if args.dry_run:
         return dry_run(points)
     if len(points) > 1 or points[0].values:
-        return run_many(points, args.out, command)
+        return run_many(points, args.out, command, args.jobs, args.jobs_per_gpu)
     if args.out is not None:
         raise UserError("--out: only used to compare several runs (several --cfg files, or a sweep: section)")
+    single_run_note(args.jobs, args.jobs_per_gpu)
     cfg = points[0].cfg
     run_dir = RunDir(cfg.output.dir, cfg.run_name)
     results = fit(cfg, run_dir, command=command)  # diverged, failed: one line and exit 1 (core.cli)
@@ -300,7 +318,8 @@ def predict(path: str, images: list[str], which: str, top: int) -> int:
     return 0
 
 
-def resume(path: str, overrides: list[str], command: str) -> int:
+def resume(path: str, overrides: list[str], command: str, jobs: int | None = None,
+           jobs_per_gpu: int | None = None) -> int:
     from pathlib import Path
 
     from train.fit import fit
@@ -308,7 +327,8 @@ def resume(path: str, overrides: list[str], command: str) -> int:
     from train.sweep import Manifest
 
     if (Path(path) / Manifest.FILE).is_file():
-        return resume_many(Path(path), overrides, command)
+        return resume_many(Path(path), overrides, command, jobs, jobs_per_gpu)
+    single_run_note(jobs, jobs_per_gpu)
     r = open_for_resume(path, overrides)
     if r.done:
         print(f"{path}: already completed all {r.cfg.train.epochs} epochs; to train longer: "

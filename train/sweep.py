@@ -1,4 +1,5 @@
-"""Running the points of a multi-run call (``config.sweep`` expands them) one after another.
+"""Running the points of a multi-run call (``config.sweep`` expands them) one after another, or with
+``--jobs N`` up to N at once in worker processes (train/parallel.py, train/worker.py).
 
 A failed, diverged or interrupted point is recorded and the rest go on (Ctrl-C stops the sweep).
 Each point's run directory records its swept values and experiment name in results.json, so the
@@ -12,7 +13,7 @@ import signal
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -28,6 +29,9 @@ from train.fit import fit
 from train.resume import anchor_paths, open_for_resume
 from train.rundir import RunDir, is_live, read_results
 
+if TYPE_CHECKING:
+    from train.parallel import Workers
+
 # ----------------------------------------------------------------------------- running
 
 
@@ -41,6 +45,17 @@ class Outcome:
     traceback: Optional[str] = None  # for errors that are not the user's (a bug, out of memory, ...)
     exit_code: Optional[int] = None  # an interrupted point: the signal's exit code (130 Ctrl-C, 143 SIGTERM)
     skipped: bool = False  # finished before this call (a resumed sweep): not trained again
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON- and pickle-safe): what a worker process hands back (train/worker.py)."""
+        return {"name": self.point.name, "status": self.status,
+                "run_dir": str(self.run_dir) if self.run_dir is not None else None, "results": self.results,
+                "error": self.error, "traceback": self.traceback, "exit_code": self.exit_code}
+
+    @classmethod
+    def from_dict(cls, point: Point, d: dict[str, Any]) -> "Outcome":
+        return cls(point, d["status"], Path(d["run_dir"]) if d.get("run_dir") else None, d.get("results") or {},
+                   error=d.get("error"), traceback=d.get("traceback"), exit_code=d.get("exit_code"))
 
 
 def check_points(points: list[Point]) -> None:
@@ -133,24 +148,32 @@ def plan(manifest: Manifest, *, log=print) -> tuple[list[Outcome], list[Job]]:
             r = open_for_resume(folder)
             jobs.append(Job(i, point, r.run_dir, r.cfg, r.ckpt))
         else:  # failed, never started, or killed before it wrote its config: a new run directory
-            jobs.append(Job(i, point, _new_run_dir(point), point.cfg))
+            jobs.append(Job(i, point, point_run_dir(point), point.cfg))
         if status == "failed":
             log(f"{point.name}: failed before ({results.get('error')}); running it again")
     return done, jobs
 
 
-def _new_run_dir(point: Point) -> RunDir:
+def point_run_dir(point: Point) -> RunDir:
+    """A new run directory for ``point`` under its ``output.dir`` (made when its run starts)."""
     return RunDir(point.cfg.output.dir, point.cfg.run_name, extra=point.record())
 
 
 def jobs_for(points: list[Point]) -> list[Job]:
-    return [Job(i, p, _new_run_dir(p), p.cfg) for i, p in enumerate(points)]
+    return [Job(i, p, point_run_dir(p), p.cfg) for i, p in enumerate(points)]
 
 
 def run_jobs(jobs: list[Job], total: int, *, manifest: Optional[Manifest] = None, log=print,
-             command: Optional[str] = None) -> list[Outcome]:
+             command: Optional[str] = None, workers: Optional["Workers"] = None) -> list[Outcome]:
     """Run each job in turn. A failed or diverged point is recorded and the rest go on; a stop signal
-    ends the call after the current point has checkpointed (between points: before the next starts)."""
+    ends the call after the current point has checkpointed (between points: before the next starts).
+
+    ``workers`` (``train.parallel.Workers``, from ``--jobs N``): run up to N points at once instead, each
+    in its own process (train/parallel.py); None runs them here, one after another."""
+    if workers is not None:
+        from train.parallel import run_parallel
+
+        return run_parallel(jobs, total, workers, manifest=manifest, command=command)
     with GracefulStop(announce=lambda text: log(text.strip())) as stop:
         return _run_jobs(jobs, total, manifest, log, command, stop)
 
@@ -165,37 +188,51 @@ def _run_jobs(jobs, total, manifest, log, command, stop: GracefulStop) -> list[O
             outcomes.append(Outcome(point, "interrupted", None, error="not started: the call was stopped",
                                     exit_code=128 + stop.signum))
             break
-        swept = ", ".join(f"{k}={v}" for k, v in point.values.items())
-        log(f"\n=== run {job.index + 1}/{total}: {point.name}{f' ({swept})' if swept else ''} [{point.source}]"
-            f"{' (resumed)' if run_dir.resuming else ''}")
+        log(f"\n=== run {job.index + 1}/{total}: {describe(job)}")
         if manifest is not None:
             run_dir.on_create = lambda path, i=job.index: manifest.set_run_dir(i, path)
-        try:
-            results = fit(job.cfg, run_dir, log=log, resume=job.ckpt, command=command)
-            outcomes.append(Outcome(point, "completed", run_dir.path, results))
-        except KeyboardInterrupt as e:
-            code = e.exit_code if isinstance(e, Interrupted) else 130
-            outcomes.append(Outcome(point, "interrupted", run_dir.path, error=run_dir.results.get("error") or
-                                    "interrupted", exit_code=code))
+        outcomes.append(run_one(job, log=log, command=command))
+        last = outcomes[-1]
+        if last.status == "interrupted":
             log(f"interrupted during run {job.index + 1}/{total} {point.name}; "
                 f"{len(jobs) - n} later run(s) not started")
             break
-        except NonFiniteLoss as e:
-            outcomes.append(Outcome(point, "diverged", run_dir.path, error=str(e)))
-        except (UserError, RunFailed) as e:
-            outcomes.append(Outcome(point, "failed", run_dir.path, error=str(e),
-                                    traceback=run_dir.results.get("traceback") if run_dir.path else None))
-        except Exception as e:  # noqa: BLE001 - one broken point must not cost the rest of the sweep
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            outcomes.append(Outcome(point, "failed", run_dir.path,
-                                    error=f"{type(e).__name__}: {first}", traceback=traceback.format_exc()))
-        finally:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()  # an out-of-memory point should not starve the next one
-        last = outcomes[-1]
         if last.status != "completed":
             log(f"run {job.index + 1}/{total} {point.name} {last.status}: {last.error}")
     return outcomes
+
+
+def describe(job: Job) -> str:
+    """``name (swept values) [source]``, and ``(resumed)`` for a job continuing its run directory."""
+    point = job.point
+    swept = ", ".join(f"{k}={v}" for k, v in point.values.items())
+    return (f"{point.name}{f' ({swept})' if swept else ''} [{point.source}]"
+            f"{' (resumed)' if job.run_dir.resuming else ''}")
+
+
+def run_one(job: Job, *, log=print, command: Optional[str] = None, progress: Optional[bool] = None) -> Outcome:
+    """Train one job; every way it can end becomes its Outcome, a stop signal included (``interrupted``, with
+    the signal's exit code), so one broken point never costs the rest of the sweep."""
+    point, run_dir = job.point, job.run_dir
+    try:
+        results = fit(job.cfg, run_dir, log=log, resume=job.ckpt, command=command, progress=progress)
+        return Outcome(point, "completed", run_dir.path, results)
+    except KeyboardInterrupt as e:
+        code = e.exit_code if isinstance(e, Interrupted) else 130
+        return Outcome(point, "interrupted", run_dir.path, error=run_dir.results.get("error") or "interrupted",
+                       exit_code=code)
+    except NonFiniteLoss as e:
+        return Outcome(point, "diverged", run_dir.path, error=str(e))
+    except (UserError, RunFailed) as e:
+        return Outcome(point, "failed", run_dir.path, error=str(e),
+                       traceback=run_dir.results.get("traceback") if run_dir.path else None)
+    except Exception as e:  # noqa: BLE001 - one broken point must not cost the rest of the sweep
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return Outcome(point, "failed", run_dir.path, error=f"{type(e).__name__}: {first}",
+                       traceback=traceback.format_exc())
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # an out-of-memory point should not starve the next one
 
 
 def summary(outcomes: list[Outcome]) -> str:

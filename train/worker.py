@@ -1,0 +1,269 @@
+"""One sweep point, run by whatever launched it: ``run_point(spec) -> outcome``, both plain dicts (JSON- and
+pickle-safe), so the local ``--jobs N`` launcher (train/parallel.py) and a cluster launcher (submitit) run the
+same code. ``job_spec`` makes a spec from a ``train.sweep.Job``; ``Outcome.from_dict`` reads the outcome.
+
+    python -m train.worker [--parent PID] < spec.json
+
+runs one spec in its own process, as the local launcher does: events and then the outcome go to stdout as
+JSON lines (the launcher reads them), and everything the point would have printed goes to ``train.log`` in
+its run directory.
+
+A spec:
+
+    index, name, values, experiment, source   the point (config.sweep.Point) and its place in the call
+    config      its resolved config (``Config.to_dict()``); relative paths are taken from ``cwd``
+    cwd         where the call started
+    run_dir     continue this run directory from its last.pt (its own config.yaml then decides), or null:
+                a new run directory under the config's output.dir
+    threads     torch threads for this point (null: torch's default)
+    command     the command recorded in results.json
+
+An outcome: ``name``, ``status`` (completed / failed / diverged / interrupted), ``run_dir`` (null when the
+point stopped before it had one), ``results`` (results.json), ``error`` (one line), ``traceback`` and
+``exit_code`` (an interrupted point: 128 + the signal). Events: ``{"event": "run_dir", "path", "log",
+"epochs_done", "epochs"}`` once the run directory exists, ``{"event": "epoch", "epochs", **metrics row}``
+after each epoch, and in ``python -m train.worker`` a last ``{"event": "outcome", "outcome": {...}}``.
+
+Only torch-free modules are imported at the top: the process sets up its signal handling and parent-death
+signal before the seconds torch takes to import.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from core.errors import UserError
+from core.files import strict_json
+from core.signals import GracefulStop
+
+LOG_FILE = "train.log"
+
+Event = Callable[[dict[str, Any]], None]
+
+
+def job_spec(job, *, command: Optional[str] = None, threads: Optional[int] = None,
+             cwd: Optional[str] = None) -> dict[str, Any]:
+    """The spec of a ``train.sweep.Job``: a point to start afresh, or one to continue in its run directory."""
+    p = job.point
+    return {"index": job.index, "name": p.name, "values": p.values, "experiment": p.experiment, "source": p.source,
+            "config": job.cfg.to_dict(), "cwd": cwd or os.getcwd(),
+            "run_dir": str(job.run_dir.path) if job.run_dir.resuming else None, "threads": threads,
+            "command": command}
+
+
+def run_point(spec: dict[str, Any], events: Optional[Event] = None) -> dict[str, Any]:
+    """Train one point described by ``spec`` (module docstring) and return its outcome as a plain dict.
+
+    Every way the point can end is an outcome, a stop signal included: SIGTERM, SIGINT or SIGHUP before its
+    training starts ends it as ``interrupted`` at once; during training, fit checkpoints and stops. ``events``
+    is called with each event (run directory made, epoch done); it must not raise.
+    """
+    send = events or (lambda event: None)
+    log = RunLog()
+    with GracefulStop(announce=lambda text: log(text.strip())) as stop:
+        try:
+            job = _job(spec)
+        except KeyboardInterrupt as e:  # a second signal while it was being set up
+            return not_started(spec, getattr(e, "signum", signal.SIGINT))
+        except UserError as e:  # e.g. its run directory cannot be resumed
+            return _failed(spec, str(e))
+        except Exception as e:  # noqa: BLE001 - reported as this point's failure, like any error of a run
+            import traceback
+
+            return _failed(spec, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+                           traceback.format_exc())
+        if stop.requested:
+            return not_started(spec, stop.signum)
+
+        from train.sweep import describe, run_one
+
+        run_dir, epochs = job.run_dir, job.cfg.train.epochs
+
+        def created(path: Path) -> None:
+            log_path = log.open(path, header=f"=== {describe(job)}: pid {os.getpid()} on {socket.gethostname()}"
+                                             f"\n{spec.get('command') or ''}")
+            send({"event": "run_dir", "path": str(path), "log": str(log_path),
+                  "epochs_done": job.ckpt["epoch"] if job.ckpt else 0, "epochs": epochs})
+
+        if run_dir.resuming:
+            created(run_dir.path)
+        else:
+            run_dir.on_create = created
+        record = run_dir.log_epoch
+
+        def log_epoch(row: dict[str, Any]) -> None:  # fit calls it once per finished epoch
+            record(row)
+            send({"event": "epoch", "epochs": epochs, **row})
+
+        run_dir.log_epoch = log_epoch
+        try:
+            outcome = run_one(job, log=log, command=spec.get("command"), progress=False)
+        finally:
+            log.close()
+        with stop.holding():
+            return outcome.to_dict()
+
+
+def not_started(spec: dict[str, Any], signum: int) -> dict[str, Any]:
+    name = signal.Signals(signum).name
+    return {"name": spec.get("name"), "status": "interrupted", "run_dir": spec.get("run_dir"), "results": {},
+            "error": f"stopped by {name} before it started", "traceback": None, "exit_code": 128 + signum}
+
+
+def _failed(spec: dict[str, Any], error: str, traceback: Optional[str] = None) -> dict[str, Any]:
+    return {"name": spec.get("name"), "status": "failed", "run_dir": spec.get("run_dir"), "results": {},
+            "error": error, "traceback": traceback, "exit_code": None}
+
+
+def _job(spec: dict[str, Any]):
+    """The ``train.sweep.Job`` a spec describes (imports torch)."""
+    import torch
+
+    from config import from_dict
+    from config.sweep import Point
+    from train.resume import anchor_paths, open_for_resume
+    from train.sweep import Job, point_run_dir
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))  # recorded in results.json (provenance: threads)
+    raw = spec["config"]
+    if spec.get("cwd") and Path(spec["cwd"]).resolve() != Path.cwd().resolve():
+        raw = anchor_paths(raw, spec["cwd"])  # started elsewhere (a cluster node): the call's relative paths
+    cfg = from_dict(raw)
+    point = Point(spec["name"], dict(spec.get("values") or {}), cfg, spec.get("source", ""),
+                  spec.get("experiment", ""))
+    if spec.get("run_dir"):
+        r = open_for_resume(spec["run_dir"])
+        return Job(spec.get("index", 0), point, r.run_dir, r.cfg, r.ckpt)
+    return Job(spec.get("index", 0), point, point_run_dir(point), cfg)
+
+
+class RunLog:
+    """fit's ``log``: each line appended to the run directory's train.log. Lines logged before the directory
+    exists are kept and written first. Writing the log never fails a run (a full disk fails its own writes)."""
+
+    def __init__(self) -> None:
+        self.pending: list[str] = []
+        self.file = None
+
+    def __call__(self, text: str) -> None:
+        if self.file is None:
+            self.pending.append(text)
+            return
+        try:
+            self.file.write(text + "\n")
+            self.file.flush()
+        except (OSError, ValueError):
+            pass
+
+    def open(self, folder: Path, header: str = "") -> Path:
+        path = Path(folder) / LOG_FILE
+        try:
+            self.file = open(path, "a", encoding="utf-8")
+        except OSError:
+            return path
+        pending, self.pending = ([header] if header else []) + self.pending, []
+        for text in pending:
+            self(text)
+        return path
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+# ----------------------------------------------------------------------------- python -m train.worker
+
+
+class EventPipe:
+    """This process's stdout, kept for events alone (one JSON line each): file descriptor 1 is pointed at
+    stderr, so a stray print cannot corrupt the stream."""
+
+    def __init__(self) -> None:
+        sys.stdout.flush()
+        self.fd = os.dup(1)
+        os.dup2(2, 1)
+        self.open = True
+
+    def send(self, event: dict[str, Any]) -> None:
+        if not self.open:
+            return
+        data = (strict_json(event) + "\n").encode()
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError:  # the launcher is gone (a broken pipe): the point still ends properly
+            self.open = False
+
+
+def output_to(path: str) -> None:
+    """From now on, this process's stdout and stderr (warnings, a crash's traceback) go to ``path`` too."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError:
+        return
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def die_with_parent(parent: int) -> None:
+    """Linux: have the kernel send this process SIGTERM when its launcher dies, SIGKILL included, so the point
+    checkpoints and stops (fit's GracefulStop) instead of training on orphaned; ``--resume COMPARE_DIR``
+    continues it. The signal comes when the launcher's thread that started this process ends, so launchers
+    start workers from their main thread."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # the launcher died before the line above: nobody will send it
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def exit_code(outcome: dict[str, Any]) -> int:
+    if outcome["status"] == "completed":
+        return 0
+    if outcome["status"] == "interrupted":
+        return outcome.get("exit_code") or 130
+    return 1
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import faulthandler
+
+    faulthandler.enable()  # a hard crash leaves its stack in train.log (stderr, see output_to)
+    # A stop signal before run_point installs its own handling ends the point as not started.
+    with GracefulStop(announce=lambda text: None) as early:
+        p = argparse.ArgumentParser(prog="python -m train.worker", description=__doc__.split("\n\n")[0])
+        p.add_argument("--parent", type=int, help="the launcher's pid: stop (SIGTERM) when it dies")
+        args = p.parse_args(argv)
+        if args.parent is not None:
+            die_with_parent(args.parent)
+        pipe = EventPipe()
+
+        def report(event: dict[str, Any]) -> None:
+            if event["event"] == "run_dir":
+                output_to(event["log"])
+            pipe.send(event)
+
+        spec = json.loads(sys.stdin.read())
+        outcome = not_started(spec, early.signum) if early.requested else run_point(spec, report)
+        with early.holding():
+            pipe.send({"event": "outcome", "outcome": outcome})
+    return exit_code(outcome)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
