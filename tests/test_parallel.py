@@ -203,9 +203,10 @@ def references(data_root, out: Path, seeds, **train) -> dict[str, Path]:
         torch.set_num_threads(before)
 
 
-# Every source of randomness on (dropout, drop path, MixUp, random erasing), in fp32.
+# Every source of randomness on (dropout, drop path, MixUp, random erasing), in fp32 on the CPU (where runs
+# repeat bit for bit; on a GPU machine too).
 RANDOM = dict(model={**TINY_VIT, "dropout": 0.1, "drop_path": 0.1}, precision="fp32", mixup_alpha=0.8,
-              data={"random_erasing": 0.25})
+              data={"random_erasing": 0.25}, device="cpu")
 
 
 def random_raw(data_root, out, **train) -> dict:
@@ -238,6 +239,23 @@ def test_jobs_2_gives_each_point_its_numbers_run_alone(fmnist_root, tmp_path, ca
     assert (tmp_path / "cmp" / "index.md").is_file()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_jobs_per_gpu_runs_k_points_on_each_gpu(fmnist_root, tmp_path, capsys):
+    raw = {**tiny_raw(fmnist_root, tmp_path / "runs", device="cuda"), "sweep": {"seed": [0, 1, 2]}}
+    r = call_main(capsys, "--cfg", write_yaml(tmp_path / "s.yaml", raw), "--jobs-per-gpu", "2", "--out",
+                  tmp_path / "cmp")
+    assert r.returncode == 0, r.stdout + r.stderr
+    gpus = torch.cuda.device_count()
+    assert f"up to {min(3, 2 * gpus)} runs at once, each in its own process, on {gpus} GPU(s)" in r.stdout
+    lines = r.stdout.splitlines()
+    starts = [i for i, line in enumerate(lines) if ": starting on GPU " in line]
+    done = [i for i, line in enumerate(lines) if ": done  " in line]
+    assert len(starts) == 3 and starts[1] < done[0]  # two points shared the first GPU at once
+    for d in (tmp_path / "runs").iterdir():
+        results = read_results(d)
+        assert results["status"] == "completed" and results["device"].startswith("cuda"), results
+
+
 def start(*args) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
     return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=ROOT, env=env,
@@ -268,7 +286,7 @@ def run_dirs_at(out: Path, proc: subprocess.Popen, epochs: int, count: int = 2, 
         if len(dirs) >= count:
             return dirs
         if proc.poll() is not None:
-            pytest.fail(f"the call ended early (exit {proc.returncode}):\n{proc.stdout.read()}")
+            pytest.fail(f"it ended early (exit {proc.returncode}):\n{proc.stdout.read() if proc.stdout else ''}")
         time.sleep(0.05)
     proc.kill()
     pytest.fail("the points did not get going in time")
@@ -287,14 +305,14 @@ def gone(pid: int, timeout: float = 60) -> bool:
     return False
 
 
-# A launcher that starts one real worker and then waits to be killed.
+# A launcher of one real worker (its events ignored), to be killed while the worker trains.
 ORPHANING = r'''
-import os, subprocess, sys, time
+import os, subprocess, sys
 worker = subprocess.Popen([sys.executable, "-m", "train.worker", "--parent", str(os.getpid())], stdin=subprocess.PIPE,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          stdout=subprocess.DEVNULL)
 worker.stdin.write(sys.stdin.buffer.read())
 worker.stdin.close()
-time.sleep(600)
+sys.exit(worker.wait())
 '''
 
 
@@ -311,13 +329,16 @@ def test_sigkill_sigterm_to_a_parallel_sweep_then_resume_exactly(fmnist_root, tm
     output = Lines(call)
     orphan_raw = {**random_raw(fmnist_root, tmp_path / "orphan", epochs=200), "sweep": {"seed": [0]}}
     (job,) = jobs_for(expand(orphan_raw, "orphan.yaml"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1"}
     launcher = subprocess.Popen([sys.executable, "-c", ORPHANING], stdin=subprocess.PIPE, cwd=ROOT, env=env)
     launcher.stdin.write(json.dumps(job_spec(job, threads=1)).encode())
     launcher.stdin.close()
 
     try:
-        victim, survivor = run_dirs_at(tmp_path / "runs", call, 1)
+        # The victim is the point further on: the other then has the more epochs left to go on with.
+        started = run_dirs_at(tmp_path / "runs", call, 1)
+        victim, survivor = sorted(started, key=lambda d: -read_results(d)["epochs_done"])
         os.kill(read_results(victim)["pid"], signal.SIGKILL)
         name = read_results(victim)["name"]
         output.wait_for(f"point {name}: failed: ")
