@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from core.cli import EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_USER_ERROR, run_cli
@@ -44,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default 1: one after another in this process)")
     p.add_argument("--jobs-per-gpu", type=int, metavar="K",
                    help="at most K points per GPU at once; without --jobs, N = K x the visible GPUs")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                   help="slurm: submit each point as a SLURM job with submitit (its config's slurm: section), "
+                        "wait, and write the comparison; --resume COMPARE_DIR gathers it later (default: local)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and the model summary (for several runs: each run's name, "
                         "swept values and parameter count), then exit without training")
@@ -81,7 +85,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if value is not None and args.cfg is None and args.resume is None:
             raise UserError(f"{flag}: only used with --cfg or --resume (it runs the points of a multi-run call "
                             f"at once)")
-    for flag, given in (("--dry-run", args.dry_run), ("--out", args.out is not None)):
+    if args.launcher == "slurm" and (args.jobs is not None or args.jobs_per_gpu is not None):
+        raise UserError("--jobs: only with --launcher local; with slurm, each point is a job and the cluster "
+                        "runs as many at once as it has room for")
+    for flag, given in (("--dry-run", args.dry_run), ("--out", args.out is not None),
+                        ("--launcher", args.launcher != "local")):
         if given and args.cfg is None:
             p.error(f"{flag}: only used with --cfg (a resumed multi-run call writes into its own directory)")
     return args
@@ -135,7 +143,8 @@ def dry_run(points) -> int:
     return EXIT_USER_ERROR if failed else 0
 
 
-def run_many(points, out: str | None, command: str, jobs: int | None = None, jobs_per_gpu: int | None = None) -> int:
+def run_many(points, out: str | None, command: str, jobs: int | None = None, jobs_per_gpu: int | None = None,
+             launcher: str = "local") -> int:
     """Several runs, then their comparison. The comparison directory is made first and holds sweep.json,
     so ``--resume`` on it finishes the call if it is stopped or killed."""
     from pathlib import Path
@@ -146,6 +155,10 @@ def run_many(points, out: str | None, command: str, jobs: int | None = None, job
 
     check_points(points)
     workers = plan_workers(jobs, jobs_per_gpu)  # None: one after another, in this process
+    if launcher == "slurm":
+        from train.slurm import check_available
+
+        check_available()
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
     if out is not None and (Path(out) / Manifest.FILE).exists():
@@ -157,16 +170,21 @@ def run_many(points, out: str | None, command: str, jobs: int | None = None, job
         except OSError as e:
             raise UserError(f"--out {out}: cannot create ({e.strerror})") from None
     out_dir = Path(out) if out is not None else new_dir(points[0].cfg.output.dir, "compare")
-    manifest = Manifest.start(out_dir, points, command)
+    manifest = Manifest.start(out_dir, points, command, launcher)
     print(f"comparison directory: {out_dir} (if this call stops: python main.py --resume {out_dir})")
     return finish_many(manifest, [], jobs_for(points), command, workers)
 
 
-def finish_many(manifest, done, jobs, command: str, workers=None) -> int:
+def finish_many(manifest, done, jobs, command: str, workers=None, attach=None) -> int:
     from plots import compare
     from train.sweep import run_jobs, summary
 
-    outcomes = done + run_jobs(jobs, len(manifest.points), manifest=manifest, command=command, workers=workers)
+    if manifest.launcher == "slurm":
+        from train.slurm import run_slurm
+
+        outcomes = done + run_slurm(jobs, len(manifest.points), manifest, command=command, attach=attach)
+    else:
+        outcomes = done + run_jobs(jobs, len(manifest.points), manifest=manifest, command=command, workers=workers)
     outcomes.sort(key=lambda o: manifest.points.index(o.point))
     print("\n" + summary(outcomes))
     failures = [{"name": o.point.name, "status": o.status, "error": o.error, "traceback": o.traceback}
@@ -195,10 +213,18 @@ def resume_many(folder, overrides: list[str], command: str, jobs: int | None = N
                         f"configs (extend a single run with --resume RUN_DIR --set train.epochs=N)")
     workers = plan_workers(jobs, jobs_per_gpu)
     manifest = Manifest.load(folder)
-    done, jobs = plan(manifest)
+    attach = {}
+    if manifest.launcher == "slurm":
+        from train.slurm import attached_jobs
+
+        if workers is not None:
+            raise UserError(f"--jobs: {folder} is a SLURM call; its points run as SLURM jobs")
+        attach = attached_jobs(manifest)  # still queued or running: wait for them
+    done, jobs = plan(manifest, attached=frozenset(attach))
     print(f"{folder}: {len(done)} of {len(manifest.points)} runs already finished; "
-          f"{len(jobs)} to run or continue")
-    return finish_many(manifest, done, jobs, command, workers)
+          + (f"{len(attach)} still queued or running on SLURM; " if attach else "")
+          + f"{len(jobs)} to run or continue")
+    return finish_many(manifest, done, jobs, command, workers, attach)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,11 +240,12 @@ def _main(argv: list[str] | None) -> int:
     from config.sweep import load_points
 
     command = "python main.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    from train.distributed import from_env
+    if os.environ.get("WORLD_SIZE", "1") != "1":  # started by torchrun (the check imports no torch)
+        from train.distributed import from_env
 
-    dist = from_env()
-    if dist.enabled:
-        return distributed(args, dist, command)
+        dist = from_env()
+        if dist.enabled:
+            return distributed(args, dist, command)
     if args.eval is not None:
         return eval_run(args.eval, args.ckpt)
     if args.predict is not None:
@@ -232,8 +259,8 @@ def _main(argv: list[str] | None) -> int:
 
     if args.dry_run:
         return dry_run(points)
-    if len(points) > 1 or points[0].values:
-        return run_many(points, args.out, command, args.jobs, args.jobs_per_gpu)
+    if len(points) > 1 or points[0].values or args.launcher == "slurm":
+        return run_many(points, args.out, command, args.jobs, args.jobs_per_gpu, args.launcher)
     if args.out is not None:
         raise UserError("--out: only used to compare several runs (several --cfg files, or a sweep: section)")
     single_run_note(args.jobs, args.jobs_per_gpu)

@@ -134,6 +134,21 @@ class OutputConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """How ``--launcher slurm`` submits each point (submitit); none of it changes what a run computes."""
+
+    partition: Optional[str] = None  # null = the cluster's default partition
+    time_min: int = num(60, ge=1, le=MAX_EPOCHS * 24 * 60)  # each job's time limit; it requeues itself at the limit
+    gpus_per_node: int = num(0, ge=0, le=1024)
+    nodes: int = num(1, ge=1, le=1024)
+    # processes per node; null = one per GPU (or 1). Above one process in all, the point trains with DDP.
+    tasks_per_node: Optional[int] = num(None, ge=1, le=1024, null_ok=True)
+    cpus_per_task: Optional[int] = num(None, ge=1, le=4096, null_ok=True)
+    mem_gb: Optional[float] = num(None, gt=0, le=1 << 20, null_ok=True)
+    sbatch: dict[str, Any] = field(default_factory=dict)  # any other sbatch option, e.g. {account: x, qos: y}
+
+
+@dataclass
 class Config:
     model: ModelConfig
     data: DataConfig
@@ -141,6 +156,7 @@ class Config:
     seed: int = num(0, ge=0, lt=2 ** 63)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     @property
     def run_name(self) -> str:

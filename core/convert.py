@@ -41,6 +41,8 @@ def type_name(tp: Any) -> str:
         return " or ".join(type_name(a) for a in args) + " or null"
     if origin is list:
         return f"a list of {type_name(typing.get_args(tp)[0])}s"
+    if origin is dict:
+        return "a mapping of names to values (name: value lines)"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
@@ -80,6 +82,16 @@ def convert(value: Any, tp: Any, path: str) -> Any:
             raise _bad(path, value, tp)
         (item,) = typing.get_args(tp)
         return [convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:  # options passed on as they are (slurm.sbatch): names, and scalar values
+        if not isinstance(value, dict):
+            raise _bad(path, value, tp)
+        for k, v in value.items():
+            if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", k):
+                raise UserError(f"{path}: key {short_repr(k)} is not an option name (letters, digits, - and _)")
+            if not isinstance(v, (str, int, float, bool)):
+                raise UserError(f"{path}.{k}: got {short_repr(v)}; must be a string, a number or true/false")
+            check_number(v, f"{path}.{k}")
+        return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
             raise _bad(path, value, tp)
@@ -120,4 +132,6 @@ def supported(tp: Any) -> bool:
         return True
     if origin is list:
         return supported(typing.get_args(tp)[0])
+    if origin is dict:
+        return True
     return tp in (int, float, bool, str)

@@ -16,6 +16,13 @@ from typing import Optional
 from core.errors import Interrupted
 
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+_extra: list[int] = []  # more stop signals for this process: a SLURM job's SIGUSR2 (time limit, preemption)
+
+
+def also_stop_on(signum: int) -> None:
+    """Make ``signum`` a stop signal too, for every ``GracefulStop`` entered from now on in this process."""
+    if signum not in SIGNALS and signum not in _extra:
+        _extra.append(signum)
 
 
 class GracefulStop:
@@ -60,7 +67,7 @@ class GracefulStop:
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
-            for sig in SIGNALS:
+            for sig in SIGNALS + tuple(_extra):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -52,10 +52,14 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+FREE_SECTIONS = ("slurm.",)  # how a cluster runs it: never what it computes
+
+
 def math_keys(cfg: Config) -> dict[str, Any]:
     """The resolved config's keys that decide what the run computes (all but ``FREE_KEYS``, epochs)."""
     flat = _flat(cfg.to_dict())
-    return {k: v for k, v in flat.items() if k not in FREE_KEYS and k != "train.epochs"}
+    return {k: v for k, v in flat.items()
+            if k not in FREE_KEYS and k != "train.epochs" and not k.startswith(FREE_SECTIONS)}
 
 
 def fingerprint(cfg: Config) -> str:

@@ -80,13 +80,15 @@ class Manifest:
     FILE = "sweep.json"
 
     def __init__(self, folder: Path, command: str, points: list[Point], run_dirs: list[Optional[str]],
-                 cwd: Optional[str] = None):
+                 cwd: Optional[str] = None, launcher: str = "local", slurm_jobs: Optional[list[Optional[str]]] = None):
         self.folder, self.command, self.points, self.run_dirs = folder, command, points, run_dirs
         self.cwd = cwd or os.getcwd()  # where the call started: its configs' relative paths start there
+        self.launcher = launcher  # local (in this process, or --jobs N) or slurm (train/slurm.py)
+        self.slurm_jobs = slurm_jobs or [None] * len(points)  # each point's latest SLURM job id
 
     @classmethod
-    def start(cls, folder: Path, points: list[Point], command: str) -> "Manifest":
-        m = cls(folder, command, points, [None] * len(points))
+    def start(cls, folder: Path, points: list[Point], command: str, launcher: str = "local") -> "Manifest":
+        m = cls(folder, command, points, [None] * len(points), launcher=launcher)
         m.save()
         return m
 
@@ -98,23 +100,29 @@ class Manifest:
             points = [Point(p["name"], p["values"], from_dict(anchor_paths(p["config"], raw["cwd"])), p["source"],
                             p["experiment"]) for p in raw["points"]]
             run_dirs = [p.get("run_dir") for p in raw["points"]]
-            command, cwd = raw["command"], raw["cwd"]
+            slurm_jobs = [p.get("slurm_job") for p in raw["points"]]
+            command, cwd, launcher = raw["command"], raw["cwd"], raw.get("launcher", "local")
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"{path}: not a readable sweep manifest ({type(e).__name__}: {e})") from None
         except UserError as e:
             raise UserError(f"{path}: a point's config is not valid here ({e})") from None
-        return cls(folder, command, points, run_dirs, cwd)
+        return cls(folder, command, points, run_dirs, cwd, launcher, slurm_jobs)
 
     def set_run_dir(self, i: int, path: Path) -> None:
         self.run_dirs[i] = str(Path(path).resolve())  # absolute: a resume may start in another directory
         self.save()
 
+    def set_slurm_job(self, i: int, job_id: str) -> None:
+        self.slurm_jobs[i] = job_id
+        self.save()
+
     def save(self) -> None:
         points = [{"name": p.name, "values": p.values, "experiment": p.experiment, "source": p.source,
-                   "config": p.cfg.to_dict(), "run_dir": d} for p, d in zip(self.points, self.run_dirs)]
+                   "config": p.cfg.to_dict(), "run_dir": d, **({"slurm_job": j} if j else {})}
+                  for p, d, j in zip(self.points, self.run_dirs, self.slurm_jobs)]
         try:
             atomic_write(self.folder / self.FILE, strict_json({"command": self.command, "cwd": self.cwd,
-                                                               "points": points}, indent=2))
+                                                               "launcher": self.launcher, "points": points}, indent=2))
         except OSError as e:
             raise RunFailed(f"cannot write {self.folder / self.FILE}: {e.strerror or e}") from None
 
@@ -130,12 +138,15 @@ class Job:
     ckpt: Optional[dict[str, Any]] = None
 
 
-def plan(manifest: Manifest, *, log=print) -> tuple[list[Outcome], list[Job]]:
+def plan(manifest: Manifest, *, log=print, attached: frozenset[int] = frozenset()) -> tuple[list[Outcome], list[Job]]:
     """What a resumed call still has to do: completed and diverged points are kept as they are (a
     diverged run diverges again with the same seed), interrupted or killed ones continue from their
-    last.pt, failed ones and those never started run from scratch."""
+    last.pt, failed ones and those never started run from scratch. Points in ``attached`` (SLURM jobs
+    still queued or running) are left to their jobs."""
     done, jobs = [], []
     for i, (point, folder) in enumerate(zip(manifest.points, manifest.run_dirs)):
+        if i in attached:
+            continue
         results = read_results(folder) if folder else None
         status = (results or {}).get("status")
         if status == "running" and is_live(results):
@@ -210,12 +221,14 @@ def describe(job: Job) -> str:
             f"{' (resumed)' if job.run_dir.resuming else ''}")
 
 
-def run_one(job: Job, *, log=print, command: Optional[str] = None, progress: Optional[bool] = None) -> Outcome:
+def run_one(job: Job, *, log=print, command: Optional[str] = None, progress: Optional[bool] = None,
+            dist=None) -> Outcome:
     """Train one job; every way it can end becomes its Outcome, a stop signal included (``interrupted``, with
     the signal's exit code), so one broken point never costs the rest of the sweep."""
     point, run_dir = job.point, job.run_dir
     try:
-        results = fit(job.cfg, run_dir, log=log, resume=job.ckpt, command=command, progress=progress)
+        results = fit(job.cfg, run_dir, log=log, resume=job.ckpt, command=command, progress=progress,
+                      **({"dist": dist} if dist is not None else {}))
         return Outcome(point, "completed", run_dir.path, results)
     except KeyboardInterrupt as e:
         code = e.exit_code if isinstance(e, Interrupted) else 130

@@ -57,14 +57,19 @@ def job_spec(job, *, command: Optional[str] = None, threads: Optional[int] = Non
             "command": command}
 
 
-def run_point(spec: dict[str, Any], events: Optional[Event] = None) -> dict[str, Any]:
+def run_point(spec: dict[str, Any], events: Optional[Event] = None, dist=None) -> dict[str, Any]:
     """Train one point described by ``spec`` (module docstring) and return its outcome as a plain dict.
 
     Every way the point can end is an outcome, a stop signal included: SIGTERM, SIGINT or SIGHUP before its
     training starts ends it as ``interrupted`` at once; during training, fit checkpoints and stops. ``events``
-    is called with each event (run directory made, epoch done); it must not raise.
+    is called with each event (run directory made, epoch done); it must not raise. ``dist``: this process's
+    place among several training the point together (a SLURM job with several tasks, train/slurm.py),
+    already joined; only rank 0 sends events and writes the log.
     """
-    send = events or (lambda event: None)
+    from train.distributed import Dist
+
+    dist = dist or Dist()
+    send = events if events is not None and dist.is_main else (lambda event: None)
     log = RunLog()
     with GracefulStop(announce=lambda text: log(text.strip())) as stop:
         try:
@@ -78,6 +83,7 @@ def run_point(spec: dict[str, Any], events: Optional[Event] = None) -> dict[str,
 
             return _failed(spec, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
                            traceback.format_exc())
+        dist.barrier()  # every process has read a resumed run's state before rank 0 writes it again
         if stop.requested:
             return not_started(spec, stop.signum)
 
@@ -91,7 +97,9 @@ def run_point(spec: dict[str, Any], events: Optional[Event] = None) -> dict[str,
             send({"event": "run_dir", "path": str(path), "log": str(log_path),
                   "epochs_done": job.ckpt["epoch"] if job.ckpt else 0, "epochs": epochs})
 
-        if run_dir.resuming:
+        if not dist.is_main:
+            pass
+        elif run_dir.resuming:
             created(run_dir.path)
         else:
             run_dir.on_create = created
@@ -103,7 +111,7 @@ def run_point(spec: dict[str, Any], events: Optional[Event] = None) -> dict[str,
 
         run_dir.log_epoch = log_epoch
         try:
-            outcome = run_one(job, log=log, command=spec.get("command"), progress=False)
+            outcome = run_one(job, log=log, command=spec.get("command"), progress=False, dist=dist)
         finally:
             log.close()
         with stop.holding():

@@ -1,0 +1,156 @@
+"""``--launcher slurm`` against a real single-node SLURM (tests/slurm/start.sh starts one: Debian's slurmctld,
+slurmd and munge on localhost; .ci/run calls it). Without a running cluster the cluster tests are skipped
+with the reason; the checks that need none always run."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fixtures import ROOT, call_main, numbers, read_metrics, run_fit, tiny_raw, write_yaml
+from config import from_dict
+from config.sweep import Point
+from train.rundir import RunDir, read_results
+from train.slurm import parameters
+from train.sweep import Job
+
+
+def cluster_state() -> str | None:
+    """None when a SLURM cluster answers with an idle (or mixed) node; otherwise why not."""
+    if shutil.which("sinfo") is None:
+        return "sinfo not found"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"sinfo failed ({e})"
+    if out.returncode != 0:
+        return f"sinfo failed: {out.stderr.strip().splitlines()[0] if out.stderr.strip() else out.returncode}"
+    if not {"idle", "mixed"} & set(out.stdout.split()):
+        return f"no idle node (sinfo: {' '.join(out.stdout.split())})"
+    return None
+
+
+needs_slurm = pytest.mark.skipif(
+    cluster_state() is not None,
+    reason=f"SLURM is not running here ({cluster_state()}); tests/slurm/start.sh starts a single-node cluster "
+           f"(root, Debian's slurmctld/slurmd/munge)")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from fixtures import write_mnist
+
+    return write_mnist(tmp_path_factory.mktemp("slurm") / "fmnist", n_train=512, n_test=100)
+
+
+def sweep_raw(root: Path, out: Path, **slurm) -> dict:
+    raw = tiny_raw(root, out, name="s", epochs=4, batch_size=16, log_every=1)
+    raw["slurm"] = {"partition": "debug", "time_min": 10, **slurm}
+    return raw
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def manifest(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@needs_slurm
+def test_preempted_job_requeues_and_a_resume_gathers_after_the_submitter_died(data_root, tmp_path, capsys):
+    """Two points as two jobs. One gets SIGUSR2 (what SLURM sends at the time limit or on preemption): it
+    checkpoints, requeues itself and continues where it stopped. The submitting process is then killed with
+    SIGKILL (its shell went away); ``--resume COMPARE_DIR`` waits for the jobs still on the cluster and
+    writes the comparison. Every number equals the same runs trained here, uninterrupted."""
+    raw = sweep_raw(data_root, tmp_path / "runs")
+    raw["sweep"] = {"seed": [0, 1]}
+    cfg_file = write_yaml(tmp_path / "sweep.yaml", raw)
+    folder = tmp_path / "cmp"
+    submitter = subprocess.Popen([sys.executable, "main.py", "--cfg", str(cfg_file), "--launcher", "slurm",
+                                  "--out", str(folder)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+
+    def first_epoch():
+        points = manifest(folder).get("points") or [{}]
+        d = points[0].get("run_dir")
+        return d if d and (read_results(d) or {}).get("epochs_done", 0) >= 1 else None
+
+    run_dir = Path(wait_for(first_epoch, 120, "the first point's first epoch"))
+    job_ids = [p["slurm_job"] for p in manifest(folder)["points"]]
+    subprocess.run(["scancel", "--signal=USR2", job_ids[0]], check=True)
+    wait_for(lambda: (read_results(run_dir) or {}).get("status") == "interrupted", 60, "the checkpoint on SIGUSR2")
+    submitter.kill()
+    submitter.communicate(timeout=30)
+
+    r = call_main(capsys, "--resume", folder)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "still queued or running on SLURM" in r.stdout and (folder / "index.md").is_file()
+    results = read_results(run_dir)
+    assert results["status"] == "completed"
+    assert [a["status"] for a in results["attempts"]] == ["interrupted", "completed"]
+    assert "SIGUSR2 received" in (run_dir / "train.log").read_text()  # the job's own log, in its run directory
+    for point, seed in zip(manifest(folder)["points"], (0, 1)):
+        ref_dir, _ = run_fit(from_dict({**tiny_raw(data_root, tmp_path / f"ref{seed}", name="s", epochs=4,
+                                                   batch_size=16, log_every=1), "seed": seed}))
+        assert numbers(read_metrics(Path(point["run_dir"]))) == numbers(read_metrics(ref_dir))
+        a, b = (torch.load(Path(d) / "last.pt", weights_only=True)["model"] for d in (point["run_dir"], ref_dir))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_slurm
+def test_an_unknown_partition_fails_its_point_only_and_a_two_task_point_trains_with_ddp(data_root, tmp_path, capsys):
+    raw = sweep_raw(data_root, tmp_path / "runs", tasks_per_node=2)
+    raw["train"]["epochs"] = 2
+    raw["sweep"] = {"slurm.partition": ["debug", "no_such_partition"]}
+    r = call_main(capsys, "--cfg", write_yaml(tmp_path / "sweep.yaml", raw), "--launcher", "slurm",
+                  "--out", tmp_path / "cmp")
+    assert r.returncode == 1, r.stdout + r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.strip().startswith("failed") and "no_such_partition" in x)
+    assert "not submitted" in line and "invalid partition" in line.lower(), line
+    points = manifest(tmp_path / "cmp")["points"]
+    ok = read_results(points[0]["run_dir"])
+    assert ok["status"] == "completed" and ok["processes"] == 2 and ok["global_batch"] == 32
+    assert all(row["train_images"] == 512 for row in read_metrics(Path(points[0]["run_dir"])))
+    assert "no_such_partition" in (tmp_path / "cmp" / "index.md").read_text()
+
+
+def test_launcher_needs_sbatch_and_excludes_jobs(tmp_path, capsys, monkeypatch):
+    raw = tiny_raw(tmp_path, tmp_path / "runs")
+    raw["sweep"] = {"seed": [0, 1]}
+    cfg = write_yaml(tmp_path / "s.yaml", raw)
+    r = call_main(capsys, "--cfg", cfg, "--launcher", "slurm", "--jobs", "2")
+    assert r.returncode == 2 and "--jobs: only with --launcher local" in r.stderr
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    r = call_main(capsys, "--cfg", cfg, "--launcher", "slurm")
+    assert r.returncode == 2 and "sbatch not found" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "runs").exists()  # nothing made before the check
+
+
+def test_slurm_section_becomes_submitit_parameters_and_does_not_change_the_math(tmp_path):
+    from train.checkpoint import fingerprint
+
+    raw = tiny_raw(tmp_path, tmp_path)
+    plain = from_dict(raw)
+    cfg = from_dict({**raw, "slurm": {"partition": "gpu", "time_min": 120, "gpus_per_node": 4, "nodes": 2,
+                                      "cpus_per_task": 8, "mem_gb": 64, "sbatch": {"account": "lab", "qos": "high"}}})
+    job = Job(0, Point("p", {}, cfg, "s.yaml", "p"), RunDir(tmp_path, "p"), cfg)
+    assert parameters(job) == {"timeout_min": 120, "nodes": 2, "tasks_per_node": 4, "gpus_per_node": 4, "name": "p",
+                               "slurm_partition": "gpu", "cpus_per_task": 8, "mem_gb": 64,
+                               "slurm_additional_parameters": {"account": "lab", "qos": "high"}}
+    assert fingerprint(cfg) == fingerprint(plain)  # a run moved to another cluster still resumes
