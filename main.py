@@ -215,10 +215,11 @@ def resume_many(folder, overrides: list[str], command: str, jobs: int | None = N
     manifest = Manifest.load(folder)
     attach = {}
     if manifest.launcher == "slurm":
-        from train.slurm import attached_jobs
+        from train.slurm import attached_jobs, record_run_dirs
 
         if workers is not None:
             raise UserError(f"--jobs: {folder} is a SLURM call; its points run as SLURM jobs")
+        record_run_dirs(manifest)  # jobs that started (or ended) while nobody watched
         attach = attached_jobs(manifest)  # still queued or running: wait for them
     done, jobs = plan(manifest, attached=frozenset(attach))
     print(f"{folder}: {len(done)} of {len(manifest.points)} runs already finished; "

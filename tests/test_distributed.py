@@ -148,6 +148,15 @@ def test_sigterm_then_a_killed_rank_then_torchrun_resumes_exactly(roots, tmp_pat
     assert [a["status"] for a in read_results(run_dir)["attempts"]] == ["interrupted", "failed", "completed"]
 
 
+def test_a_problem_only_rank_0_meets_is_the_same_one_line_in_every_process(roots, tmp_path):
+    raw = tiny_raw(roots[0], Path("/proc/no-such-dir"))  # rank 0 cannot create the run directory there
+    proc = torchrun(["--cfg", str(write_yaml(tmp_path / "bad.yaml", raw))])
+    out = finish(proc)
+    assert proc.returncode != 0
+    assert out.count("error: output.dir: cannot create /proc/no-such-dir") == 2, out  # rank 0 and rank 1
+    assert "lost contact" not in out
+
+
 def test_shards_of_one_epoch_are_the_global_batches_of_one_process():
     x = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8)
     y = torch.arange(40)

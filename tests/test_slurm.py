@@ -123,6 +123,7 @@ def test_an_unknown_partition_fails_its_point_only_and_a_two_task_point_trains_w
     assert r.returncode == 1, r.stdout + r.stderr
     line = next(x for x in r.stdout.splitlines() if x.strip().startswith("failed") and "no_such_partition" in x)
     assert "not submitted" in line and "invalid partition" in line.lower(), line
+    assert any(x.strip().startswith("ok") and "partition=debug" in x for x in r.stdout.splitlines()), r.stdout
     points = manifest(tmp_path / "cmp")["points"]
     ok = read_results(points[0]["run_dir"])
     assert ok["status"] == "completed" and ok["processes"] == 2 and ok["global_batch"] == 32

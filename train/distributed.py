@@ -87,6 +87,13 @@ class Dist:
         self._collective("sharing the run directory", tdist.broadcast_object_list, box, src=0)
         return box[0]
 
+    def share_buffers(self, module: torch.nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) in every process: after the last step each one
+        holds those of its own last batch, and the model evaluated should be the one rank 0 saves."""
+        if self.enabled:
+            for buffer in module.buffers():
+                self._collective("sharing BatchNorm statistics", tdist.broadcast, buffer, src=0)
+
     def barrier(self) -> None:
         if self.enabled:
             self.sum([0.0], torch.device("cpu"))

@@ -22,9 +22,9 @@ from data import get_spec, load_data
 from models import build_model
 from models.measure import describe
 from train import checkpoint
+from train.distributed import Dist, PeerLost, launcher
 from train.engine import EpochMeter, NonFiniteLoss, evaluate, train_one_epoch
 from train.provenance import now, provenance
-from train.distributed import Dist, PeerLost, launcher
 from train.rundir import RunDir
 from train.setup import Setup, prepare, resolve_device, seed_everything
 
@@ -77,8 +77,16 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, pro
             checkpoint.restore(s, resume, cfg, log=log)
             loop.load(resume)
 
-        path = dist.broadcast(run_dir.create())
-        run_dir.path = path
+        if dist.enabled:  # rank 0 makes the directory; a problem with it stops every process the same way
+            try:
+                made, problem = run_dir.create(), None
+            except UserError as e:
+                made, problem = None, str(e)
+            made, problem = dist.broadcast((made, problem))
+            if problem:
+                raise UserError(problem)
+            run_dir.path = made
+        path = run_dir.create() if not dist.enabled else run_dir.path
         try:
             attempts = list(run_dir.results.get("attempts", []))
             for a in attempts:
@@ -256,6 +264,7 @@ class _Loop:
             except NonFiniteLoss as e:
                 raise NonFiniteLoss(f"epoch {n}: {e}") from None
             self.step = len(s.train_loader)
+            s.dist.share_buffers(s.module)
             # Several processes check for a stop after the evaluation (together), not within it.
             ev = evaluate(s, top5=cfg.train.top5, progress=self.bar,
                           on_batch=None if s.dist.enabled else lambda: self.stop.requested and self._stop_now())

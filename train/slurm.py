@@ -51,7 +51,9 @@ class SlurmPoint:
         self.spec, self.marker = spec, marker
 
     def __call__(self) -> dict[str, Any]:
-        also_stop_on(signal.SIGUSR2)  # replaces submitit's own handling: we checkpoint at a step boundary
+        # While the point runs (GracefulStop), SIGUSR2 is ours instead of submitit's: checkpoint at a step
+        # boundary. Before that (joining the other tasks), submitit's handler requeues the job as it is.
+        also_stop_on(signal.SIGUSR2)
         spec = dict(self.spec)
         marker = Path(self.marker)
         if not spec.get("run_dir") and marker.is_file():
@@ -73,8 +75,11 @@ class SlurmPoint:
         if outcome["status"] == "interrupted" and code:
             if code == 128 + signal.SIGUSR2 and dist.is_main:
                 # Time limit or preemption: continue in a new allocation (from last.pt, see __init__).
-                subprocess.run(["scontrol", "requeue", os.environ.get("SLURM_JOB_ID", "")], check=False,
-                               capture_output=True)
+                job_id = os.environ.get("SLURM_JOB_ID", "")
+                done = subprocess.run(["scontrol", "requeue", job_id], check=False, capture_output=True, text=True)
+                if done.returncode != 0:
+                    print(f"scontrol requeue {job_id} failed: {done.stderr.strip() or done.returncode}; continue "
+                          f"the point with --resume COMPARE_DIR", file=sys.stderr, flush=True)
             sys.exit(code)  # no result: the job is requeued (SLURM, or just above) or was cancelled
         return outcome
 
@@ -210,7 +215,7 @@ def _wait(tracked: dict[int, _Tracked], outcomes: dict[int, Outcome], manifest: 
         for i, t in list(tracked.items()):
             _find_run_dir(t, manifest, i)
             state = None if states is None else states.get(t.job_id)
-            if t.handle.paths.result_pickle.exists():
+            if _task0(t).paths.result_pickle.exists():
                 outcomes[i] = _from_result(t)
             elif states is not None and state is None:  # gone from the queue without a result
                 outcomes[i] = _without_result(t)
@@ -240,12 +245,25 @@ def _progress(t: _Tracked, state: Optional[str]) -> str:
     return f"job {t.job_id} running: epoch {results.get('epochs_done', 0)}/{results.get('epochs', '?')}{best}"
 
 
+def _task0(t: _Tracked):
+    """The job's first task (the job itself when it has one): rank 0 of a DDP point, whose result counts."""
+    return t.handle.task(0)
+
+
 def _from_result(t: _Tracked) -> Outcome:
+    """Task 0's result file, read directly: submitit's own ``result()`` would wait on every task, asking sacct
+    (which clusters without accounting never answer) about those that wrote none."""
+    from submitit.core.utils import pickle_load
+
+    task = _task0(t)
     try:
-        result = t.handle.result()
-    except Exception as e:  # noqa: BLE001 - the job's own error (submitit re-raises it here)
+        status, result = pickle_load(task.paths.result_pickle)
+    except Exception as e:  # noqa: BLE001 - a damaged result file
+        status, result = "error", f"unreadable result file {task.paths.result_pickle} ({type(e).__name__}: {e})"
+    if status != "success" or not isinstance(result, dict):
         return Outcome(t.job.point, "failed", Path(t.run_dir) if t.run_dir else None,
-                       error=f"job {t.job_id} failed: {_brief(e)}; its log: {t.handle.paths.stderr}")
+                       error=f"job {t.job_id} failed: {_brief(Exception(str(result)))}; its log: {task.paths.stderr}",
+                       traceback=str(result))
     return Outcome.from_dict(t.job.point, result)
 
 
@@ -254,7 +272,7 @@ def _without_result(t: _Tracked) -> Outcome:
     or stopped by a signal it was not requeued after. The run directory says how far it got."""
     results = (read_results(t.run_dir) if t.run_dir else None) or {}
     status = results.get("status")
-    log = t.handle.paths.stderr
+    log = _task0(t).paths.stderr
     if status == "interrupted":
         return Outcome(t.job.point, "interrupted", Path(t.run_dir), results,
                        error=f"job {t.job_id} was stopped and not requeued ({results.get('error', '').split(';')[0]}); "
@@ -279,6 +297,16 @@ def _brief(e: BaseException) -> str:
     errors = [line for line in lines if "error" in line.lower()]
     text = (errors or lines or [type(e).__name__])[-1 if errors else 0]
     return text[:300]
+
+
+def record_run_dirs(manifest: Manifest) -> None:
+    """Put into sweep.json the run directories jobs made while no submitter was watching (their markers)."""
+    for i in range(len(manifest.points)):
+        marker = manifest.folder / LOGS / f"point-{i}.run_dir"
+        if marker.is_file():
+            path = marker.read_text().strip()
+            if path and path != manifest.run_dirs[i]:
+                manifest.set_run_dir(i, Path(path))
 
 
 def attached_jobs(manifest: Manifest) -> dict[int, str]:

@@ -84,8 +84,8 @@ def run_point(spec: dict[str, Any], events: Optional[Event] = None, dist=None) -
             return _failed(spec, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
                            traceback.format_exc())
         dist.barrier()  # every process has read a resumed run's state before rank 0 writes it again
-        if stop.requested:
-            return not_started(spec, stop.signum)
+        if dist.any([stop.requested], _cpu())[0]:  # together: no task trains alone
+            return not_started(spec, stop.signum or signal.SIGTERM)
 
         from train.sweep import describe, run_one
 
@@ -116,6 +116,12 @@ def run_point(spec: dict[str, Any], events: Optional[Event] = None, dist=None) -
             log.close()
         with stop.holding():
             return outcome.to_dict()
+
+
+def _cpu():
+    import torch
+
+    return torch.device("cpu")
 
 
 def not_started(spec: dict[str, Any], signum: int) -> dict[str, Any]:
