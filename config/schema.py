@@ -131,6 +131,7 @@ class OutputConfig:
     # also write last.pt mid-epoch, every N optimizer steps and/or every M minutes (null = epoch ends only)
     checkpoint_every_steps: Optional[int] = num(None, ge=1, le=MAX_SAMPLES, null_ok=True)
     checkpoint_every_minutes: Optional[float] = num(None, gt=0, le=MAX_EPOCHS * 24 * 60, null_ok=True)
+    tensorboard: bool = True  # TensorBoard event files in RUN_DIR/tb (train/tb.py): tensorboard --logdir runs/
 
 
 @dataclass

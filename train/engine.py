@@ -1,7 +1,8 @@
 """The shared training loop: ``train_step``, ``train_one_epoch``, ``evaluate`` (DeiT's engine.py split).
 
 Loss and correct counts are accumulated on the device; the host syncs only every ``log_every``
-steps (to refresh the progress bar and catch a non-finite loss early) and once at the end of each epoch.
+steps and at the epoch's last one (to refresh the progress bar, hand ``on_log`` a readout and catch a
+non-finite loss early), which is also the epoch's final sum.
 """
 from __future__ import annotations
 
@@ -78,14 +79,18 @@ class EpochMeter:
 
 def train_one_epoch(s: Setup, loader: Optional[Iterable] = None, *, log_every: int = 50, progress: bool = False,
                     desc: str = "train", meter: Optional[EpochMeter] = None,
-                    on_step: Optional[Callable[[int], None]] = None) -> dict:
+                    on_step: Optional[Callable[[int], None]] = None,
+                    on_log: Optional[Callable[[int, dict], None]] = None) -> dict:
     """One pass over ``loader`` (default: the setup's training loader).
 
     With MixUp/CutMix the loss is taken against the soft targets, and training accuracy counts a
     prediction as right when it names the dominant label. A resumed epoch passes the ``meter`` it
     stopped with and a loader that continues where it stopped (``TensorLoader.load_state_dict``);
     ``on_step(step)`` runs after every optimizer step (``step`` counts from the epoch's start) and may
-    write a checkpoint or stop the epoch by raising.
+    write a checkpoint or stop the epoch by raising. ``on_log(step, readout)`` runs, before ``on_step``,
+    at each sync: the epoch's running ``loss``, ``acc``, ``lr`` and ``images_per_s`` so far.
+
+    The progress bar (``progress``) stays on screen when the epoch ends, with its last readout.
     """
     loader = s.train_loader if loader is None else loader
     meter = EpochMeter(s.device) if meter is None else meter
@@ -93,9 +98,9 @@ def train_one_epoch(s: Setup, loader: Optional[Iterable] = None, *, log_every: i
     s.model.train()
     sync(s.device)
     start = time.perf_counter() - meter.time_s
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress,
-               initial=first, total=len(loader) if hasattr(loader, "__len__") else None)
-    step = first
+    steps = len(loader) if hasattr(loader, "__len__") else None
+    bar = tqdm(loader, desc=desc, leave=True, dynamic_ncols=True, disable=not progress, initial=first, total=steps)
+    step, sums = first, None
     for images, labels in bar:
         step += 1
         targets = labels
@@ -104,20 +109,28 @@ def train_one_epoch(s: Setup, loader: Optional[Iterable] = None, *, log_every: i
             labels = targets.argmax(1)
         logits, loss = train_step(s, images, targets)
         meter.add(loss, logits, labels)
-        if step % log_every == 0:
+        sums = None
+        if step % log_every == 0 or step == steps:
             # The only host sync inside the epoch (with several processes: their sums, so that all of
-            # them see a non-finite loss at the same step and stop together).
-            total, correct, seen = s.dist.sum([meter.loss_sum, meter.correct, meter.seen], s.device)
+            # them see a non-finite loss at the same step and stop together). At the last step it is
+            # the epoch's own sum, so an epoch shorter than log_every still shows a readout.
+            sums = total, correct, seen = s.dist.sum([meter.loss_sum, meter.correct, meter.seen], s.device)
             _check_finite(total, step)
-            bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{100 * correct / seen:.2f}",
-                            lr=f"{s.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
+            readout = {"loss": total / seen, "acc": 100 * correct / seen, "lr": s.optimizer.param_groups[0]["lr"],
+                       "images_per_s": seen / max(time.perf_counter() - start, 1e-9)}
+            bar.set_postfix(loss=f"{readout['loss']:.4f}", acc=f"{readout['acc']:.2f}", lr=f"{readout['lr']:.2e}",
+                            img_s=f"{readout['images_per_s']:.0f}", refresh=False)
+            if on_log is not None:
+                on_log(step, readout)
         if on_step is not None:
             meter.time_s = time.perf_counter() - start
             on_step(step)
     sync(s.device)
     elapsed = time.perf_counter() - start
     meter.time_s = elapsed
-    total, correct, seen = s.dist.sum([meter.loss_sum, meter.correct, meter.seen], s.device)  # over all processes
+    if sums is None:  # over all processes
+        sums = s.dist.sum([meter.loss_sum, meter.correct, meter.seen], s.device)
+    total, correct, seen = sums
     _check_finite(total, step)
     return {
         "train_loss": total / max(1, seen),

@@ -27,13 +27,31 @@ from train.engine import EpochMeter, NonFiniteLoss, evaluate, train_one_epoch
 from train.provenance import now, provenance
 from train.rundir import RunDir
 from train.setup import Setup, prepare, resolve_device, seed_everything
+from train.tb import Board, hparams_of, open_board
 
 
-def format_epoch(m: dict[str, Any], epochs: int) -> str:
+def format_epoch(m: dict[str, Any], epochs: int, eta_s: Optional[float] = None) -> str:
+    """One epoch's console line; ``eta_s``: the time the run's remaining epochs should take."""
     top5 = f" top-5 {m['val_top5']:.2f}%" if "val_top5" in m else ""
+    eta = f"  ETA {format_duration(eta_s)}" if eta_s is not None else ""
     return (f"epoch {m['epoch']:>{len(str(epochs))}}/{epochs}  train loss {m['train_loss']:.4f} "
             f"acc {m['train_acc']:.2f}%  val loss {m['val_loss']:.4f} acc {m['val_acc']:.2f}%{top5}  "
-            f"lr {m['lr']:.2e}  {m['epoch_time_s']:.1f}s  {m['images_per_s']:.0f} img/s")
+            f"lr {m['lr']:.2e}  {m['epoch_time_s']:.1f}s  {m['images_per_s']:.0f} img/s{eta}")
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m12s``, ``2h05m``: as precise as an estimate deserves."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def eta(durations: list[float], remaining: int) -> Optional[float]:
+    """Remaining items x the mean time of those done; None when nothing remains or nothing is done yet."""
+    return statistics.fmean(durations) * remaining if durations and remaining > 0 else None
 
 
 def resume_command(run_dir: RunDir, dist: Dist = Dist()) -> str:
@@ -41,7 +59,8 @@ def resume_command(run_dir: RunDir, dist: Dist = Dist()) -> str:
 
 
 def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, progress: Optional[bool] = None,
-        resume: Optional[dict[str, Any]] = None, command: Optional[str] = None, dist: Dist = Dist()) -> dict[str, Any]:
+        resume: Optional[dict[str, Any]] = None, command: Optional[str] = None, dist: Dist = Dist(),
+        quiet: bool = False) -> dict[str, Any]:
     """Train ``cfg`` end to end into ``run_dir`` (from ``resume``, a loaded last.pt, if given); returns
     results.json's content.
 
@@ -52,7 +71,8 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, pro
     error that is not the user's becomes ``RunFailed`` with the first line, the traceback in results.json).
 
     With several processes (``dist``, train/distributed.py) every one calls ``fit``; only rank 0 writes
-    ``run_dir`` and logs.
+    ``run_dir`` (TensorBoard's event files included, train/tb.py) and logs. ``quiet``: the model summary
+    goes to summary.txt only, not to ``log``.
     """
     if progress is None:
         progress = sys.stderr.isatty()
@@ -87,6 +107,9 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, pro
                 raise UserError(problem)
             run_dir.path = made
         path = run_dir.create() if not dist.enabled else run_dir.path
+        # A resumed run continues the event files from its checkpoint's step (later ones are dropped).
+        purge = (loop.global_step + 1 if resume is not None else 0) if run_dir.resuming else None
+        loop.tb = open_board(cfg.output.tensorboard and run_dir.writes, path, purge) if path else Board()
         try:
             attempts = list(run_dir.results.get("attempts", []))
             for a in attempts:
@@ -107,14 +130,19 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, pro
                 log(f"resuming {path} {loop.position()}")
             if resume is None:
                 run_dir.write("summary.txt", info.summary + "\n")
-                log(info.summary)
+                loop.tb.text("model", info.summary)
+                loop.tb.text("config", dump_config(cfg))
+                if not quiet:
+                    log(info.summary)
             batch = f", global batch {cfg.train.batch_size * dist.world_size}" if dist.enabled else ""
             log(f"run dir: {path}\ndevice: {s.describe()}, {len(data.train[1])} train / {len(data.val[1])} val "
                 f"images, {len(s.train_loader)} steps/epoch{batch}")
             loop.run()
             with stop.holding():
-                return _end(run_dir, "completed", **{**loop.progress(), "resume_command": None,
-                                                     **_summary(cfg, loop.history)})
+                summary = _summary(cfg, loop.history)
+                loop.tb.hparams(hparams_of(cfg, run_dir.results), {"hparams/best_val_acc": summary["best_val_acc"],
+                                "hparams/final_val_acc": summary["final_val_acc"]}, loop.global_step)
+                return _end(run_dir, "completed", **{**loop.progress(), "resume_command": None, **summary})
         except NonFiniteLoss as e:
             with stop.holding():
                 _end(run_dir, "diverged", error=str(e), **loop.progress())
@@ -148,6 +176,8 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, pro
             if known:
                 raise e  # (a lost process: as PeerLost)
             raise RunFailed(f"run failed: {error} (details in {run_dir.file('results.json')})") from e
+        finally:
+            loop.tb.close()
 
 
 def _end(run_dir: RunDir, status: str, **fields: Any) -> dict[str, Any]:
@@ -190,6 +220,7 @@ class _Loop:
         self.best_acc, self.best_epoch = -1.0, 0
         self.saved_at: Optional[str] = None  # the position of the last checkpoint written, in words
         self.last_save = time.monotonic()
+        self.tb = Board()  # TensorBoard's writer, opened once the run directory exists
 
     def load(self, ckpt: dict[str, Any]) -> None:
         ckpt = checkpoint.own_state(ckpt, self.s.dist)
@@ -249,6 +280,10 @@ class _Loop:
                 (out.checkpoint_every_steps and self.global_step % out.checkpoint_every_steps == 0) or timed):
             self.save()
 
+    def _log_step(self, step: int, readout: dict[str, float]) -> None:
+        # Called before _after_step counts this step.
+        self.tb.train_step(self.global_step + 1, readout["loss"], readout["acc"], readout["lr"])
+
     def run(self) -> None:
         cfg, s = self.cfg, self.s
         total = cfg.train.epochs
@@ -260,7 +295,7 @@ class _Loop:
             try:
                 tr = train_one_epoch(s, () if finished else None, log_every=cfg.train.log_every,
                                      progress=self.bar, desc=f"epoch {n}/{total}", meter=self.meter,
-                                     on_step=self._after_step)
+                                     on_step=self._after_step, on_log=self._log_step)
             except NonFiniteLoss as e:
                 raise NonFiniteLoss(f"epoch {n}: {e}") from None
             self.step = len(s.train_loader)
@@ -281,6 +316,9 @@ class _Loop:
             if improved:
                 self.best_acc, self.best_epoch = row["val_acc"], n
             self.epoch, self.step, self.meter = n, 0, EpochMeter(s.device)
+            # Before the checkpoint: a kill between the two redoes the epoch, and the resumed run's
+            # purge_step drops this row from TensorBoard; after it, the row stays and is not written again.
+            self.tb.epoch(row, self.global_step)
             # The checkpoint first: a kill after it and before the log line loses nothing (the log is
             # rebuilt from the checkpoint's history); a kill before it redoes this epoch.
             if cfg.output.checkpoints and improved:
@@ -288,7 +326,7 @@ class _Loop:
             self.save()
             self.run_dir.log_epoch(row)
             self.run_dir.update("running", **self.progress())
-            self.log(format_epoch(row, total))
+            self.log(format_epoch(row, total, eta([r["epoch_time_s"] for r in self.history], total - n)))
             if self._stop_requested():
                 raise Interrupted(self.stop.signum or signal.SIGTERM)
 
