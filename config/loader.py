@@ -9,8 +9,11 @@ their numbers are checked now, whatever the builder: finite, and no larger than 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import os
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,11 +168,13 @@ def _value_problem(e: ValueError) -> str:
     return str(e).split(";")[0].strip() or type(e).__name__
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def _read_file(path: Path, referrer: str | None = None) -> dict[str, Any]:
+    """One YAML file as a dict, nothing merged. ``referrer`` is the file whose ``base:`` named it."""
     if not path.is_file():
         what = (" (it is a directory)" if path.is_dir() else
                 " (it is not a regular file)" if path.exists() else "")
+        if referrer is not None:
+            raise UserError(f"{referrer}: base: {path}: no such file{what}")
         raise UserError(f"--cfg {path}: no such file{what}")
     try:
         size = path.stat().st_size
@@ -193,6 +198,105 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+# ----------------------------------------------------------------------------- inheritance (base:)
+#
+# ``base: ../cnn_tr_medium.yaml`` (a path relative to the file that says it, or a list of them, later ones
+# winning) makes a file state only what differs from its base: the file's keys deep-merge over the base's.
+# Mappings merge key by key; everything else (scalars, lists, a sweep axis's list, null) replaces. One
+# exception: a ``model`` section that names a different model replaces the base's whole section, since the
+# base's model arguments belong to the base's model. Bases chain; the result has no ``base`` key.
+
+BASE_KEY = "base"
+
+
+@dataclass
+class Raw:
+    """A config file with its bases merged in: the raw dict, and for each dotted key the file that set it."""
+
+    data: dict[str, Any]
+    origins: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def origin(self, dotted: str) -> str | None:
+        """The file that set ``dotted`` or its closest section (None: no file, e.g. a default or --set)."""
+        parts = dotted.split(".")
+        for n in range(len(parts), 0, -1):
+            where = self.origins.get(".".join(parts[:n]))
+            if where is not None:
+                return where
+        return None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file as a raw dict, its ``base:`` chain merged in."""
+    return read_config(path).data
+
+
+def read_config(path: str | Path) -> Raw:
+    """A config file as a raw dict, its ``base:`` chain merged in, with where each key was written."""
+    return _resolve(Path(path), (), None)
+
+
+def _resolve(path: Path, chain: tuple[tuple[Path, str], ...], referrer: str | None) -> Raw:
+    raw = _read_file(path, referrer)
+    shown = str(path)
+    if BASE_KEY not in raw:
+        return Raw(raw, _origins(raw, shown))
+    bases = raw.pop(BASE_KEY)
+    if isinstance(bases, str):
+        bases = [bases]
+    if not (isinstance(bases, list) and bases and all(isinstance(b, str) and b.strip() for b in bases)):
+        raise UserError(f"{shown}: base: expected a config file (a path relative to this file) or a list of "
+                        f"them, got {short_repr(bases)}")
+    here = (*chain, (_identity(path), shown))
+    merged = Raw({})
+    for name in bases:
+        target = Path(os.path.normpath(path.parent / Path(name).expanduser()))
+        if _identity(target) in [p for p, _ in here]:
+            cycle = [s for _, s in here] + [str(target)]
+            raise UserError(f"{shown}: base: {name}: a cycle: {' -> '.join(cycle)}")
+        _merge(merged, _resolve(target, here, shown))
+    _merge(merged, Raw(raw, _origins(raw, shown)))
+    return merged
+
+
+def _identity(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
+
+
+def _origins(raw: dict[str, Any], where: str, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in raw.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out[key] = where
+        if isinstance(v, dict) and key != "sweep":  # a sweep's keys are dotted keys themselves
+            out.update(_origins(v, where, key))
+    return out
+
+
+def _merge(into: Raw, child: Raw) -> None:
+    """Deep-merge ``child`` over ``into`` in place (see the comment above ``BASE_KEY``)."""
+    _merge_dict(into, child, into.data, child.data, "")
+
+
+def _merge_dict(into: Raw, child: Raw, old: dict[str, Any], new: dict[str, Any], path: str) -> None:
+    for k, v in new.items():
+        key = f"{path}.{k}" if path else str(k)
+        before = old.get(k)
+        other_model = (key == "model" and isinstance(before, dict) and isinstance(v, dict)
+                       and "name" in v and v.get("name") != before.get("name"))
+        if isinstance(before, dict) and isinstance(v, dict) and not other_model:
+            into.origins[key] = child.origins.get(key, into.origins.get(key))
+            _merge_dict(into, child, before, v, key)
+            continue
+        old[k] = copy.deepcopy(v)
+        for stale in [o for o in into.origins if o == key or o.startswith(key + ".")]:
+            del into.origins[stale]
+        into.origins.update({o: w for o, w in child.origins.items() if o == key or o.startswith(key + ".")})
+
+
 def from_dict(raw: dict[str, Any]) -> Config:
     cfg = _build(Config, raw, "")
     cfg.check()
@@ -202,8 +306,9 @@ def from_dict(raw: dict[str, Any]) -> Config:
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """One run's config. A file with a ``sweep:`` section describes several: see ``load_points``."""
     raw = read_yaml(path) if path is not None else {}
-    if "sweep" in raw:
+    if raw.get("sweep") is not None:
         raise UserError(f"{path}: has a sweep: section, i.e. several runs; run it with python main.py --cfg")
+    raw.pop("sweep", None)  # sweep: null, e.g. a child removing its base's sweep
     for assignment in overrides:
         apply_override(raw, assignment)
     return from_dict(raw)

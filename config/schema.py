@@ -174,6 +174,59 @@ class Config:
         self.train.check()
 
 
+# The datasets of data/datasets.py (a test keeps the two lists equal): config/ imports no torch.
+DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "imagenette")
+
+
+def run_name(name: str, dataset: str) -> str:
+    """``<name>-<dataset>``: what a run is called, so a run always says what it trained on. A name that
+    already ends with a dataset's name (after ``-`` or ``_``) has that ending replaced, so
+    ``cnn_tr_small_cifar10`` on Fashion-MNIST is ``cnn_tr_small-fashion_mnist``, and applying this twice
+    changes nothing."""
+    for d in sorted({*DATASET_NAMES, dataset}, key=len, reverse=True):  # fashion_mnist before mnist
+        ending = next((sep + d for sep in "-_" if name.endswith(sep + d) and len(name) > len(d) + 1), None)
+        if ending:
+            name = name[: -len(ending)]
+            break
+    return f"{name}-{dataset}"
+
+
+def setting_warnings(cfg: "Config") -> list[str]:
+    """Settings that are valid but cannot take effect in this config, one line each (the run goes on)."""
+    t, out = cfg.train, cfg.output
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    changed = lambda key: getattr(t, key) != default[key]  # noqa: E731
+    found = []
+    if t.schedule == "multistep":
+        late = [m for m in t.milestones if m >= t.epochs]
+        if late:
+            found.append(f"train.milestones: {', '.join(map(str, late))} at or after the last epoch "
+                         f"(train.epochs={t.epochs}); the lr never drops there")
+    elif t.milestones:
+        found.append(f"train.milestones: only used by schedule multistep; ignored with {t.schedule}")
+    if t.schedule == "step" and t.step_size >= t.epochs:
+        found.append(f"train.step_size: {t.step_size} epochs, not shorter than the run (train.epochs={t.epochs}); "
+                     f"the lr never drops")
+    if t.schedule != "step" and changed("step_size"):
+        found.append(f"train.step_size: only used by schedule step; ignored with {t.schedule}")
+    if t.schedule not in ("multistep", "step") and changed("gamma"):
+        found.append(f"train.gamma: only used by schedules multistep and step; ignored with {t.schedule}")
+    if t.schedule != "cosine" and changed("min_lr"):
+        found.append(f"train.min_lr: the floor of schedule cosine; ignored with {t.schedule}")
+    if t.optimizer != "sgd":
+        for key in ("momentum", "nesterov"):
+            if changed(key):
+                found.append(f"train.{key}: SGD only; ignored with optimizer {t.optimizer}")
+    if not out.checkpoints:
+        for key in ("checkpoint_every_steps", "checkpoint_every_minutes"):
+            if getattr(out, key) is not None:
+                found.append(f"output.{key}: ignored with output.checkpoints: false")
+    if t.warmup_epochs and t.warmup_epochs >= t.epochs:
+        found.append(f"train.warmup_epochs: {t.warmup_epochs:g}, the whole run (train.epochs={t.epochs}); "
+                     f"schedule {t.schedule} never {'anneals' if t.schedule == 'onecycle' else 'starts'}")
+    return found
+
+
 MAX_NAME = 200  # bytes: a directory name (255 on most file systems) less the date suffix
 
 

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from config.loader import apply_override, from_dict, read_yaml, set_dotted
-from config.schema import Config
+from config.loader import Raw, apply_override, from_dict, read_config, set_dotted
+from config.schema import Config, run_name, setting_warnings
 from core.errors import UserError
 
 # ----------------------------------------------------------------------------- expansion
@@ -84,26 +86,56 @@ def _format_value(value: Any) -> str:
 
 
 def _point_name(raw: dict[str, Any], values: dict[str, Any], short: dict[str, str]) -> str:
-    """``name`` (or the model's name) + one ``key=value`` per swept key; a swept model is named by itself."""
+    """``<name>-<dataset>`` (``name`` or the model's name) + one ``key=value`` per swept key; a swept model
+    is named by itself, followed by the dataset when there is no ``name``; a swept dataset by its own part."""
     parts = [_format_value(v) if k == "model.name" else f"{short[k]}={_format_value(v)}" for k, v in values.items()]
     base = raw.get("name")
     if base is None and "model.name" not in values and isinstance(raw.get("model"), dict):
         base = raw["model"].get("name")
-    return "-".join(([str(base)] if base else []) + parts)
+    if "data.name" not in values:
+        if base is not None:
+            base = _with_dataset(raw, base)
+        elif "model.name" in values:
+            at = list(values).index("model.name") + 1
+            parts[at:at] = [_with_dataset(raw, None, alone=True)]
+    return "-".join(([str(base)] if base else []) + [str(p) for p in parts if p])
 
 
-def expand(raw: dict[str, Any], source: str, overrides: list[str] = ()) -> list[Point]:
+def _with_dataset(raw: dict[str, Any], name: Any, alone: bool = False) -> Any:
+    """A run's name, ``<name>-<dataset>`` (``config.schema.run_name``); ``name`` null = the model's name,
+    or with ``alone`` the dataset's name alone. Anything that is not a name yet is returned as it is, for
+    ``from_dict`` to report."""
+    data, model = raw.get("data"), raw.get("model")
+    dataset = data.get("name") if isinstance(data, dict) else None
+    if not isinstance(dataset, str) or not dataset:
+        return None if alone else name
+    if alone:
+        return dataset
+    if name is None and isinstance(model, dict):
+        name = model.get("name")
+    return run_name(name, dataset) if isinstance(name, str) and name else name
+
+
+def expand(raw: dict[str, Any] | Raw, source: str, overrides: list[str] = ()) -> list[Point]:
     """The runs one config describes: itself, or one per point of its ``sweep`` grid.
 
     ``overrides`` (``--set`` assignments) are applied first; one that sets a swept key is an error,
-    since the sweep would silently win. Every point is validated before any of them runs.
+    since the sweep would silently win. Every point is validated before any of them runs. ``raw`` may
+    be a ``Raw`` (``read_config``): an error in a key a base file wrote then names that file.
     """
-    raw = copy.deepcopy(raw)
+    origins = raw if isinstance(raw, Raw) else Raw({})
+    raw = copy.deepcopy(origins.data if isinstance(raw, Raw) else raw)
     for assignment in overrides:
         apply_override(raw, assignment)
+    set_keys = [a.partition("=")[0].strip() for a in overrides]
     sweep = raw.pop("sweep", None)
     if sweep is None:
-        cfg = from_dict(raw)
+        raw["name"] = _with_dataset(raw, raw.get("name"))
+        try:
+            cfg = from_dict(raw)
+        except UserError as e:
+            where = _written_in(e, origins, source, set_keys)
+            raise UserError(f"{where}: {e}" if where else str(e)) from None
         return [Point(cfg.run_name, {}, cfg, source)]
     if not isinstance(sweep, dict) or not sweep:
         raise UserError(f"{source}: sweep: expected a mapping of dotted keys to lists of values, "
@@ -137,17 +169,48 @@ def expand(raw: dict[str, Any], source: str, overrides: list[str] = ()) -> list[
         name = _point_name(raw, values, short)
         point_raw["name"] = name
         experiment = _point_name(raw, {k: v for k, v in values.items() if k != "seed"}, short)
-        points.append(Point(name, values, _point_config(point_raw, source, name), source, experiment))
+        points.append(Point(name, values, _point_config(point_raw, source, name, origins, set_keys + keys),
+                            source, experiment))
     return points
 
 
-def _point_config(raw: dict[str, Any], source: str, name: str) -> Config:
+def _point_config(raw: dict[str, Any], source: str, name: str, origins: Raw, set_keys: list[str]) -> Config:
     try:
         return from_dict(raw)
     except UserError as e:
-        raise UserError(f"{source} (sweep point {name}): {e}") from None
+        where = _written_in(e, origins, source, set_keys)
+        raise UserError(f"{source} (sweep point {name}): {f'{where}: ' if where else ''}{e}") from None
 
 
-def load_points(paths: list[str | Path], overrides: list[str] = ()) -> list[Point]:
-    """Every run of every config file, in order; all validated before anything runs."""
-    return [p for path in paths for p in expand(read_yaml(path), str(path), overrides)]
+def _written_in(e: UserError, origins: Raw, source: str, set_keys: list[str]) -> str | None:
+    """Where the key an error names was written, when that is a base file of ``source``: '<base> (base of
+    <source>)'. None when it is ``source`` itself, --set, a sweep, or the error names no key."""
+    m = re.match(r"([A-Za-z_][\w.]*):", str(e))
+    if not m:
+        return None
+    key = m.group(1)
+    if any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in set_keys):
+        return None
+    where = origins.origin(key)
+    return f"{where} (base of {source})" if where and where != source else None
+
+
+def load_points(paths: list[str | Path], overrides: list[str] = (), warn: bool = True) -> list[Point]:
+    """Every run of every config file, in order; all validated before anything runs. ``warn``: print
+    each setting that cannot take effect (``config.schema.setting_warnings``) once, on stderr."""
+    points = [p for path in paths for p in expand(read_config(path), str(path), overrides)]
+    if warn and os.environ.get("RANK", "0") == "0":  # torchrun: every process loads; one of them says it
+        for line in point_warnings(points):
+            print(f"warning: {line}", file=sys.stderr)
+    return points
+
+
+def point_warnings(points: list[Point]) -> list[str]:
+    """The settings of ``points`` that cannot take effect, each once, with the file (and point) it is in."""
+    seen: dict[str, list[str]] = {}
+    for p in points:
+        for line in setting_warnings(p.cfg):
+            seen.setdefault(line, [])
+            if p.source not in seen[line]:
+                seen[line].append(p.source)
+    return [f"{', '.join(sources)}: {line}" for line, sources in seen.items()]

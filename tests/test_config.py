@@ -201,3 +201,172 @@ def test_a_replaced_key_names_its_replacement():
 
     with pytest.raises(UserError, match=r"train.amp: replaced by train.precision: auto \| fp32"):
         from_dict({"model": {"name": "vit"}, "data": {"name": "cifar10"}, "train": {"amp": False}})
+
+
+# ----------------------------------------------------------------------------- base: (inheritance)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+PARENT = """
+name: parent
+model: {name: cnn_transformer, num_layers: 4}
+data: {name: cifar10, limit_train: 100}
+train: {epochs: 30, optimizer: sgd, lr: 0.05, schedule: multistep, milestones: [10, 20]}
+"""
+
+
+def test_a_child_states_only_what_differs_and_merges_deeply(tmp_path):
+    write(tmp_path / "parent.yaml", PARENT)
+    child = write(tmp_path / "variants" / "child.yaml",
+                  "base: ../parent.yaml\nmodel: {num_layers: 2}\ntrain: {milestones: [5], epochs: 8}\n")
+    (p,) = load_points([child])
+    cfg = p.cfg
+    assert cfg.model.name == "cnn_transformer" and cfg.model.kwargs == {"num_layers": 2}  # mapping merged
+    assert cfg.train.milestones == [5]  # a list replaces, not appends
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.optimizer) == (8, 0.05, "sgd")
+    assert cfg.data.limit_train == 100
+    # --set applies after inheritance; the resolved config is flat and complete
+    (p,) = load_points([child], ["train.epochs=3"])
+    assert p.cfg.train.epochs == 3
+    dumped = yaml.safe_load(dump_config(p.cfg))
+    assert "base" not in dumped and dumped["train"]["lr"] == 0.05 and dumped["model"]["num_layers"] == 2
+
+
+def test_bases_chain_and_a_list_of_bases_later_wins(tmp_path):
+    write(tmp_path / "a.yaml", PARENT)
+    write(tmp_path / "b.yaml", "base: a.yaml\ntrain: {lr: 0.01}\n")
+    write(tmp_path / "other.yaml", "train: {lr: 0.02, epochs: 12}\n")
+    c = write(tmp_path / "c.yaml", "base: [b.yaml, other.yaml]\nseed: 3\n")
+    (p,) = load_points([c])
+    assert (p.cfg.train.lr, p.cfg.train.epochs, p.cfg.seed, p.cfg.model.kwargs) == (0.02, 12, 3, {"num_layers": 4})
+
+
+def test_a_child_naming_another_model_replaces_the_model_section(tmp_path):
+    write(tmp_path / "a.yaml", PARENT)
+    c = write(tmp_path / "c.yaml", "base: a.yaml\nmodel: {name: simple_cnn}\n")
+    (p,) = load_points([c])
+    assert p.cfg.model.name == "simple_cnn" and p.cfg.model.kwargs == {}  # num_layers belonged to the other model
+
+
+def test_a_sweep_over_a_base_replaces_its_lists_and_null_removes_it(tmp_path):
+    write(tmp_path / "a.yaml", PARENT + "sweep: {seed: [0, 1, 2], model.num_layers: [1, 2]}\n")
+    c = write(tmp_path / "c.yaml", "base: a.yaml\nsweep: {seed: [7]}\n")
+    ps = load_points([c])
+    assert [(p.cfg.seed, p.cfg.model.kwargs["num_layers"]) for p in ps] == [(7, 1), (7, 2)]
+    single = write(tmp_path / "single.yaml", "base: a.yaml\nsweep: null\n")
+    assert len(load_points([single])) == 1
+    assert load_config(single).train.epochs == 30
+
+
+def test_a_base_cycle_is_one_line_naming_the_chain(tmp_path):
+    write(tmp_path / "a.yaml", "base: b.yaml\n" + PARENT)
+    write(tmp_path / "b.yaml", "base: sub/c.yaml\n")
+    write(tmp_path / "sub" / "c.yaml", "base: ../a.yaml\n")
+    message = error_of(load_points, [tmp_path / "a.yaml"])
+    assert "a cycle" in message and message.count(" -> ") == 3
+    chain = message.split("a cycle: ")[1]
+    assert chain == " -> ".join(str(tmp_path / f) for f in ("a.yaml", "b.yaml", "sub/c.yaml", "a.yaml"))
+    write(tmp_path / "self.yaml", "base: self.yaml\n")
+    assert "a cycle" in error_of(load_points, [tmp_path / "self.yaml"])
+
+
+def test_a_missing_or_malformed_base_names_the_file_that_refers_to_it(tmp_path):
+    child = write(tmp_path / "child.yaml", "base: ../nowhere.yaml\nseed: 1\n")
+    message = error_of(load_points, [child])
+    assert message.startswith(f"{child}: base: ") and "nowhere.yaml: no such file" in message
+    bad = write(tmp_path / "bad.yaml", "base: [1, 2]\n")
+    assert "base: expected a config file" in error_of(load_points, [bad])
+    broken = write(tmp_path / "broken.yaml", "train: {lr: [\n")
+    assert error_of(load_points, [write(tmp_path / "c2.yaml", "base: broken.yaml\n")]).startswith(
+        f"{broken}: malformed YAML")
+
+
+def test_an_error_in_an_inherited_key_names_the_base_file(tmp_path):
+    base = write(tmp_path / "base.yaml", PARENT.replace("lr: 0.05", "lr: fast"))
+    child = write(tmp_path / "child.yaml", "base: base.yaml\nseed: 1\n")
+    message = error_of(load_points, [child])
+    assert message.startswith(f"{base} (base of {child}): train.lr: expected a number")
+    # the same key fixed by the child, or set by --set: no base named
+    assert "base of" not in error_of(load_points, [child], ["train.lr=slow"])
+    write(tmp_path / "child2.yaml", "base: base.yaml\ntrain: {lr: nope}\n")
+    assert error_of(load_points, [tmp_path / "child2.yaml"]).startswith("train.lr: expected a number")
+    sweep = write(tmp_path / "sweep.yaml", "base: base.yaml\nsweep: {seed: [0, 1]}\n")
+    assert f"(sweep point parent-cifar10-seed=0): {base} (base of {sweep}): train.lr" in error_of(load_points, [sweep])
+
+
+# ----------------------------------------------------------------------------- run names
+
+
+def test_a_run_is_named_after_its_dataset(tmp_path):
+    from config.schema import run_name
+
+    assert run_name("cnn_tr_small", "fashion_mnist") == "cnn_tr_small-fashion_mnist"
+    assert run_name("cnn_tr_small_cifar10", "fashion_mnist") == "cnn_tr_small-fashion_mnist"  # replaced
+    assert run_name("x-fashion_mnist", "mnist") == "x-mnist"  # the longest dataset name matches, not 'mnist'
+    assert run_name("x_cifar100", "cifar10") == "x-cifar10"
+    assert run_name(run_name("x", "mnist"), "mnist") == "x-mnist"  # twice = once
+    assert run_name("cifar10", "cifar10") == "cifar10-cifar10"  # only an ending after - or _ is a dataset
+    (p,) = load_points([CONFIGS[0].parent / "cnn_tr_small.yaml"], ["data.name=fashion_mnist"])
+    assert p.name == p.cfg.name == p.cfg.run_name == "cnn_tr_small-fashion_mnist"
+    (p,) = load_points([write(tmp_path / "x.yaml", "model: {name: vit}\ndata: {name: mnist}\n")])
+    assert p.cfg.run_name == "vit-mnist"
+
+
+def test_the_dataset_names_in_config_are_the_registered_ones():
+    from config.schema import DATASET_NAMES
+    from data import list_datasets
+
+    assert sorted(DATASET_NAMES) == list_datasets()
+
+
+def test_shipped_config_names_carry_no_dataset():
+    from config.schema import DATASET_NAMES
+
+    for path in CONFIGS:
+        name = yaml.safe_load(path.read_text()).get("name") or ""
+        assert not any(name.endswith(d) for d in DATASET_NAMES), (path, name)
+
+
+# ----------------------------------------------------------------------------- settings that cannot take effect
+
+
+@pytest.mark.parametrize("train, says", [
+    ({"schedule": "multistep", "milestones": [5, 10], "epochs": 10}, "train.milestones: 10 at or after the last epoch"),
+    ({"optimizer": "adamw", "momentum": 0.5}, "train.momentum: SGD only; ignored with optimizer adamw"),
+    ({"optimizer": "adamw", "nesterov": True}, "train.nesterov: SGD only"),
+    ({"schedule": "onecycle", "min_lr": 1.0e-5}, "train.min_lr: the floor of schedule cosine; ignored with onecycle"),
+    ({"schedule": "cosine", "milestones": [3]}, "train.milestones: only used by schedule multistep"),
+    ({"schedule": "cosine", "gamma": 0.5}, "train.gamma: only used by schedules multistep and step"),
+    ({"schedule": "step", "step_size": 20, "epochs": 10}, "train.step_size: 20 epochs, not shorter than the run"),
+    ({"schedule": "onecycle", "warmup_epochs": 10, "epochs": 10}, "train.warmup_epochs: 10, the whole run"),
+])
+def test_settings_that_cannot_take_effect_are_warned_about(train, says):
+    from config.schema import setting_warnings
+
+    found = setting_warnings(build(train=train))
+    assert len(found) == 1 and found[0].startswith(says) and "\n" not in found[0]
+
+
+def test_no_warnings_for_defaults_or_shipped_configs():
+    from config.schema import setting_warnings
+    from config.sweep import point_warnings
+
+    assert setting_warnings(build()) == []
+    assert setting_warnings(build(output={"checkpoints": True, "checkpoint_every_steps": 5})) == []
+    assert "output.checkpoint_every_steps: ignored" in setting_warnings(
+        build(output={"checkpoints": False, "checkpoint_every_steps": 5}))[0]
+    assert point_warnings(load_points(CONFIGS, warn=False)) == []
+
+
+def test_warnings_print_once_per_call_and_the_run_goes_on(tmp_path, capsys):
+    sweep = write(tmp_path / "s.yaml", "model: {name: vit}\ndata: {name: mnist}\n"
+                                      "train: {momentum: 0.5}\nsweep: {seed: [0, 1, 2]}\n")
+    capsys.readouterr()
+    assert len(load_points([sweep])) == 3
+    err = capsys.readouterr().err
+    assert err == f"warning: {sweep}: train.momentum: SGD only; ignored with optimizer adamw\n"

@@ -133,7 +133,7 @@ def test_a_stopped_sweep_resumes_without_training_anything_twice(data_root, tmp_
     ref_runs = {}  # each point trained alone, uninterrupted
     for seed in (0, 1, 2):
         raw = {**tiny_raw(data_root, tmp_path / "ref", model={**TINY_VIT, "dropout": 0.1}, precision="fp32",
-                          epochs=1, seed=seed), "name": f"t-seed={seed}"}
+                          epochs=1, seed=seed), "name": f"t-fashion_mnist-seed={seed}"}
         ref_runs[raw["name"]] = run_fit(from_dict(raw))[0]
 
     # Stop with SIGTERM in the middle of the second point (step 4 of its epoch).

@@ -149,36 +149,36 @@ def test_launcher_records_crashed_and_killed_workers_as_failed_and_goes_on(tmp_p
     outcomes, out, manifest = fake_call(tmp_path, monkeypatch, ["crash", "kill", "ok", "ok"],
                                         Workers(2, ["3", "5"], threads=4))
     by_name = {o.point.name: o for o in outcomes}
-    assert [by_name[f"t-seed={i}"].status for i in range(4)] == ["failed", "failed", "completed", "completed"]
-    crashed, killed = by_name["t-seed=0"], by_name["t-seed=1"]
+    assert [by_name[f"t-fashion_mnist-seed={i}"].status for i in range(4)] == ["failed", "failed", "completed", "completed"]
+    crashed, killed = by_name["t-fashion_mnist-seed=0"], by_name["t-fashion_mnist-seed=1"]
     assert crashed.error == "worker process exited with code 3; last output: Fatal Python error: a stand-in crash"
     assert crashed.run_dir is None and "a stand-in crash" in crashed.traceback
-    log = tmp_path / "runs" / "t-seed=1" / "train.log"
+    log = tmp_path / "runs" / "t-fashion_mnist-seed=1" / "train.log"
     assert killed.error == f"worker process killed by SIGKILL; log: {log}" and killed.run_dir == log.parent
-    assert "t-seed=0: Fatal Python error: a stand-in crash\n" in out  # output before a run directory: shown
-    assert f"point t-seed=1: failed: worker process killed by SIGKILL; log: {log}\n" in out
-    assert "point t-seed=2: epoch 1/2  val acc 50.00%\n" in out
-    assert "point t-seed=2: done  best val acc 50.00% (epoch 1), final 50.00%\n" in out
-    assert "t-seed=2: not an event\n" in out  # a stray line on the event channel: shown as output, no harm
+    assert "t-fashion_mnist-seed=0: Fatal Python error: a stand-in crash\n" in out  # output before a run directory: shown
+    assert f"point t-fashion_mnist-seed=1: failed: worker process killed by SIGKILL; log: {log}\n" in out
+    assert "point t-fashion_mnist-seed=2: epoch 1/2  val acc 50.00%\n" in out
+    assert "point t-fashion_mnist-seed=2: done  best val acc 50.00% (epoch 1), final 50.00%\n" in out
+    assert "t-fashion_mnist-seed=2: not an event\n" in out  # a stray line on the event channel: shown as output, no harm
     # Only the launcher writes sweep.json: the run directories the workers reported.
-    assert [p["run_dir"] for p in manifest["points"]] == [None] + [str(tmp_path / "runs" / f"t-seed={i}")
+    assert [p["run_dir"] for p in manifest["points"]] == [None] + [str(tmp_path / "runs" / f"t-fashion_mnist-seed={i}")
                                                                    for i in (1, 2, 3)]
     # Slots take GPUs round-robin and keep them: seed 2 takes the slot seed 0 (GPU 3) freed, or seed 1's.
-    for o in (by_name["t-seed=2"], by_name["t-seed=3"]):
+    for o in (by_name["t-fashion_mnist-seed=2"], by_name["t-fashion_mnist-seed=3"]):
         assert o.results["env"]["CUDA_VISIBLE_DEVICES"] in ("3", "5") and o.results["env"]["OMP_NUM_THREADS"] == "4"
         spec = o.results["spec"]
         assert spec["threads"] == 4 and spec["run_dir"] is None and spec["command"] == "cmd"
-        assert spec["config"]["seed"] == spec["values"]["seed"] and spec["experiment"] == "t"
+        assert spec["config"]["seed"] == spec["values"]["seed"] and spec["experiment"] == "t-fashion_mnist"
 
 
 def test_launcher_passes_a_stop_signal_on_and_starts_nothing_more(tmp_path, monkeypatch):
     handler = signal.getsignal(signal.SIGTERM)
     outcomes, out, _ = fake_call(tmp_path, monkeypatch, ["wait", "ok", "ok"], Workers(1, [], threads=2))
     assert [(o.point.name, o.status, o.exit_code) for o in outcomes] == [
-        ("t-seed=0", "interrupted", 143), ("t-seed=1", "interrupted", 143)]
+        ("t-fashion_mnist-seed=0", "interrupted", 143), ("t-fashion_mnist-seed=1", "interrupted", 143)]
     assert outcomes[1].error == "not started: the call was stopped" and outcomes[1].run_dir is None
     assert "SIGTERM received: passed on to the 1 running point(s)" in out and "2 queued" in out
-    assert "point t-seed=0: interrupted: stopped by SIGTERM after epoch 1\n" in out
+    assert "point t-fashion_mnist-seed=0: interrupted: stopped by SIGTERM after epoch 1\n" in out
     assert signal.getsignal(signal.SIGTERM) == handler  # restored
 
 
@@ -197,7 +197,7 @@ def references(data_root, out: Path, seeds, **train) -> dict[str, Path]:
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return {f"t-seed={s}": run_fit(tiny_config(data_root, out, name=f"t-seed={s}", seed=s, **train))[0]
+        return {f"t-fashion_mnist-seed={s}": run_fit(tiny_config(data_root, out, name=f"t-fashion_mnist-seed={s}", seed=s, **train))[0]
                 for s in seeds}
     finally:
         torch.set_num_threads(before)
@@ -378,4 +378,4 @@ def test_sigkill_sigterm_to_a_parallel_sweep_then_resume_exactly(fmnist_root, tm
         results = read_results(d)
         assert results["status"] == "completed" and [a["status"] for a in results["attempts"]] == [first, "completed"]
         assert_like(d, refs[results["name"]])
-        assert (d / "train.log").read_text().count("=== t-seed=") == 2  # one header per attempt, appended
+        assert (d / "train.log").read_text().count("=== t-fashion_mnist-seed=") == 2  # one header per attempt, appended

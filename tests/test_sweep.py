@@ -21,9 +21,9 @@ def points(sweep, overrides=(), **top):
 def test_grid_expansion_names_count_and_values():
     ps = points({"model.num_layers": [1, 2, 3], "train.lr": [1.0e-3, 3.0e-4]})
     assert len(ps) == 6
-    assert [p.name for p in ps[:3]] == ["cnn_transformer-num_layers=1-lr=0.001",
-                                        "cnn_transformer-num_layers=1-lr=0.0003",
-                                        "cnn_transformer-num_layers=2-lr=0.001"]
+    assert [p.name for p in ps[:3]] == ["cnn_transformer-fashion_mnist-num_layers=1-lr=0.001",
+                                        "cnn_transformer-fashion_mnist-num_layers=1-lr=0.0003",
+                                        "cnn_transformer-fashion_mnist-num_layers=2-lr=0.001"]
     assert len({p.name for p in ps}) == 6
     for p in ps:  # each point's config carries exactly its values, and its name
         assert p.cfg.model.kwargs == {"num_layers": p.values["model.num_layers"]}
@@ -37,20 +37,20 @@ def test_nested_sections_equal_dotted_keys_and_name_prefix():
     nested = points({"model": {"num_layers": [1, 2]}, "seed": [0, 1]}, name="fm")
     dotted = points({"model.num_layers": [1, 2], "seed": [0, 1]}, name="fm")
     assert [p.name for p in nested] == [p.name for p in dotted] == [
-        "fm-num_layers=1-seed=0", "fm-num_layers=1-seed=1", "fm-num_layers=2-seed=0", "fm-num_layers=2-seed=1"]
+        "fm-fashion_mnist-num_layers=1-seed=0", "fm-fashion_mnist-num_layers=1-seed=1", "fm-fashion_mnist-num_layers=2-seed=0", "fm-fashion_mnist-num_layers=2-seed=1"]
     assert [p.cfg.seed for p in nested] == [0, 1, 0, 1]
 
 
 def test_bundles_set_keys_together_and_a_swept_model_names_itself():
     ps = points({"model": [{"name": "simple_cnn"}, {"name": "cnn_transformer", "num_layers": 2, "cnn_channels": 32}]})
-    assert [p.name for p in ps] == ["simple_cnn", "cnn_transformer-num_layers=2-cnn_channels=32"]
+    assert [p.name for p in ps] == ["simple_cnn-fashion_mnist", "cnn_transformer-fashion_mnist-num_layers=2-cnn_channels=32"]
     assert ps[0].cfg.model.name == "simple_cnn" and ps[0].cfg.model.kwargs == {}
     assert ps[1].cfg.model.kwargs == {"num_layers": 2, "cnn_channels": 32}
 
 
 def test_same_leaf_name_uses_the_full_key():
     ps = points({"train.lr": [0.1], "model.lr": [1]})  # model.lr is invalid for the model, but names come first
-    assert ps[0].name == "cnn_transformer-train.lr=0.1-model.lr=1"
+    assert ps[0].name == "cnn_transformer-fashion_mnist-train.lr=0.1-model.lr=1"
 
 
 def test_overrides_apply_to_every_point_and_can_extend_the_sweep():
@@ -61,7 +61,7 @@ def test_overrides_apply_to_every_point_and_can_extend_the_sweep():
 
 def test_without_a_sweep_one_point():
     (p,) = expand(BASE, "x.yaml")
-    assert p.values == {} and p.name == "cnn_transformer"
+    assert p.values == {} and p.name == "cnn_transformer-fashion_mnist"
 
 
 @pytest.mark.parametrize("sweep, message", [
@@ -71,8 +71,8 @@ def test_without_a_sweep_one_point():
     ({"name": ["a", "b"]}, "sweep.name: cannot be swept"),
     ({"model": {}}, "sweep.model: empty section"),
     ({"model.num_layers": [1], "model": [{"num_layers": 2}]}, "sweep.model.num_layers: set by more than one"),
-    ({"train.lr": ["fast"]}, "(sweep point cnn_transformer-lr=fast): train.lr: expected a number"),
-    ({"train.epochs": [1, 0]}, "(sweep point cnn_transformer-epochs=0): train.epochs: got 0; must be in [1, 100,000]"),
+    ({"train.lr": ["fast"]}, "(sweep point cnn_transformer-fashion_mnist-lr=fast): train.lr: expected a number"),
+    ({"train.epochs": [1, 0]}, "(sweep point cnn_transformer-fashion_mnist-epochs=0): train.epochs: got 0; must be in [1, 100,000]"),
     ({"train.nope": [1]}, "train.nope: unknown key"),
 ])
 def test_bad_sweeps_are_one_line_user_errors(sweep, message):
@@ -91,7 +91,7 @@ def test_set_conflicting_with_a_swept_key():
 
 def test_unknown_model_in_a_sweep_stops_before_training():
     ps = points({"model.name": ["simple_cnn", "simple_cnm"]})
-    with pytest.raises(UserError, match=r"sweep point simple_cnm\): model.name: unknown model 'simple_cnm' "
+    with pytest.raises(UserError, match=r"sweep point simple_cnm-fashion_mnist\): model.name: unknown model 'simple_cnm' "
                                         r"\(did you mean 'simple_cnn'\?\)"):
         check_points(ps)
     with pytest.raises(UserError, match=r"model.depth: not a parameter of model 'cnn_transformer'"):
@@ -102,7 +102,7 @@ def test_load_points_concatenates_files(tmp_path):
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text(yaml.safe_dump({**BASE, "name": "a"}))
     b.write_text(yaml.safe_dump({**BASE, "name": "b", "sweep": {"seed": [0, 1]}}))
-    assert [p.name for p in load_points([a, b])] == ["a", "b-seed=0", "b-seed=1"]
+    assert [p.name for p in load_points([a, b])] == ["a-fashion_mnist", "b-fashion_mnist-seed=0", "b-fashion_mnist-seed=1"]
 
 
 # ----------------------------------------------------------------------------- main.py, end to end
@@ -119,16 +119,17 @@ def test_sweep_with_a_failing_point_goes_on_and_compares(fmnist_root, tmp_path, 
     p = call_main(capsys, "--cfg", cfg, "--out", tmp_path / "cmp")
     assert p.returncode == 1, p.stderr
     assert "2 of 4 runs completed" in p.stdout
-    assert "failed  tiny-num_heads=3-seed=0: model 'vit': num_heads=3 does not divide" in p.stdout
+    assert "failed  tiny-fashion_mnist-num_heads=3-seed=0: model 'vit': num_heads=3 does not divide" in p.stdout
     assert "Traceback" not in p.stdout + p.stderr
     runs = sorted((tmp_path / "runs").iterdir())
-    assert [r.name.rsplit("-", 2)[0] for r in runs] == ["tiny-num_heads=2-seed=0", "tiny-num_heads=2-seed=1"]
+    assert [r.name.rsplit("-", 2)[0] for r in runs] == ["tiny-fashion_mnist-num_heads=2-seed=0",
+                                                    "tiny-fashion_mnist-num_heads=2-seed=1"]
     for r in runs:
         assert json.loads((r / "results.json").read_text())["status"] == "completed"
     index = (tmp_path / "cmp" / "index.md").read_text()
-    assert "tiny-num_heads=3-seed=1** (failed): model 'vit': num_heads=3" in index
+    assert "tiny-fashion_mnist-num_heads=3-seed=1** (failed): model 'vit': num_heads=3" in index
     summary = (tmp_path / "cmp" / "summary.csv").read_text().splitlines()
-    assert len(summary) == 2 and summary[1].startswith("tiny-num_heads=2,vit,fashion_mnist,2,0 1,2,")
+    assert len(summary) == 2 and summary[1].startswith("tiny-fashion_mnist-num_heads=2,vit,fashion_mnist,2,0 1,2,")
 
 
 def test_several_configs_then_a_comparison(fmnist_root, tmp_path, capsys):
@@ -140,7 +141,7 @@ def test_several_configs_then_a_comparison(fmnist_root, tmp_path, capsys):
     (cmp,) = [d for d in (tmp_path / "runs").iterdir() if d.name.startswith("compare-")]
     assert p.stdout.strip().endswith(str(cmp / "index.md"))
     rows = (cmp / "results.csv").read_text().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["a", "b"]
+    assert [r.split(",")[0] for r in rows[1:]] == ["a-fashion_mnist", "b-fashion_mnist"]
     assert "no checkpoint" in (cmp / "index.md").read_text()  # checkpoints off: maps skipped, and said so
 
 
@@ -150,7 +151,7 @@ def test_dry_run_of_a_sweep_lists_points_and_writes_nothing(fmnist_root, tmp_pat
     assert p.returncode == 2
     lines = p.stdout.splitlines()
     assert lines[0] == "2 runs:"
-    assert "vit-num_heads=2  (model.num_heads=2)  vit on fashion_mnist:" in lines[1]
+    assert "vit-fashion_mnist-num_heads=2  (model.num_heads=2)  vit on fashion_mnist:" in lines[1]
     assert "params" in lines[1] and "error: model 'vit': num_heads=3" in lines[2]
     assert not (tmp_path / "runs").exists()
 
