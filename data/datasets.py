@@ -563,6 +563,32 @@ def load_data(d) -> ImageData:
                         cache_dir=cache)
 
 
+# Where distributions install datasets: Debian's dataset-fashion-mnist package puts the four idx files in
+# /usr/share/datasets/fashion-mnist. Other datasets follow the same rule, <name with - for _>, should a package
+# (or an administrator) put them there. The environment variable overrides it (tests point it elsewhere).
+SYSTEM_DATASETS = Path("/usr/share/datasets")
+SYSTEM_DATASETS_ENV = "VITLAB_SYSTEM_DATASETS"
+
+
+def system_dir(name: str) -> Path:
+    """Where a system-wide copy of dataset ``name`` would be: ``/usr/share/datasets/<name with - for _>``."""
+    base = os.environ.get(SYSTEM_DATASETS_ENV) or SYSTEM_DATASETS
+    return Path(base) / name.replace("_", "-")
+
+
+def locate(spec: DatasetSpec, root: Path) -> tuple[Optional[list[Path]], Optional[Path], list[str]]:
+    """The dataset's files without downloading: under ``root`` (its own layout or torchvision's, as
+    ``spec.find`` knows them), else in the system folder. Returns (files or None, the folder searched that
+    had them, a description of every place looked)."""
+    looked = []
+    for base in dict.fromkeys((root, system_dir(spec.name))):
+        files = spec.find(base)
+        if files is not None:
+            return files, base, looked
+        looked.append(spec.expected(base))
+    return None, None, looked
+
+
 def load_dataset(
     name: str,
     root: str | Path,
@@ -574,6 +600,7 @@ def load_dataset(
 ) -> ImageData:
     """Find (or download), decode (or read from ``cache_dir``; None = no cache) and cap a dataset.
 
+    Looks under ``root``, then in the system folder (``system_dir``), and only then downloads into ``root``.
     Raises UserError for anything the user can fix: missing files, failed download, corrupt data.
     """
     spec = get_spec(name)
@@ -581,7 +608,9 @@ def load_dataset(
         root = Path(root).expanduser()
     except RuntimeError as e:  # ~user that does not exist
         raise UserError(f"data.root: {root}: {e}") from None
-    files = spec.find(root)
+    files, found_in, looked = locate(spec, root)
+    if files is not None and found_in != root:
+        print(f"data: {name} not in data.root {root}; using the copy in {found_in}", file=sys.stderr)
     if files is None and download:
         # torchvision opens its URLs without a timeout: a network that drops packets would hang the run.
         # This bounds each socket operation (not the whole download) and is restored right after.
@@ -592,14 +621,16 @@ def load_dataset(
             spec.download(root)
         except Exception as e:  # network, disk, checksum: all the user can act on
             raise UserError(f"data.root: {name} not found and the download failed ({_brief(e)}); "
-                            f"expected {spec.expected(root)}; see README 'Datasets offline'") from None
+                            f"expected {'; or '.join(looked)}; see README 'Datasets offline'") from None
         finally:
             socket.setdefaulttimeout(previous)
         files = spec.find(root)
+        if files is not None:
+            print(f"data: {name} downloaded into {root}", file=sys.stderr)
     if files is None:
         hint = "set data.download: true to fetch it, or see README 'Datasets offline'" if not download \
             else "see README 'Datasets offline'"
-        raise UserError(f"data.root: {name} not found: expected {spec.expected(root)}; {hint}")
+        raise UserError(f"data.root: {name} not found: expected {'; or '.join(looked)}; {hint}")
     train, val = _decode_cached(spec, files, _cache_folder(cache_dir))
     if limit_train is not None:
         train = (train[0][:limit_train], train[1][:limit_train])

@@ -247,3 +247,47 @@ def test_download_has_a_socket_timeout_and_restores_it(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"download failed \(TimeoutError: timed out\)"):
         load_dataset("mnist", tmp_path, download=True)
     assert seen == [ds.DOWNLOAD_TIMEOUT_S] and socket.getdefaulttimeout() is None
+
+
+# ----------------------------------------------------------------------------- where datasets are looked for
+
+
+def test_a_system_copy_is_used_when_data_root_has_none(tmp_path, monkeypatch, capsys):
+    import data.datasets as ds
+
+    system = tmp_path / "usr-share-datasets"
+    monkeypatch.setenv(ds.SYSTEM_DATASETS_ENV, str(system))
+    assert ds.system_dir("fashion_mnist") == system / "fashion-mnist"  # Debian's dataset-fashion-mnist layout
+    write_mnist(system / "fashion-mnist", n_train=32, n_test=16)
+    capsys.readouterr()
+    d = load_dataset("fashion_mnist", tmp_path / "empty-root", download=True)  # found: nothing downloaded
+    assert len(d.train[1]) == 32 and not (tmp_path / "empty-root").exists()
+    assert capsys.readouterr().err == (f"data: fashion_mnist not in data.root {tmp_path / 'empty-root'}; "
+                                       f"using the copy in {system / 'fashion-mnist'}\n")
+
+
+def test_data_root_wins_over_the_system_copy_and_its_torchvision_layout_is_found(tmp_path, monkeypatch, capsys):
+    import data.datasets as ds
+
+    monkeypatch.setenv(ds.SYSTEM_DATASETS_ENV, str(tmp_path / "system"))
+    write_mnist(tmp_path / "system" / "fashion-mnist", n_train=32, n_test=16)
+    write_mnist(tmp_path / "root" / "FashionMNIST" / "raw", n_train=48, n_test=16, gz=False)  # torchvision's
+    capsys.readouterr()
+    files, found_in, looked = ds.locate(ds.get_spec("fashion_mnist"), tmp_path / "root")
+    assert found_in == tmp_path / "root" and looked == [] and files[0].parent.name == "raw"
+    assert len(load_dataset("fashion_mnist", tmp_path / "root").train[1]) == 48
+    assert capsys.readouterr().err == ""  # found where the config says: nothing to say
+
+
+def test_not_found_names_every_place_looked(tmp_path, monkeypatch):
+    import data.datasets as ds
+
+    monkeypatch.setenv(ds.SYSTEM_DATASETS_ENV, str(tmp_path / "system"))
+    with pytest.raises(UserError) as info:
+        load_dataset("fashion_mnist", tmp_path / "root", download=False)
+    msg = str(info.value)
+    assert "\n" not in msg
+    for place in (tmp_path / "root", tmp_path / "root" / "FashionMNIST" / "raw", tmp_path / "system" / "fashion-mnist"):
+        assert f"in {place}" in msg, place
+    with pytest.raises(UserError, match=str(tmp_path / "system" / "cifar10" / "cifar-10-batches-py")):
+        load_dataset("cifar10", tmp_path / "root", download=False)
