@@ -1,8 +1,11 @@
-"""``compare(run_dirs, out)``: every figure and table of a comparison, tied together by ``index.md``."""
+"""``compare(run_dirs, out)``: every figure and table of a comparison, tied together by ``index.md`` and
+``index.html`` (the same page, self-contained, with a sortable table)."""
 from __future__ import annotations
 
+import os
 import re
 import sys
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -10,10 +13,26 @@ from typing import Any, Optional
 from core.cli import run_cli
 from core.errors import UserError
 from core.files import atomic_write
-from plots import curves, table
+from plots import curves, html, table
 from plots.runs import Group, find_runs, group_runs
 
 DEFAULT_IMAGES = 4
+
+
+@dataclass
+class Figure:
+    title: str
+    caption: str  # one line: what the figure shows
+    path: Path
+
+
+@dataclass
+class Section:
+    """A heading of the index with its figures (a figure titled like its section gets no heading of its own)."""
+
+    title: str
+    figures: list[Figure] = field(default_factory=list)
+    intro: str = ""
 
 
 def _slug(label: str) -> str:
@@ -37,16 +56,34 @@ def _inspect(groups: list[Group], out: Path, images: int, log) -> tuple[list, li
             sample = inspect.load_sample(run, images, cache)
             slug = _slug(g.label)
             if inspect.has_attention(model):
-                attention.append((g.label, inspect.attention_figure(run, g.label, model, sample,
-                                                                    out / f"attention_{slug}.png")))
+                path = inspect.attention_figure(run, g.label, model, sample, out / f"attention_{slug}.png")
+                attention.append(Figure(g.label, f"{g.label} ({run.model}): {len(sample.labels)} validation images "
+                                        "(rows), the last layer's attention (mean over heads) and the rollout "
+                                        "across layers; brighter = more attention.", path))
             path = inspect.feature_figure(run, g.label, model, sample, out / f"features_{slug}.png")
             if path is not None:
-                features.append((g.label, path))
+                features.append(Figure(g.label, f"{g.label} ({run.model}): the first {inspect.FEATURE_CHANNELS} "
+                                       f"channels of its first {inspect.FEATURE_LAYERS} conv layers on one "
+                                       "validation image.", path))
         except (UserError, FileNotFoundError, RuntimeError, ValueError) as e:
             notes.append(f"{g.label}: attention/feature maps skipped ({type(e).__name__}: "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})")
             log(f"warning: {notes[-1]}")
     return attention, features, notes
+
+
+def _confusions(groups: list[Group]) -> list[Figure]:
+    """Confusion matrices that ``main.py --eval`` wrote into the runs (``confusion_best.png``, ``_last``)."""
+    found = []
+    for g in groups:
+        for run in g.runs:
+            for which in ("best", "last"):
+                path = run.path / f"confusion_{which}.png"
+                if path.is_file():
+                    found.append(Figure(f"{run.name} ({which}.pt)", f"{run.name}: confusion matrix of its {which}.pt "
+                                        "on the validation split; rows are the true class, colour is the share "
+                                        "of that class, numbers are counts.", path))
+    return found
 
 
 def _measure_latency(groups: list[Group], log) -> list[str]:
@@ -81,7 +118,8 @@ def _measure_latency(groups: list[Group], log) -> list[str]:
 def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[list[dict[str, Any]]] = None,
             images: int = DEFAULT_IMAGES, inspect_models: bool = True, latency: bool = False,
             command: Optional[str] = None, log=print) -> Path:
-    """Write the comparison of ``run_dirs`` into ``out`` and return the path of its ``index.md``.
+    """Write the comparison of ``run_dirs`` into ``out`` and return the path of its ``index.md``
+    (``index.html`` beside it is the same page for a browser).
 
     ``failures`` are runs of a sweep that never produced a comparable run (name, status, error,
     traceback); they are listed in the index, with tracebacks in ``failures.log``.
@@ -98,20 +136,22 @@ def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[l
     groups = group_runs(runs)
     latency_notes = _measure_latency(groups, log) if latency else []
     colour = curves.colours(groups)
-    lines = [f"# Comparison of {len(runs)} run{'s' * (len(runs) != 1)}", "",
-             f"Written {datetime.now():%Y-%m-%d %H:%M} by `{command or 'python -m plots'}`. "
+    title = f"Comparison of {len(runs)} run{'s' * (len(runs) != 1)}"
+    written, command = f"{datetime.now():%Y-%m-%d %H:%M}", command or "python -m plots"
+    table_note = ("Accuracies are top-1 on the validation split, in %. Time per epoch is training plus "
+                  "evaluation. Latency (with `--latency`) is inference per image on this machine's CPU "
+                  "after warm-up, median over repeats, at batch 1 and at the run's `train.eval_batch_size`, "
+                  "from each run's checkpoint. Mult-adds are torchinfo's, per image (they leave out the "
+                  "attention matmuls).")
+    lines = [f"# {title}", "",
+             f"Written {written} by `{command}`. "
              "Each experiment keeps its colour in every figure; repeats over seeds are shown as "
              "mean ± sample std.", ""]
     if groups:
         atomic_write(out / "results.md", table.markdown(groups) + "\n")
         atomic_write(out / "results.csv", table.runs_csv(groups))
         atomic_write(out / "summary.csv", table.summary_csv(groups))
-        lines += ["## Results", "", table.markdown(groups), "",
-                  "Accuracies are top-1 on the validation split, in %. Time per epoch is training plus "
-                  "evaluation. Latency (with `--latency`) is inference per image on this machine's CPU "
-                  "after warm-up, median over repeats, at batch 1 and at the run's `train.eval_batch_size`, "
-                  "from each run's checkpoint. Mult-adds are torchinfo's, per image (they leave out the "
-                  "attention matmuls).", "",
+        lines += ["## Results", "", table.markdown(groups), "", table_note, "",
                   "This table: [results.md](results.md). Per run: [results.csv](results.csv). "
                   "Per experiment (mean and std columns): [summary.csv](summary.csv).", ""]
     if failures:
@@ -122,25 +162,36 @@ def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[l
             atomic_write(out / "failures.log", "\n".join(f"== {f['name']}\n{f['traceback']}" for f in logged))
             lines += ["", "Tracebacks: [failures.log](failures.log)."]
         lines.append("")
+    sections: list[Section] = []
     if groups:
-        figures = [
-            ("Validation accuracy", curves.val_accuracy(groups, colour, out / "val_accuracy.png")),
-            ("Training loss and validation accuracy", curves.loss_and_accuracy(groups, colour, out / "loss_accuracy.png")),
-            ("Convergence: training vs. validation loss", curves.convergence(groups, colour, out / "convergence.png")),
+        seeds = " (mean over seeds, ±1 std band)" if any(len(g.runs) > 1 for g in groups) else ""
+        curve_figures = [
+            Figure("Validation accuracy", f"Validation top-1 accuracy per epoch, every experiment on one axis{seeds}.",
+                   curves.val_accuracy(groups, colour, out / "val_accuracy.png")),
+            Figure("Training loss and validation accuracy", "Training loss (left) and validation accuracy (right) "
+                   f"per epoch, side by side{seeds}.", curves.loss_and_accuracy(groups, colour, out / "loss_accuracy.png")),
+            Figure("Convergence: training vs. validation loss", "Training (solid) vs. validation (dashed) loss per "
+                   "epoch, one panel per experiment: a widening gap is overfitting.",
+                   curves.convergence(groups, colour, out / "convergence.png")),
         ]
-        for title, path in figures:
-            lines += [f"## {title}", "", f"![{title}]({path.name})", ""]
+        sections += [Section(f.title, [f]) for f in curve_figures]
     notes: list[str] = []
     if groups and inspect_models:
         attention, features, notes = _inspect(groups, out, images, log)
         if attention:
-            lines += ["## Attention maps", "",
-                      "Last layer (mean over heads) and attention rollout across layers, on the same "
-                      "validation images for every run of a dataset.", ""]
-            lines += [f"### {label}\n\n![attention, {label}]({p.name})\n" for label, p in attention]
+            sections.append(Section("Attention maps", attention, "Last layer (mean over heads) and attention rollout "
+                                    "across layers, on the same validation images for every run of a dataset."))
         if features:
-            lines += ["## Feature maps of the first conv layers", ""]
-            lines += [f"### {label}\n\n![feature maps, {label}]({p.name})\n" for label, p in features]
+            sections.append(Section("Feature maps of the first conv layers", features))
+    confusions = _confusions(groups)
+    if confusions:
+        sections.append(Section("Confusion matrices", confusions, "Written into the runs by "
+                                "`python main.py --eval RUN_DIR`."))
+    for s in sections:
+        lines += [f"## {s.title}", ""] + ([s.intro, ""] if s.intro else [])
+        for f in s.figures:
+            lines += ([f"### {f.title}", ""] if f.title != s.title else [])
+            lines += [f"![{f.title}]({Path(os.path.relpath(f.path, out)).as_posix()})", "", f"*{f.caption}*", ""]
     notes = latency_notes + notes
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
@@ -149,6 +200,9 @@ def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[l
         lines += [f"| {g.label} | {r.name} | {r.status} | `{r.path}` |" for g in groups for r in g.runs]
     index = out / "index.md"
     atomic_write(index, "\n".join(lines) + "\n")
+    atomic_write(out / "index.html", html.page(
+        title=title, written=written, command=command, groups=groups, table_note=table_note, failures=failures,
+        failures_log=any(f.get("traceback") for f in failures), sections=sections, notes=notes))
     return index
 
 

@@ -74,16 +74,29 @@ def _count(n: Optional[int], scale: float, unit: str) -> str:
     return "–" if n is None else f"{n / scale:,.2f}{unit}"
 
 
-def markdown(groups: list[Group]) -> str:
-    """One row per experiment; values over several seeds read mean ± sample std."""
+def summary_table(groups: list[Group]) -> tuple[list[str], list[bool], list[list[tuple[str, Optional[float]]]]]:
+    """The per-experiment table: column titles, which columns are numbers, and rows of (text, number).
+
+    The number is what the cell sorts by (the mean of "mean ± std"; None for text and for "–").
+    """
     head = ["experiment", "model", "dataset", "runs", "params", "mult-adds"] + [t for _, t, _ in STATS] + ["status"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 4) + "---|"]
+    numeric = [False] * 3 + [True] * (len(head) - 4) + [False]
+    rows = []
     for g, row in zip(groups, summary_rows(groups)):
         statuses = sorted({r.status for r in g.runs})
         status = statuses[0] if len(statuses) == 1 else ", ".join(
             f"{sum(r.status == s for r in g.runs)} {s}" for s in statuses)
-        cells = [g.label, row["model"], row["dataset"], str(row["runs"]),
-                 _count(row["params"], 1e6, " M"), _count(row["mult_adds"], 1e6, " M")]
-        cells += [_num(row[f"{k}_mean"], row[f"{k}_std"], d) for k, _, d in STATS] + [status]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = [(g.label, None), (row["model"], None), (row["dataset"], None), (str(row["runs"]), row["runs"]),
+                 (_count(row["params"], 1e6, " M"), row["params"]),
+                 (_count(row["mult_adds"], 1e6, " M"), row["mult_adds"])]
+        cells += [(_num(row[f"{k}_mean"], row[f"{k}_std"], d), row[f"{k}_mean"]) for k, _, d in STATS]
+        rows.append(cells + [(status, None)])
+    return head, numeric, rows
+
+
+def markdown(groups: list[Group]) -> str:
+    """One row per experiment; values over several seeds read mean ± sample std."""
+    head, numeric, rows = summary_table(groups)
+    lines = ["| " + " | ".join(head) + " |", "|" + "".join("---:|" if n else "---|" for n in numeric)]
+    lines += ["| " + " | ".join(text for text, _ in cells) + " |" for cells in rows]
     return "\n".join(lines)

@@ -104,6 +104,8 @@ def test_every_figure_is_a_sensible_png_and_linked_from_the_index(comparison):
         w, h = png_size(out / name)
         assert 400 <= w <= 4000 and 250 <= h <= 4000, (name, w, h)
         assert f"]({name})" in text
+    assert text.count("\n*") == len(expected)  # each figure's one-line caption, in italics under it
+    assert (out / "index.html").read_text().count("<figcaption>") == len(expected)  # tests/test_report_html.py
     assert not list(out.glob(".*tmp*"))  # no temporary files left behind
 
 

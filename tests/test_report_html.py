@@ -1,0 +1,114 @@
+"""index.html in a real browser: headless Chromium renders the table and every image, sorts, and logs no JS error.
+
+Without a ``chromium`` binary the browser tests are skipped and say how to install one; the checks on the
+file itself (escaping, nothing loaded from elsewhere) run everywhere.
+"""
+import html
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from fixtures import TINY_VIT, run_fit, tiny_config, write_mnist
+from plots import compare, write_confusion
+
+HOSTILE = '<script>document.documentElement.dataset.pwned = "yes"</script>'
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    """Two tiny real runs (a ViT: attention maps; a CNN: feature maps, a confusion matrix), a failed point,
+    and hostile strings where a run's name and an error go."""
+    tmp = tmp_path_factory.mktemp("html")
+    root = write_mnist(tmp / "fmnist", n_train=96, n_test=48)
+    dirs = []
+    for name, model in (("vit", dict(TINY_VIT)), ("cnn", {"name": "simple_cnn"})):
+        cfg = tiny_config(root, tmp / "runs", name=name, model=model, epochs=2, batch_size=48)
+        dirs.append(run_fit(cfg, experiment=name)[0])
+    results = json.loads((dirs[1] / "results.json").read_text())
+    results["name"] = results["experiment"] = "cnn " + HOSTILE  # as if a sweep had named a point so
+    (dirs[1] / "results.json").write_text(json.dumps(results))
+    write_confusion([[3, 1], [0, 4]], ["a<b", "c&d"], dirs[1], "confusion_best", top1=87.5)
+    failures = [{"name": "vit-depth=99", "status": "failed", "traceback": "Traceback ...",
+                 "error": f"RuntimeError: <img src=x onerror=\"document.title='pwned'\"> {HOSTILE}"}]
+    out = tmp / "cmp"
+    compare(dirs, out, failures=failures, images=2, command="python main.py --cfg sweep.yaml", log=lambda *a: None)
+    return out
+
+
+def test_html_escapes_run_strings_and_loads_nothing_from_elsewhere(comparison):
+    text = (comparison / "index.html").read_text()
+    assert HOSTILE not in text and "<img src=x" not in text
+    assert html.escape(HOSTILE) in text  # shown, as text
+    assert "python main.py --cfg sweep.yaml" in text and "vit-depth=99" in text
+    # Self-contained: every image is a data: URI, no stylesheet, script or font comes from a URL.
+    assert re.findall(r'<img src="([^"]{0,5})', text) == ["data:"] * 6  # 3 curves, attention, features, confusion
+    assert not re.search(r'(src|href)="(https?:)?//', text) and "@import" not in text and "url(" not in text
+    assert "Confusion matrices" in text and "confusion matrix of its best.pt" in text
+    assert text.count("<figcaption>") == 6
+    assert not list(comparison.glob(".*tmp*"))  # written atomically: no temporary left behind
+
+
+def chromium() -> str:
+    for name in BROWSERS:
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip(f"chromium not found (looked for {', '.join(BROWSERS)}): apt-get install chromium "
+                "(Debian) to run the browser tests")
+
+
+def browse(url: str, *args: str) -> subprocess.CompletedProcess:
+    cmd = [chromium(), "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run", "--disable-extensions",
+           "--enable-logging=stderr", "--v=0", *args, url]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Uncaught" not in p.stderr, p.stderr[-3000:]  # console errors, as Chromium logs them
+    return p
+
+
+def attribute(dom: str, tag: str, name: str) -> str:
+    match = re.search(rf"<{tag}\b[^>]*\b{name}=\"([^\"]*)\"", dom)
+    return match.group(1) if match else ""
+
+
+def result_rows(dom: str) -> list[list[str]]:
+    body = dom.split('id="results-table"', 1)[1].split("</tbody>", 1)[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", body.split("<tbody>", 1)[1], re.S)
+    return [[html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)]
+            for r in rows]
+
+
+@pytest.mark.parametrize("sort, key, descending", [("best-val-acc", 6, False), ("-params", 4, True),
+                                                   ("-experiment", 0, True)])
+def test_page_renders_every_image_and_sorts_in_chromium(comparison, sort, key, descending):
+    page = (comparison / "index.html").as_uri()
+    dom = browse(f"{page}?sort={sort}", "--dump-dom").stdout
+    assert attribute(dom, "html", "data-js-errors") == ""
+    assert attribute(dom, "html", "data-pwned") == "" and "<title>pwned" not in dom  # injected markup stayed text
+    assert attribute(dom, "body", "data-images-ok") == "6/6"  # every <img> decoded, none broken
+    assert attribute(dom, "body", "data-sorted") == f"{sort.lstrip('-')}:{'desc' if descending else 'asc'}"
+    rows = result_rows(dom)
+    assert sorted(r[0] for r in rows) == sorted(["vit", "cnn " + HOSTILE])
+    head = re.search(r'<th[^>]*data-key="' + sort.lstrip("-") + r'"[^>]*>', dom).group(0)
+    assert f'aria-sort="{"descending" if descending else "ascending"}"' in head  # the visible indicator's state
+    values = [r[key] for r in rows]
+    if key == 0:
+        expected = sorted(values, key=str.lower, reverse=descending)
+    else:  # numbers: "1.23 ± 0.40" and "0.43 M" sort by their leading number
+        expected = sorted(values, key=lambda v: float(v.split()[0].replace(",", "")), reverse=descending)
+    assert values == expected
+
+
+def test_screenshot_at_laptop_width(comparison):
+    shot = comparison / "screenshot.png"
+    browse((comparison / "index.html").as_uri(), f"--screenshot={shot}", "--window-size=1400,3000",
+           "--hide-scrollbars")
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        assert im.size == (1400, 3000)
+        colours = im.convert("L").resize((70, 150)).getcolors(256 * 256)
+    assert colours and len(colours) > 20  # not a blank page
