@@ -113,6 +113,8 @@ def list_models_table() -> str:
     widths = [max(len(r[i]) for r in rows + [("model", "params", "dataset", "")]) for i in range(3)]
     lines = [f"{'model':<{widths[0]}}  {'params':>{widths[1]}}  {'dataset':<{widths[2]}}  description"]
     lines += [f"{n:<{widths[0]}}  {p:>{widths[1]}}  {d:<{widths[2]}}  {doc}" for n, p, d, doc in rows]
+    lines.append("\nand any timm model as model.name: timm/<name>, e.g. timm/resnet18, timm/convnext_atto "
+                 "(not pretrained; timm.list_models() lists them; README 'Models')")
     return "\n".join(lines)
 
 
@@ -128,6 +130,7 @@ def dry_run(points) -> int:
         model = build_model(cfg, spec)  # checks the model name, its arguments and the shapes
         print(dump_config(cfg).rstrip())
         print(describe(model, spec).summary)
+        print(run_facts(cfg))
         return 0
     failed = 0
     print(f"{len(points)} runs:")
@@ -141,6 +144,31 @@ def dry_run(points) -> int:
             status = f"error: {e}"
         print(f"{i:>4}. {p.name}  ({swept})  {p.cfg.model.name} on {p.cfg.data.name}: {status}")
     return EXIT_USER_ERROR if failed else 0
+
+
+def run_facts(cfg) -> str:
+    """What --dry-run adds after the summary: where and how the run would train, and whether its data is here."""
+    from pathlib import Path
+
+    from data.datasets import get_spec, locate
+    from train.setup import Precision, resolve_device
+
+    try:
+        device = resolve_device(cfg.train.device)
+        precision = f"{Precision.for_device(device, cfg.train.precision)} (train.precision: {cfg.train.precision})"
+        device_text = f"{device} (train.device: {cfg.train.device})"
+    except UserError as e:
+        device_text, precision = f"error: {e}", "-"
+    root = Path(cfg.data.root).expanduser()
+    files, found_in, looked = locate(get_spec(cfg.data.name), root)
+    if files is not None:
+        data = f"{cfg.data.name} found in {found_in}" + ("" if found_in == root else f" (not in data.root {cfg.data.root})")
+    else:
+        data = (f"{cfg.data.name} not found (expected {'; or '.join(looked)}); "
+                + ("the run would download it into data.root" if cfg.data.download else "data.download is off"))
+    out = Path(cfg.output.dir).expanduser()
+    return "\n".join([f"device:     {device_text}", f"precision:  {precision}",
+                      f"run dir:    {out / cfg.run_name}-<date>-<time>", f"data:       {data}"])
 
 
 def run_many(points, out: str | None, command: str, jobs: int | None = None, jobs_per_gpu: int | None = None,

@@ -16,8 +16,29 @@ import torch.nn as nn
 from core.convert import convert, supported
 from core.errors import UserError
 from core.registry import Registry
+from models import timm_adapter
 
-MODELS = Registry("model", "model.name")
+class ModelRegistry(Registry):
+    """The registered models, and any timm model as ``timm/<name>`` (models/timm_adapter.py): those are not
+    listed by ``names()`` (timm has over a thousand), but ``get``, ``meta`` and ``check_kwargs`` take them,
+    so every caller builds them like a registered model."""
+
+    def get(self, name: str):
+        return timm_adapter.builder(name) if timm_adapter.is_timm(name) else super().get(name)
+
+    def meta(self, name: str) -> dict[str, Any]:
+        if timm_adapter.is_timm(name):
+            timm_adapter.builder(name)
+            return {}
+        return super().meta(name)
+
+    def check_kwargs(self, name: str, kwargs: dict[str, Any], section: str, reserved=()) -> None:
+        if timm_adapter.is_timm(name):
+            return timm_adapter.check_kwargs(name, kwargs, section, reserved)
+        return super().check_kwargs(name, kwargs, section, reserved)
+
+
+MODELS = ModelRegistry("model", "model.name")
 DATASET_KEYS = ("num_classes", "in_chans", "image_size")
 
 
@@ -37,6 +58,8 @@ def create_model(name: str, *, num_classes: int, in_chans: int, image_size: int,
     kwargs = _typed(name, kwargs)
     try:
         return MODELS.get(name)(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs)
+    except UserError:
+        raise
     except ValueError as e:  # architecture checks in __init__ (shapes, divisibility)
         raise UserError(f"model '{name}': {e}") from None
     except (TypeError, RuntimeError) as e:  # arguments no check above caught (torch refusing a shape, ...)

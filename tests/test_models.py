@@ -438,3 +438,71 @@ def test_mini_vit_needs_a_patch_for_unknown_sizes():
     # 100 patches of 16 x 16 x 3 instead of 64 of 4 x 4 x 3: a wider patch projection and a longer position table.
     assert n_params("vit_mini_patchnorm", IMAGENETTE, patch_size=16) - n_params("vit_mini_patchnorm") \
         == (768 - 48) * (2 + 128) + (100 - 64) * 128
+
+
+# ----------------------------------------------------------------------------- timm/<name>
+
+FMNIST = dict(num_classes=10, in_chans=1, image_size=28)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("timm/resnet10t", {}),  # a CNN: no img_size, adapts to 28x28
+    ("timm/vit_tiny_patch16_224", {"patch_size": 7, "depth": 1}),  # a ViT: img_size=28 from the dataset
+])
+def test_a_timm_model_builds_for_the_dataset_and_round_trips_its_state_dict(name, kwargs):
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = create_model(name, **FMNIST, **kwargs)
+    x = torch.randn(2, 1, 28, 28)
+    model.train()
+    assert model.training  # the build-time check forward leaves the mode as it was
+    y = model(x)
+    assert y.shape == (2, 10) and torch.isfinite(y).all()
+    copy = create_model(name, **FMNIST, **kwargs)
+    copy.load_state_dict(model.state_dict())  # checkpoints are plain state dicts
+    model.eval(), copy.eval()
+    assert torch.equal(model(x), copy(x))
+    cfg = SimpleNamespace(model=SimpleNamespace(name=name, kwargs=kwargs))
+    spec = SimpleNamespace(**FMNIST)
+    assert sum(p.numel() for p in build_model(cfg, spec).parameters()) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name, kwargs, says", [
+    ("timm/resnet1", {}, "model.name: unknown timm model 'resnet1' (did you mean 'timm/resnet18'?)"),
+    ("timm/", {}, "model.name: unknown timm model ''"),
+    ("timm/convnext_atto", {}, "model 'timm/convnext_atto': cannot take this dataset's 1x28x28 images"),
+    ("timm/resnet10t", {"bogus": 1}, "model 'timm/resnet10t': cannot build with {'bogus': 1}: TypeError"),
+    ("timm/resnet10t", {"img_size": 32}, "model.img_size: set by the dataset, not the config"),
+    ("timm/resnet10t", {"num_classes": 3}, "model.num_classes: set by the dataset, not the config"),
+    ("timm/resnet10t", {"pretrained": True}, "model.pretrained: pretrained weights are not used"),
+])
+def test_timm_mistakes_are_one_line_user_errors(name, kwargs, says):
+    pytest.importorskip("timm")
+    cfg = SimpleNamespace(model=SimpleNamespace(name=name, kwargs=kwargs))
+    with pytest.raises(UserError) as e:
+        build_model(cfg, SimpleNamespace(**FMNIST))
+    assert str(e.value).startswith(says) and "\n" not in str(e.value)
+    if "cannot take" in says:
+        assert "try a model that adapts to the size" in str(e.value)
+
+
+def test_timm_without_timm_installed_is_a_user_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
+    with pytest.raises(UserError, match=r"model.name: timm/resnet18 needs the timm package.*pip install timm"):
+        create_model("timm/resnet18", **FMNIST)
+
+
+def test_timm_is_imported_only_for_a_timm_name_and_listed_in_a_footer():
+    import subprocess
+    import sys
+
+    code = "import sys, models; print('timm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1])).stdout
+    assert out.strip() == "False"
+    assert not any(n.startswith("timm/") for n in list_models())
+    from main import list_models_table
+
+    assert "timm/<name>" in list_models_table().splitlines()[-1]

@@ -1,0 +1,108 @@
+"""``model.name: timm/<name>``: any timm model, built like a registered one.
+
+``timm.create_model(name, pretrained=False, num_classes=, in_chans=, img_size=)`` with the dataset's sizes
+(``img_size`` only where the model takes one: ViT-family models do, CNNs adapt to any size), every other
+``model.*`` key passed on as a keyword argument. timm takes seconds to import, so it is imported here, on
+the first ``timm/`` name, never by ``import models``.
+
+Every problem is a one-line ``UserError``: timm not installed, an unknown name (with a close match from
+``timm.list_models()``), arguments the model refuses, and an input size it cannot take (found by one
+forward pass of a single blank image at build time, so a run fails before its data is loaded, not at its
+first batch).
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from core.errors import UserError
+
+PREFIX = "timm/"
+
+
+def is_timm(name: str) -> bool:
+    return isinstance(name, str) and name.startswith(PREFIX)
+
+
+def _timm(name: str):
+    try:
+        import timm
+    except ImportError:
+        raise UserError(f"model.name: {name} needs the timm package, which is not installed here: "
+                        f"pip install timm (or pick a model from python main.py --list-models)") from None
+    return timm
+
+
+def builder(name: str) -> Callable[..., nn.Module]:
+    """A builder for ``timm/<arch>`` with the registry's keywords (``num_classes``, ``in_chans``,
+    ``image_size``); an unknown architecture is an error now, before anything is built."""
+    arch = name[len(PREFIX):]
+    timm = _timm(name)
+    if not arch or not timm.is_model(arch):
+        match = difflib.get_close_matches(arch, timm.list_models(), n=1)
+        hint = f" (did you mean '{PREFIX}{match[0]}'?)" if match else ""
+        raise UserError(f"model.name: unknown timm model '{arch}'{hint}; timm.list_models() lists them "
+                        f"(python -c \"import timm; print(timm.list_models('*vit*'))\")")
+
+    def build(*, num_classes: int, in_chans: int, image_size: int, **kwargs: Any) -> nn.Module:
+        return _create(timm, name, arch, num_classes, in_chans, image_size, kwargs)
+
+    build.__doc__ = f"timm's {arch} (timm.create_model, not pretrained)"
+    build.__name__ = name
+    return build
+
+
+def check_kwargs(name: str, kwargs: dict[str, Any], section: str, reserved: Iterable[str]) -> None:
+    """Only the dataset's keys can be checked before building: timm models take ``**kwargs``."""
+    builder(name)
+    for key in kwargs:
+        if key in set(reserved) | {"img_size", "pretrained"}:
+            what = ("pretrained weights are not used: models train from scratch" if key == "pretrained"
+                    else "set by the dataset, not the config")
+            raise UserError(f"{section}.{key}: {what} (for {name}, other model keys go to timm.create_model)")
+
+
+def _create(timm, name: str, arch: str, num_classes: int, in_chans: int, image_size: int,
+            kwargs: dict[str, Any]) -> nn.Module:
+    common = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    try:
+        try:
+            model = timm.create_model(arch, img_size=image_size, **common)
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise
+            model = timm.create_model(arch, **common)  # a CNN: no img_size, it adapts to any input size
+    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as e:
+        raise UserError(f"model '{name}': cannot build with {kwargs or 'its defaults'}: {_first_line(e)}") from None
+    _check_input(model, name, in_chans, image_size, kwargs)
+    return model
+
+
+def _check_input(model: nn.Module, name: str, in_chans: int, image_size: int, kwargs: dict[str, Any]) -> None:
+    """One forward pass of one blank image (on the model's device: free on the meta device), so a size the
+    model cannot take is an error now. Eval mode and no grad: no statistic or parameter changes."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, image_size, image_size, device=device))
+    except (RuntimeError, AssertionError, ValueError, TypeError, IndexError) as e:
+        size = f"{in_chans}x{image_size}x{image_size}"
+        raise UserError(
+            f"model '{name}': cannot take this dataset's {size} images ({_first_line(e)}); try a model that "
+            f"adapts to the size (a CNN such as timm/resnet18), or model arguments that fit {image_size}x"
+            f"{image_size} (e.g. patch_size, window_size, fewer stages)") from None
+    finally:
+        model.train(was_training)
+
+
+def _first_line(e: BaseException) -> str:
+    text = (str(e).strip().splitlines() or [""])[0]
+    if len(text) > 160:
+        text = text[:160].rsplit(" ", 1)[0] + " ..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
