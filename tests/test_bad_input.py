@@ -120,6 +120,34 @@ CONFIG_CASES = [
     ("model.patch_size: list of inf", vit(patch_size="[.inf]")),
 ]
 
+CONFIG_CASES += [
+    ("model.name: unknown timm model", override("model.name=timm/resnet1", key="model.name",
+                                                names=["unknown timm model 'resnet1'", "did you mean 'timm/resnet18'"])),
+    ("model.name: a timm model too deep for 28x28", override(
+        "data.name=fashion_mnist", "model.name=timm/convnext_atto", key="timm/convnext_atto", names=["1x28x28"])),
+    ("model.num_classes: set by the dataset for a timm model", override("model.name=timm/resnet10t",
+                                                                        "model.num_classes=3")),
+]
+
+
+def test_dry_run_says_device_precision_run_dir_and_where_the_data_is(tmp_path, capsys, monkeypatch):
+    from fixtures import write_mnist, write_yaml
+
+    write_mnist(tmp_path / "data")
+    cfg = write_yaml(tmp_path / "c.yaml", tiny_raw(tmp_path / "data", tmp_path / "runs", name="x"))
+    p = call_main(capsys, "--cfg", cfg, "--dry-run")
+    assert p.returncode == 0, p.stderr
+    tail = p.stdout.splitlines()[-4:]
+    assert tail[0].startswith("device:     cpu (train.device: auto)") or "cuda" in tail[0]
+    assert tail[1].startswith("precision:  ")
+    assert tail[2] == f"run dir:    {tmp_path / 'runs' / 'x-fashion_mnist'}-<date>-<time>"
+    assert tail[3] == f"data:       fashion_mnist found in {tmp_path / 'data'}"
+    monkeypatch.setenv("VITLAB_SYSTEM_DATASETS", str(tmp_path / "system"))
+    p = call_main(capsys, "--cfg", cfg, "--dry-run", "--set", f"data.root={tmp_path / 'none'}")
+    last = p.stdout.splitlines()[-1]
+    assert last.startswith("data:       fashion_mnist not found (expected ") and str(tmp_path / "system") in last
+    assert last.endswith("data.download is off") and not (tmp_path / "runs").exists()
+
 
 @pytest.mark.parametrize("setup", [c[1] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES])
 def test_config_mistakes_are_one_line(tmp_path, capsys, setup):
