@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and the model summary (for several runs: each run's name, "
                         "swept values and parameter count), then exit without training")
+    p.add_argument("--quiet", action="store_true",
+                   help="leave the model summary table off the console (it is still written to summary.txt)")
     p.add_argument("--list-models", action="store_true",
                    help="list registered models with their parameter counts, then exit")
     p.add_argument("--resume", metavar="DIR",
@@ -172,7 +174,7 @@ def run_facts(cfg) -> str:
 
 
 def run_many(points, out: str | None, command: str, jobs: int | None = None, jobs_per_gpu: int | None = None,
-             launcher: str = "local") -> int:
+             launcher: str = "local", quiet: bool = False) -> int:
     """Several runs, then their comparison. The comparison directory is made first and holds sweep.json,
     so ``--resume`` on it finishes the call if it is stopped or killed."""
     from pathlib import Path
@@ -200,10 +202,10 @@ def run_many(points, out: str | None, command: str, jobs: int | None = None, job
     out_dir = Path(out) if out is not None else new_dir(points[0].cfg.output.dir, "compare")
     manifest = Manifest.start(out_dir, points, command, launcher)
     print(f"comparison directory: {out_dir} (if this call stops: python main.py --resume {out_dir})")
-    return finish_many(manifest, [], jobs_for(points), command, workers)
+    return finish_many(manifest, [], jobs_for(points), command, workers, quiet=quiet)
 
 
-def finish_many(manifest, done, jobs, command: str, workers=None, attach=None) -> int:
+def finish_many(manifest, done, jobs, command: str, workers=None, attach=None, quiet: bool = False) -> int:
     from plots import compare
     from train.sweep import run_jobs, summary
 
@@ -212,7 +214,8 @@ def finish_many(manifest, done, jobs, command: str, workers=None, attach=None) -
 
         outcomes = done + run_slurm(jobs, len(manifest.points), manifest, command=command, attach=attach)
     else:
-        outcomes = done + run_jobs(jobs, len(manifest.points), manifest=manifest, command=command, workers=workers)
+        outcomes = done + run_jobs(jobs, len(manifest.points), manifest=manifest, command=command, workers=workers,
+                                   quiet=quiet)
     outcomes.sort(key=lambda o: manifest.points.index(o.point))
     print("\n" + summary(outcomes))
     failures = [{"name": o.point.name, "status": o.status, "error": o.error, "traceback": o.traceback}
@@ -232,7 +235,7 @@ def finish_many(manifest, done, jobs, command: str, workers=None, attach=None) -
 
 
 def resume_many(folder, overrides: list[str], command: str, jobs: int | None = None,
-                jobs_per_gpu: int | None = None) -> int:
+                jobs_per_gpu: int | None = None, quiet: bool = False) -> int:
     from train.parallel import plan_workers
     from train.sweep import Manifest, plan
 
@@ -253,7 +256,7 @@ def resume_many(folder, overrides: list[str], command: str, jobs: int | None = N
     print(f"{folder}: {len(done)} of {len(manifest.points)} runs already finished; "
           + (f"{len(attach)} still queued or running on SLURM; " if attach else "")
           + f"{len(jobs)} to run or continue")
-    return finish_many(manifest, done, jobs, command, workers, attach)
+    return finish_many(manifest, done, jobs, command, workers, attach, quiet=quiet)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,7 +283,7 @@ def _main(argv: list[str] | None) -> int:
     if args.predict is not None:
         return predict(args.predict[0], args.predict[1:], args.ckpt, args.top)
     if args.resume is not None:
-        return resume(args.resume, args.overrides, command, args.jobs, args.jobs_per_gpu)
+        return resume(args.resume, args.overrides, command, args.jobs, args.jobs_per_gpu, quiet=args.quiet)
     points = load_points(args.cfg, args.overrides)  # before torch is imported: a typo costs no wait
 
     from train.fit import fit
@@ -289,13 +292,13 @@ def _main(argv: list[str] | None) -> int:
     if args.dry_run:
         return dry_run(points)
     if len(points) > 1 or points[0].values or args.launcher == "slurm":
-        return run_many(points, args.out, command, args.jobs, args.jobs_per_gpu, args.launcher)
+        return run_many(points, args.out, command, args.jobs, args.jobs_per_gpu, args.launcher, quiet=args.quiet)
     if args.out is not None:
         raise UserError("--out: only used to compare several runs (several --cfg files, or a sweep: section)")
     single_run_note(args.jobs, args.jobs_per_gpu)
     cfg = points[0].cfg
     run_dir = RunDir(cfg.output.dir, cfg.run_name)
-    results = fit(cfg, run_dir, command=command)  # diverged, failed: one line and exit 1 (core.cli)
+    results = fit(cfg, run_dir, command=command, quiet=args.quiet)  # diverged, failed: one line and exit 1 (core.cli)
     print_done(results, run_dir.path)
     return 0
 
@@ -336,7 +339,7 @@ def distributed(args, dist, command: str) -> int:
                     print(f"{args.resume}: already completed all {r.cfg.train.epochs} epochs")
                 return 0
             cfg, run_dir, ckpt = r.cfg, r.run_dir, r.ckpt
-        results = fit(cfg, run_dir, resume=ckpt, command=command, dist=dist)
+        results = fit(cfg, run_dir, resume=ckpt, command=command, dist=dist, quiet=args.quiet)
         if dist.is_main:
             print_done(results, run_dir.path)
         return 0
@@ -375,7 +378,7 @@ def predict(path: str, images: list[str], which: str, top: int) -> int:
 
 
 def resume(path: str, overrides: list[str], command: str, jobs: int | None = None,
-           jobs_per_gpu: int | None = None) -> int:
+           jobs_per_gpu: int | None = None, quiet: bool = False) -> int:
     from pathlib import Path
 
     from train.fit import fit
@@ -383,7 +386,7 @@ def resume(path: str, overrides: list[str], command: str, jobs: int | None = Non
     from train.sweep import Manifest
 
     if (Path(path) / Manifest.FILE).is_file():
-        return resume_many(Path(path), overrides, command, jobs, jobs_per_gpu)
+        return resume_many(Path(path), overrides, command, jobs, jobs_per_gpu, quiet=quiet)
     single_run_note(jobs, jobs_per_gpu)
     r = open_for_resume(path, overrides)
     if r.done:

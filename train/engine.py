@@ -118,8 +118,8 @@ def train_one_epoch(s: Setup, loader: Optional[Iterable] = None, *, log_every: i
             _check_finite(total, step)
             readout = {"loss": total / seen, "acc": 100 * correct / seen, "lr": s.optimizer.param_groups[0]["lr"],
                        "images_per_s": seen / max(time.perf_counter() - start, 1e-9)}
-            bar.set_postfix(loss=f"{readout['loss']:.4f}", acc=f"{readout['acc']:.2f}", lr=f"{readout['lr']:.2e}",
-                            img_s=f"{readout['images_per_s']:.0f}", refresh=False)
+            bar.set_postfix({"loss": f"{readout['loss']:.4f}", "acc": f"{readout['acc']:.2f}",  # in this order
+                             "lr": f"{readout['lr']:.2e}", "img/s": f"{readout['images_per_s']:.0f}"}, refresh=False)
             if on_log is not None:
                 on_log(step, readout)
         if on_step is not None:

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 
 from core.errors import RunFailed, UserError
 from core.signals import SIGNALS
+from train.fit import eta, format_duration
 from train.sweep import Job, Manifest, Outcome
 from train.worker import job_spec
 
@@ -182,6 +184,7 @@ class _Worker:
         self.log: Optional[str] = None
         self.stderr_tail: deque[str] = deque(maxlen=40)
         self.signalled: Optional[int] = None  # the stop signal passed on to it
+        self.started = time.monotonic()
 
     def signal(self, signum: int) -> None:
         self.signalled = self.signalled or signum
@@ -202,6 +205,7 @@ class _Launcher:
         self.told = 0  # stop signals announced on the console so far
         self.received: list[tuple[int, int]] = []  # (signal, running points it was passed on to)
         self.stopping: Optional[Outcome] = None  # the first point that was interrupted
+        self.durations: list[float] = []  # of the points finished so far, for the ETA
 
     # Signals: passed on at once (os.kill is safe in a handler); the console hears of it from the loop,
     # since printing in a handler could re-enter a write in progress.
@@ -340,6 +344,14 @@ class _Launcher:
         self.board.update(self.rows[w.job.index], outcome_text(outcome))
         if outcome.status == "interrupted" and self.stopping is None:
             self.stopping = outcome  # as in a sequential call, an interrupted point ends the call
+        self.durations.append(time.monotonic() - w.started)
+        left = len(self.queue) + len(self.running)
+        # Rough: the mean time per point, for the points left, shared by the slots.
+        remaining = eta(self.durations, left)
+        if remaining is not None and self.signum is None and self.stopping is None:
+            done = len(self.outcomes)
+            self.board.note(f"{done} of {done + left} runs done, ETA "
+                            f"{format_duration(remaining / min(self.workers.count, left))}")
 
     def _lost(self, w: _Worker) -> Outcome:
         """A worker that ended without an outcome: killed (SIGKILL, out of memory) or crashed."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from core.signals import GracefulStop
 from data import get_spec
 from models import DATASET_KEYS, MODELS
 from train.engine import NonFiniteLoss
-from train.fit import fit
+from train.fit import eta, fit, format_duration
 from train.resume import anchor_paths, open_for_resume
 from train.rundir import RunDir, is_live, read_results
 
@@ -175,22 +176,23 @@ def jobs_for(points: list[Point]) -> list[Job]:
 
 
 def run_jobs(jobs: list[Job], total: int, *, manifest: Optional[Manifest] = None, log=print,
-             command: Optional[str] = None, workers: Optional["Workers"] = None) -> list[Outcome]:
+             command: Optional[str] = None, workers: Optional["Workers"] = None, quiet: bool = False) -> list[Outcome]:
     """Run each job in turn. A failed or diverged point is recorded and the rest go on; a stop signal
     ends the call after the current point has checkpointed (between points: before the next starts).
 
     ``workers`` (``train.parallel.Workers``, from ``--jobs N``): run up to N points at once instead, each
-    in its own process (train/parallel.py); None runs them here, one after another."""
+    in its own process (train/parallel.py); None runs them here, one after another, with ``k of n done, ETA``
+    after each. ``quiet``: no model summary on the console (``fit``)."""
     if workers is not None:
         from train.parallel import run_parallel
 
         return run_parallel(jobs, total, workers, manifest=manifest, command=command)
     with GracefulStop(announce=lambda text: log(text.strip())) as stop:
-        return _run_jobs(jobs, total, manifest, log, command, stop)
+        return _run_jobs(jobs, total, manifest, log, command, stop, quiet)
 
 
-def _run_jobs(jobs, total, manifest, log, command, stop: GracefulStop) -> list[Outcome]:
-    outcomes = []
+def _run_jobs(jobs, total, manifest, log, command, stop: GracefulStop, quiet: bool = False) -> list[Outcome]:
+    outcomes, durations = [], []
     for n, job in enumerate(jobs, 1):
         point, run_dir = job.point, job.run_dir
         if stop.requested:
@@ -202,7 +204,9 @@ def _run_jobs(jobs, total, manifest, log, command, stop: GracefulStop) -> list[O
         log(f"\n=== run {job.index + 1}/{total}: {describe(job)}")
         if manifest is not None:
             run_dir.on_create = lambda path, i=job.index: manifest.set_run_dir(i, path)
-        outcomes.append(run_one(job, log=log, command=command))
+        started = time.monotonic()
+        outcomes.append(run_one(job, log=log, command=command, quiet=quiet))
+        durations.append(time.monotonic() - started)
         last = outcomes[-1]
         if last.status == "interrupted":
             log(f"interrupted during run {job.index + 1}/{total} {point.name}; "
@@ -210,6 +214,9 @@ def _run_jobs(jobs, total, manifest, log, command, stop: GracefulStop) -> list[O
             break
         if last.status != "completed":
             log(f"run {job.index + 1}/{total} {point.name} {last.status}: {last.error}")
+        left = eta(durations, len(jobs) - n)
+        if left is not None:
+            log(f"{n} of {len(jobs)} runs done, ETA {format_duration(left)} for the other {len(jobs) - n}")
     return outcomes
 
 
@@ -222,13 +229,13 @@ def describe(job: Job) -> str:
 
 
 def run_one(job: Job, *, log=print, command: Optional[str] = None, progress: Optional[bool] = None,
-            dist=None) -> Outcome:
+            dist=None, quiet: bool = False) -> Outcome:
     """Train one job; every way it can end becomes its Outcome, a stop signal included (``interrupted``, with
     the signal's exit code), so one broken point never costs the rest of the sweep."""
     point, run_dir = job.point, job.run_dir
     try:
         results = fit(job.cfg, run_dir, log=log, resume=job.ckpt, command=command, progress=progress,
-                      **({"dist": dist} if dist is not None else {}))
+                      quiet=quiet, **({"dist": dist} if dist is not None else {}))
         return Outcome(point, "completed", run_dir.path, results)
     except KeyboardInterrupt as e:
         code = e.exit_code if isinstance(e, Interrupted) else 130

@@ -1,0 +1,62 @@
+"""What the console says while runs train: the epoch's bar, the ETAs, --quiet."""
+import re
+
+import pytest
+
+import train.sweep
+from config.sweep import Point
+from fixtures import call_main, read_metrics, tiny_config, tiny_raw, write_yaml
+from train.fit import eta, fit, format_duration
+from train.rundir import RunDir
+from train.sweep import Job, Outcome, run_jobs
+
+ETA = re.compile(r"  ETA (\d+s|\d+m\d\ds|\d+h\d\dm)$")
+
+
+@pytest.mark.parametrize("seconds, text", [(0, "0s"), (41.6, "42s"), (192, "3m12s"), (3600, "1h00m"),
+                                           (7530, "2h05m"), (-3, "0s")])
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_eta_is_the_mean_time_times_what_is_left():
+    assert eta([10.0, 20.0], 3) == 45.0
+    assert eta([10.0], 0) is None and eta([], 2) is None
+
+
+def test_a_short_epochs_bar_stays_with_its_readout_and_the_epoch_line_has_the_runs_eta(
+        fmnist_root, tmp_path, capsys):
+    """8 steps an epoch, log_every 100: the readout comes from the epoch's last step."""
+    cfg = tiny_config(fmnist_root, tmp_path, log_every=100)
+    lines = []
+    fit(cfg, RunDir(cfg.output.dir, cfg.run_name), log=lines.append, progress=True)
+    err = capsys.readouterr().err
+    for n in (1, 2):  # each epoch's bar, finished and left on screen
+        assert re.search(rf"epoch {n}/2: 100%\|.*\| 8/8 .*loss=\d\.\d{{4}}, acc=\d+\.\d\d, lr=.*, img/s=\d+\]\n", err)
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert len(epochs) == 2
+    assert ETA.search(epochs[0]) and "ETA" not in epochs[1]  # nothing left after the last epoch
+
+
+def test_a_sequential_sweep_says_how_many_runs_are_done_and_its_eta(fmnist_root, tmp_path, monkeypatch):
+    cfg = tiny_config(fmnist_root, tmp_path)
+    points = [Point(f"t-seed={i}", {"seed": i}, cfg, "x.yaml", "t") for i in range(3)]
+    jobs = [Job(i, p, RunDir(tmp_path, p.name), cfg) for i, p in enumerate(points)]
+    monkeypatch.setattr(train.sweep, "run_one", lambda job, **kw: Outcome(job.point, "completed"))
+    lines = []
+    run_jobs(jobs, 3, log=lines.append)
+    done = [line for line in lines if " runs done" in line]
+    assert [d.split(",")[0] for d in done] == ["1 of 3 runs done", "2 of 3 runs done"]
+    assert re.fullmatch(r"2 of 3 runs done, ETA \d+s for the other 1", done[1])
+
+
+def test_quiet_keeps_the_model_table_off_the_console_only(fmnist_root, tmp_path, capsys):
+    cfg = write_yaml(tmp_path / "t.yaml", tiny_raw(fmnist_root, tmp_path / "runs"))
+    p = call_main(capsys, "--cfg", cfg, "--quiet")
+    assert p.returncode == 0, p.stderr
+    run_dir = next((tmp_path / "runs").iterdir())
+    table = (run_dir / "summary.txt").read_text()
+    assert "Total params" in table and "Total params" not in p.stdout
+    first = next(line for line in p.stdout.splitlines() if line.startswith("epoch 1/2"))
+    assert ETA.search(first)  # not a terminal: one plain line per epoch, with the run's ETA
+    assert len(read_metrics(run_dir)) == 2 and any((run_dir / "tb").iterdir())
