@@ -46,6 +46,11 @@ def _finish(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.xaxis.get_major_locator().set_params(integer=True)
+    epochs = {float(x) for line in ax.get_lines() for x in line.get_xdata()}
+    if len(epochs) == 1:  # a single epoch: the locator alone would tick 0.96, 0.98, ... around it
+        (epoch,) = epochs
+        ax.set_xlim(epoch - 1, epoch + 1)
+        ax.set_xticks([epoch])
 
 
 def _datasets(groups: list[Group]) -> str:
