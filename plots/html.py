@@ -86,6 +86,10 @@ if (wanted && results) {
     if (th.getAttribute("data-key") === name) { sortTable(results, i, desc); }
   });
 }
+// A figure in a two-column grid is shown at half size: a click gives it the full width (again: back).
+document.querySelectorAll(".grid figure img").forEach(function (img) {
+  img.addEventListener("click", function () { img.parentNode.classList.toggle("zoom"); });
+});
 window.addEventListener("load", function () {
   var imgs = document.querySelectorAll("img"), ok = 0;
   imgs.forEach(function (img) { if (img.complete && img.naturalWidth > 0) { ok++; } });
@@ -107,18 +111,28 @@ nav { margin: 1em 0; font-size: .93em; display: flex; flex-wrap: wrap; gap: .2em
 table { border-collapse: collapse; font-size: .92em; font-variant-numeric: tabular-nums; }
 th, td { padding: .35em .6em; border-bottom: 1px solid #e3e7eb; text-align: left; vertical-align: top; }
 th { background: #eef1f4; position: sticky; top: 0; }
-table.sortable th { cursor: pointer; user-select: none; white-space: nowrap; }
+table.sortable th { cursor: pointer; user-select: none; vertical-align: bottom; }
+th .arrow { white-space: nowrap; }
+#results-table td:first-child { min-width: 13em; }
 table.sortable th:hover { background: #dde3e9; }
 th .arrow { color: #8a96a3; margin-left: .3em; font-size: .85em; }
 th[aria-sort="ascending"] .arrow, th[aria-sort="descending"] .arrow { color: #1d232a; }
-td.num, th.num { text-align: right; white-space: nowrap; }
+td.num, th.num { text-align: right; } td.num { white-space: nowrap; }
 tbody tr:nth-child(even) { background: #f8f9fb; }
 td.path { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: .88em; word-break: break-all; }
 figure { margin: 0 0 1.6em; } figure img { display: block; max-width: 100%; height: auto;
 border: 1px solid #e3e7eb; } figcaption { color: #4a5560; margin-top: .35em; font-size: .93em; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 0 2em; }
+.grid figure { min-width: 0; } .grid img { cursor: zoom-in; }
+.grid figure.zoom { grid-column: 1 / -1; } .grid figure.zoom img { cursor: zoom-out; }
 .failures li { margin: .3em 0; } .status { font-weight: 600; color: #a33; }
 .note { color: #4a5560; font-size: .93em; max-width: 70em; }
 """
+
+
+def _prose(text: str) -> str:
+    """Our own sentences (not a run's strings): escaped, with `code` spans as in index.md."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(text))
 
 
 def _id(text: str) -> str:
@@ -175,7 +189,7 @@ def page(*, title: str, written: str, command: str, groups: list[Group], table_n
     if groups:
         parts += ['<h2 id="results">Results</h2>',
                   '<p class="note">Click a column header to sort by it (again to reverse).</p>',
-                  results_table(groups), f'<p class="note">{escape(table_note)}</p>',
+                  results_table(groups), f'<p class="note">{_prose(table_note)}</p>',
                   '<p class="note">Files: <a href="results.md">results.md</a>, per run <a href="results.csv">'
                   'results.csv</a>, per experiment <a href="summary.csv">summary.csv</a>.</p>']
     if failures:
@@ -188,12 +202,13 @@ def page(*, title: str, written: str, command: str, groups: list[Group], table_n
     for s in sections:
         parts.append(f'<h2 id="{_id(s.title)}">{escape(s.title)}</h2>')
         if s.intro:
-            parts.append(f'<p class="note">{escape(s.intro)}</p>')
+            parts.append(f'<p class="note">{_prose(s.intro)}</p>')
+        parts.append('<div class="grid">' if s.side_by_side and len(s.figures) > 1 else "<div>")
         for fig in s.figures:
-            if fig.title != s.title:
-                parts.append(f"<h3>{escape(fig.title)}</h3>")
-            parts.append(f'<figure><img src="{data_uri(fig.path)}" alt="{escape(fig.caption)}">'
-                         f"<figcaption>{escape(fig.caption)}</figcaption></figure>")
+            heading = f"<h3>{escape(fig.title)}</h3>" if fig.title != s.title else ""
+            parts.append(f'<figure>{heading}<img src="{data_uri(fig.path)}" alt="{escape(fig.caption)}" '
+                         f'title="click to enlarge"><figcaption>{escape(fig.caption)}</figcaption></figure>')
+        parts.append("</div>")
     if notes:
         parts += ['<h2 id="notes">Notes</h2>', "<ul>"] + [f"<li>{escape(n)}</li>" for n in notes] + ["</ul>"]
     if runs:

@@ -33,6 +33,7 @@ class Section:
     title: str
     figures: list[Figure] = field(default_factory=list)
     intro: str = ""
+    side_by_side: bool = False  # narrow, tall figures (one per experiment): two to a row in index.html
 
 
 def _slug(label: str) -> str:
@@ -180,13 +181,14 @@ def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[l
         attention, features, notes = _inspect(groups, out, images, log)
         if attention:
             sections.append(Section("Attention maps", attention, "Last layer (mean over heads) and attention rollout "
-                                    "across layers, on the same validation images for every run of a dataset."))
+                                    "across layers, on the same validation images for every run of a dataset.",
+                                    side_by_side=True))
         if features:
             sections.append(Section("Feature maps of the first conv layers", features))
     confusions = _confusions(groups)
     if confusions:
         sections.append(Section("Confusion matrices", confusions, "Written into the runs by "
-                                "`python main.py --eval RUN_DIR`."))
+                                "`python main.py --eval RUN_DIR`.", side_by_side=True))
     for s in sections:
         lines += [f"## {s.title}", ""] + ([s.intro, ""] if s.intro else [])
         for f in s.figures:
