@@ -1,7 +1,7 @@
 """Time to accuracy: this project's loop vs. the conventional loop, same model, seed, recipe and data.
 
     python -m bench.time_to_accuracy --cfg configs/fashion_mnist.yaml --set data.root=/usr/share/datasets/fashion-mnist --target 93
-    python -m bench.time_to_accuracy --cfg configs/seed004/vit_imagenette.yaml --target 80 --workers 2
+    python -m bench.time_to_accuracy --cfg configs/convmixer_vs_vit/vit_imagenette.yaml --target 80 --workers 2
 
 * **ours**: ``main.py``'s own training (``train.fit.fit``, which writes a normal run directory);
   time = the sum of its per-epoch times (training + evaluation, from its metrics.jsonl) up to the

@@ -145,7 +145,7 @@ def test_time_to_accuracy_on_imagenette_with_every_regulariser(tmp_path, capsys)
     root = write_imagenette(tmp_path / "imagenette", per_class=2)
     md = tmp_path / "t.md"
     assert time_to_accuracy.main([
-        "--cfg", str(ROOT / "configs/seed004/vit_imagenette.yaml"), "--set", f"data.root={root}",
+        "--cfg", str(ROOT / "configs/convmixer_vs_vit/vit_imagenette.yaml"), "--set", f"data.root={root}",
         "--set", "data.download=false", "--set", "data.cache=false", "--set", "train.epochs=2",
         "--set", "model.name=vit", "--set", "model.patch_size=32", "--set", "model.embed_dim=32",
         "--set", "model.depth=1", "--set", "model.num_heads=2", "--set", "model.dropout=0.1",

@@ -8,7 +8,8 @@ from config import Config, apply_override, dump_config, from_dict, load_config
 from config.sweep import load_points
 from core.errors import UserError
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("**/*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("**/*.yaml"))
 BASE = {"model": {"name": "simple_cnn"}, "data": {"name": "cifar10"}}
 
 
@@ -38,7 +39,7 @@ def test_shipped_configs_load(path):
     assert len(points) > 1 if "sweep" in yaml.safe_load(path.read_text()) else len(points) == 1
 
 
-def test_seed000_configs_exist():
+def test_the_cnn_transformer_comparison_configs_exist():
     names = {p.name for p in CONFIGS}
     expected = {f"{m}.yaml" for m in ("simple_cnn", "simple_cnn_huge", "cnn_tr_small", "cnn_tr_medium",
                                       "cnn_tr_large", "cnn_tr_huge", "fashion_mnist")}
@@ -150,11 +151,11 @@ def test_shipped_configs_build(path, capsys):
         assert "Total params" in out and f"name: {points[0].cfg.model.name}" in out
 
 
-def test_every_seed_has_configs():
+def test_every_original_write_up_has_configs():
     groups = {p.parent.name for p in CONFIGS}
-    assert {"seed001", "seed002", "seed003", "seed004"} <= groups
-    seed003 = {p.stem for p in CONFIGS if p.parent.name == "seed003"}
-    assert seed003 == {f"{m}_{d}" for m in ("cnn", "vit", "deepvit", "hybrid") for d in ("mnist", "cifar10", "cifar100")}
+    assert {"vit_from_scratch", "vit_vs_cnn", "attention_deep_dive", "convmixer_vs_vit"} <= groups
+    deep_dive = {p.stem for p in CONFIGS if p.parent.name == "attention_deep_dive"}
+    assert deep_dive == {f"{m}_{d}" for m in ("cnn", "vit", "deepvit", "hybrid") for d in ("mnist", "cifar10", "cifar100")}
 
 
 # ----------------------------------------------------------------------------- numbers (the CLI matrix: test_bad_input.py)
@@ -311,7 +312,7 @@ def test_a_run_is_named_after_its_dataset(tmp_path):
     assert run_name("x_cifar100", "cifar10") == "x-cifar10"
     assert run_name(run_name("x", "mnist"), "mnist") == "x-mnist"  # twice = once
     assert run_name("cifar10", "cifar10") == "cifar10-cifar10"  # only an ending after - or _ is a dataset
-    (p,) = load_points([CONFIGS[0].parent / "cnn_tr_small.yaml"], ["data.name=fashion_mnist"])
+    (p,) = load_points([CONFIG_DIR / "cnn_tr_small.yaml"], ["data.name=fashion_mnist"])
     assert p.name == p.cfg.name == p.cfg.run_name == "cnn_tr_small-fashion_mnist"
     (p,) = load_points([write(tmp_path / "x.yaml", "model: {name: vit}\ndata: {name: mnist}\n")])
     assert p.cfg.run_name == "vit-mnist"
