@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,7 +190,7 @@ def test_a_sweep_resumes_from_another_directory_and_after_a_kill_before_a_config
     first, second = (Path(p["run_dir"]) for p in manifest["points"])
     assert first.is_absolute()
     for f in second.iterdir():  # as if killed before config.yaml was written
-        f.unlink()
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

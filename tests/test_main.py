@@ -23,7 +23,8 @@ def test_help():
 def test_list_models(capsys):
     p = call_main(capsys, "--list-models")
     assert p.returncode == 0
-    lines = {line.split()[0]: line for line in p.stdout.splitlines()[1:]}
+    lines = {line.split()[0]: line for line in p.stdout.splitlines()[1:] if line.strip()}
+    assert "timm/<name>" in p.stdout.splitlines()[-1]  # the footer
     assert {"simple_cnn", "simple_cnn_huge", "cnn_tr_small", "cnn_tr_medium", "cnn_tr_large", "cnn_tr_huge"} <= set(lines)
     assert "532,138" in lines["cnn_tr_medium"]
 
@@ -49,7 +50,7 @@ def test_end_to_end_training_run(tmp_path, fmnist_root, capsys):
     assert "Total params" in p.stdout
     (run_dir,) = out.iterdir()
     assert sorted(f.name for f in run_dir.iterdir()) == sorted(
-        ["config.yaml", "summary.txt", "metrics.jsonl", "results.json", "last.pt", "best.pt"])
+        ["config.yaml", "summary.txt", "metrics.jsonl", "results.json", "last.pt", "best.pt", "tb"])
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     results = json.loads((run_dir / "results.json").read_text())
