@@ -250,6 +250,9 @@ def test_fit_writes_everything_and_learns(fmnist_root, tmp_path):
     best = max(rows, key=lambda r: r["val_acc"])
     assert saved["best_val_acc"] == best["val_acc"] and saved["best_epoch"] == best["epoch"]
     assert saved["final_val_acc"] == rows[-1]["val_acc"] and saved["mult_adds"] > 1_000_000
+    import importlib.metadata  # the versions the run used, for every package that shapes its numbers
+    assert saved["versions"]["torch"] == torch.__version__
+    assert saved["versions"]["timm"] == importlib.metadata.version("timm") and "tensorboard" in saved["versions"]
     best_state = torch.load(run_dir / "best.pt", weights_only=True)
     last = torch.load(run_dir / "last.pt", weights_only=True)  # the training state, for --resume
     model = build_model(cfg, get_spec("fashion_mnist"))

@@ -1,6 +1,7 @@
 """Where and how a run ran, recorded in results.json: enough to rerun it and to judge its numbers."""
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import shlex
@@ -52,14 +53,26 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+# The other packages that can change what a run computes or records (requirements.txt).
+PACKAGES = ("numpy", "pyyaml", "torchinfo", "timm", "tensorboard", "matplotlib")
+
+
 def versions() -> dict[str, Any]:
+    """What this run used: Python, torch and its CUDA/cuDNN, and the installed versions of ``PACKAGES`` (None
+    for one that is not installed)."""
     import torchvision
 
-    return {
+    out = {
         "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available()
         else None,
     }
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def provenance(device: torch.device, command: Optional[str] = None) -> dict[str, Any]:
