@@ -206,6 +206,8 @@ def run_many(points, out: str | None, command: str, jobs: int | None = None, job
 
 
 def finish_many(manifest, done, jobs, command: str, workers=None, attach=None, quiet: bool = False) -> int:
+    from pathlib import Path
+
     from plots import compare
     from train.sweep import run_jobs, summary
 
@@ -226,7 +228,8 @@ def finish_many(manifest, done, jobs, command: str, workers=None, attach=None, q
     # A run that failed before writing its config (e.g. a full disk) is listed among the failures only.
     run_dirs = [o.run_dir for o in outcomes if o.run_dir is not None and (o.run_dir / "config.yaml").is_file()]
     index = compare(run_dirs, manifest.folder, failures=failures, command=command)
-    print(f"comparison: {index}")
+    page = Path(index).with_name("index.html")
+    print(f"comparison: {index}" + (f" (in a browser: {page})" if page.is_file() else ""))
     stopped = [o for o in outcomes if o.status == "interrupted"]
     if stopped:
         print(f"to finish the remaining runs: python main.py --resume {manifest.folder}")

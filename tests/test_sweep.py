@@ -139,7 +139,7 @@ def test_several_configs_then_a_comparison(fmnist_root, tmp_path, capsys):
     assert p.returncode == 0, p.stderr
     assert "2 of 2 runs completed" in p.stdout
     (cmp,) = [d for d in (tmp_path / "runs").iterdir() if d.name.startswith("compare-")]
-    assert p.stdout.strip().endswith(str(cmp / "index.md"))
+    assert p.stdout.strip().splitlines()[-1] == f"comparison: {cmp / 'index.md'} (in a browser: {cmp / 'index.html'})"
     rows = (cmp / "results.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["a-fashion_mnist", "b-fashion_mnist"]
     assert "no checkpoint" in (cmp / "index.md").read_text()  # checkpoints off: maps skipped, and said so
