@@ -161,14 +161,17 @@ def run_facts(cfg) -> str:
         device_text = f"{device} (train.device: {cfg.train.device})"
     except UserError as e:
         device_text, precision = f"error: {e}", "-"
-    root = Path(cfg.data.root).expanduser()
+    try:
+        root = Path(cfg.data.root).expanduser()
+        out = Path(cfg.output.dir).expanduser()
+    except RuntimeError as e:  # ~user that does not exist
+        raise UserError(f"data.root / output.dir: {e}") from None
     files, found_in, looked = locate(get_spec(cfg.data.name), root)
     if files is not None:
         data = f"{cfg.data.name} found in {found_in}" + ("" if found_in == root else f" (not in data.root {cfg.data.root})")
     else:
         data = (f"{cfg.data.name} not found (expected {'; or '.join(looked)}); "
                 + ("the run would download it into data.root" if cfg.data.download else "data.download is off"))
-    out = Path(cfg.output.dir).expanduser()
     return "\n".join([f"device:     {device_text}", f"precision:  {precision}",
                       f"run dir:    {out / cfg.run_name}-<date>-<time>", f"data:       {data}"])
 

@@ -250,7 +250,12 @@ def _resolve(path: Path, chain: tuple[tuple[Path, str], ...], referrer: str | No
     here = (*chain, (_identity(path), shown))
     merged = Raw({})
     for name in bases:
-        target = Path(os.path.normpath(path.parent / Path(name).expanduser()))
+        try:
+            target = Path(os.path.normpath(path.parent / Path(name).expanduser()))
+            if "\0" in name or len(target.name.encode()) > 255:
+                raise ValueError("not a usable file name")
+        except (RuntimeError, ValueError) as e:  # ~user that does not exist, a NUL byte, a name too long
+            raise UserError(f"{shown}: base: {short_repr(name)}: {e}") from None
         if _identity(target) in [p for p, _ in here]:
             cycle = [s for _, s in here] + [str(target)]
             raise UserError(f"{shown}: base: {name}: a cycle: {' -> '.join(cycle)}")

@@ -161,7 +161,7 @@ class Config:
 
     @property
     def run_name(self) -> str:
-        return self.name or self.model.name
+        return self.name or self.model.name.replace("/", "_")  # timm/resnet18: one directory name
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -113,6 +113,7 @@ def _with_dataset(raw: dict[str, Any], name: Any, alone: bool = False) -> Any:
         return dataset
     if name is None and isinstance(model, dict):
         name = model.get("name")
+        name = name.replace("/", "_") if isinstance(name, str) else name  # timm/resnet18 -> timm_resnet18
     return run_name(name, dataset) if isinstance(name, str) and name else name
 
 

@@ -75,7 +75,7 @@ def _create(timm, name: str, arch: str, num_classes: int, in_chans: int, image_s
             if "img_size" not in str(e):
                 raise
             model = timm.create_model(arch, **common)  # a CNN: no img_size, it adapts to any input size
-    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever timm raises while building comes from the arguments
         raise UserError(f"model '{name}': cannot build with {kwargs or 'its defaults'}: {_first_line(e)}") from None
     _check_input(model, name, in_chans, image_size, kwargs)
     return model
@@ -91,7 +91,7 @@ def _check_input(model: nn.Module, name: str, in_chans: int, image_size: int, kw
     try:
         with torch.no_grad():
             model(torch.zeros(1, in_chans, image_size, image_size, device=device))
-    except (RuntimeError, AssertionError, ValueError, TypeError, IndexError) as e:
+    except (RuntimeError, AssertionError, ValueError, TypeError, IndexError, ArithmeticError) as e:
         size = f"{in_chans}x{image_size}x{image_size}"
         raise UserError(
             f"model '{name}': cannot take this dataset's {size} images ({_first_line(e)}); try a model that "

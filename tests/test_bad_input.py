@@ -121,6 +121,13 @@ CONFIG_CASES = [
 ]
 
 CONFIG_CASES += [
+    ("timm: an argument timm divides by", override("data.name=fashion_mnist", "model.name=timm/vit_tiny_patch16_224",
+                                                   "model.num_heads=0", key="timm/vit_tiny_patch16_224")),
+    ("base: a home directory that does not exist", config_file("base: ~no_such_user_xyz/a.yaml\n",
+                                                               ["base:", "no_such_user_xyz"])),
+    ("base: a name with a NUL byte", config_file('base: "a\\0b.yaml"\n', ["base:", "not a usable file name"])),
+    ("dry run: data.root in a home directory that does not exist", override(
+        "data.root=~no_such_user_xyz/data", key="data.root")),
     ("model.name: unknown timm model", override("model.name=timm/resnet1", key="model.name",
                                                 names=["unknown timm model 'resnet1'", "did you mean 'timm/resnet18'"])),
     ("model.name: a timm model too deep for 28x28", override(

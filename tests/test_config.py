@@ -316,6 +316,8 @@ def test_a_run_is_named_after_its_dataset(tmp_path):
     assert p.name == p.cfg.name == p.cfg.run_name == "cnn_tr_small-fashion_mnist"
     (p,) = load_points([write(tmp_path / "x.yaml", "model: {name: vit}\ndata: {name: mnist}\n")])
     assert p.cfg.run_name == "vit-mnist"
+    (p,) = load_points([write(tmp_path / "t.yaml", "model: {name: timm/resnet18}\ndata: {name: mnist}\n")])
+    assert p.cfg.run_name == "timm_resnet18-mnist"  # one directory name
 
 
 def test_the_dataset_names_in_config_are_the_registered_ones():
