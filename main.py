@@ -5,10 +5,10 @@
     python main.py --cfg configs/cnn_tr_small.yaml configs/cnn_tr_medium.yaml   # several runs + a comparison
     python main.py --cfg configs/sweeps/fmnist_sizes.yaml                      # a sweep: grid of runs + a comparison
     python main.py --cfg configs/cnn_tr_medium.yaml --dry-run
-    python main.py --resume runs/cnn_tr_medium-20261126-101500            # continue a stopped run
-    python main.py --resume runs/cnn_tr_medium-20261126-101500 --set train.epochs=40   # extend a finished one
-    python main.py --eval runs/cnn_tr_medium-20261126-101500 [--ckpt last]
-    python main.py --predict runs/cnn_tr_medium-20261126-101500 cat.jpg dog.png
+    python main.py --resume runs/cnn_tr_medium-cifar10-20261126-101500            # continue a stopped run
+    python main.py --resume runs/cnn_tr_medium-cifar10-20261126-101500 --set train.epochs=40   # extend a finished one
+    python main.py --eval runs/cnn_tr_medium-cifar10-20261126-101500 [--ckpt last]
+    python main.py --predict runs/cnn_tr_medium-cifar10-20261126-101500 cat.jpg dog.png
     python main.py --list-models
     torchrun --nproc_per_node=4 main.py --cfg configs/cnn_tr_medium.yaml   # one run on 4 processes (DDP)
 """
