@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Train one model on one dataset as described by a YAML config; "
                     "each run writes config.yaml, summary.txt, metrics.jsonl, results.json and checkpoints "
                     "into a new directory under output.dir.",
-        epilog="Example: python main.py --cfg configs/fashion_mnist.yaml --set train.epochs=2",
+        epilog="Example: python main.py --cfg configs/fashion_mnist.yaml --set train.epochs=2. One run on several "
+               "processes or GPUs: torchrun --nproc_per_node=N main.py --cfg FILE (README 'Scaling out').",
     )
     p.add_argument("--cfg", metavar="FILE", nargs="+",
                    help="YAML config(s) (see configs/ and the README's config reference); several files, or "

@@ -180,3 +180,24 @@ def call_main(capsys, *args, module: str = "main"):
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(args, code, out, err)
+
+
+def run_dirs_at(out: Path, proc, epochs: int, count: int = 1, timeout: float = 180) -> list[Path]:
+    """The run directories under ``out`` once ``count`` of them have finished ``epochs`` epochs (their
+    results.json says so), while ``proc`` (a subprocess.Popen) trains them; fails the test if it ends first."""
+    import time
+
+    import pytest
+
+    from train.rundir import read_results
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dirs = [d for d in sorted(out.glob("*/")) if (read_results(d) or {}).get("epochs_done", 0) >= epochs]
+        if len(dirs) >= count:
+            return dirs
+        if proc.poll() is not None:
+            pytest.fail(f"it ended early (exit {proc.returncode}):\n{proc.stdout.read() if proc.stdout else ''}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("the run(s) did not get going in time")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import ROOT, TINY_VIT, call_main, numbers, read_metrics, tiny_raw, write_yaml
+from fixtures import ROOT, TINY_VIT, call_main, numbers, read_metrics, run_dirs_at, tiny_raw, write_yaml
 from core.errors import UserError
 from data import TensorLoader
 from train.distributed import Dist, from_env, launcher
@@ -35,19 +35,6 @@ def only_run_dir(out: Path) -> Path:
     dirs = [p for p in out.iterdir()]
     assert len(dirs) == 1, dirs  # rank 1 made no directory of its own
     return dirs[0]
-
-
-def wait_until(run_parent: Path, proc: subprocess.Popen, epochs: int, timeout: float = 180) -> Path:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for d in run_parent.glob("*/"):
-            if (read_results(d) or {}).get("epochs_done", 0) >= epochs:
-                return d
-        if proc.poll() is not None:
-            pytest.fail(f"torchrun ended early (exit {proc.returncode}):\n{proc.stdout.read()}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("the run did not get going in time")
 
 
 def worker_pid(agent: subprocess.Popen, rank: int) -> int:
@@ -113,7 +100,7 @@ def test_sigterm_then_a_killed_rank_then_torchrun_resumes_exactly(roots, tmp_pat
                    data={"random_erasing": 0.25})
     ref = torchrun(["--cfg", str(write_yaml(tmp_path / "ref.yaml", raw))])
     run = torchrun(["--cfg", str(write_yaml(tmp_path / "run.yaml", {**raw, "output": {"dir": str(tmp_path / "run")}}))])
-    run_dir = wait_until(tmp_path / "run", run, 1)
+    (run_dir,) = run_dirs_at(tmp_path / "run", run, 1)
     time.sleep(0.3)
     run.send_signal(signal.SIGTERM)
     out = finish(run)
@@ -129,7 +116,7 @@ def test_sigterm_then_a_killed_rank_then_torchrun_resumes_exactly(roots, tmp_pat
     assert ref.returncode == 0, out
 
     again = torchrun(["--resume", str(run_dir)])
-    wait_until(tmp_path / "run", again, ckpt["epoch"] + 1)
+    run_dirs_at(tmp_path / "run", again, ckpt["epoch"] + 1)
     os.kill(worker_pid(again, rank=1), signal.SIGKILL)
     out = finish(again)
     assert again.returncode != 0

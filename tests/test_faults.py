@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import train.engine
-from fixtures import ROOT, TINY_VIT, call_main, numbers, read_metrics, run_fit, tiny_raw, write_yaml
+from fixtures import ROOT, TINY_VIT, call_main, numbers, read_metrics, run_dirs_at, run_fit, tiny_raw, write_yaml
 from config import from_dict
 from core.files import TEMP_PREFIX
 from train.rundir import is_live, read_results
@@ -30,21 +30,6 @@ def start(cfg_file: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
     return subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--cfg", str(cfg_file)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for_epochs(out: Path, proc: subprocess.Popen, epochs: int, timeout: float = 120) -> Path:
-    """The run directory, once its results.json says ``epochs`` epochs are done."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for run_dir in out.glob("*/"):
-            results = read_results(run_dir)
-            if results and results.get("epochs_done", 0) >= epochs:
-                return run_dir
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended early (exit {proc.returncode}):\n{proc.stdout.read()}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("the run did not get going in time")
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +48,9 @@ def test_sigterm_and_sigkill_to_real_runs_then_resume_exactly(data_root, tmp_pat
     term = start(write_yaml(tmp_path / "term.yaml", raw))
     killed = start(write_yaml(tmp_path / "kill.yaml", {**raw, "output": {**raw["output"], "dir": str(tmp_path / "kill")}}))
 
-    term_dir = wait_for_epochs(tmp_path / "term", term, 2)
+    (term_dir,) = run_dirs_at(tmp_path / "term", term, 2)
     term.send_signal(signal.SIGTERM)
-    kill_dir = wait_for_epochs(tmp_path / "kill", killed, 3)
+    (kill_dir,) = run_dirs_at(tmp_path / "kill", killed, 3)
     time.sleep(0.13)  # somewhere inside an epoch
     killed.kill()
     out = term.communicate(timeout=120)[0]

@@ -20,7 +20,8 @@ import torch
 
 from config.sweep import expand
 from core.errors import UserError
-from fixtures import ROOT, TINY_VIT, call_main, numbers, read_metrics, run_fit, tiny_config, tiny_raw, write_yaml
+from fixtures import (ROOT, TINY_VIT, call_main, numbers, read_metrics, run_dirs_at, run_fit, tiny_config, tiny_raw,
+                      write_yaml)
 from train.parallel import StatusBoard, Workers, plan_workers, run_parallel
 from train.rundir import is_live, read_results
 from train.sweep import Manifest, jobs_for
@@ -278,20 +279,6 @@ class Lines:
             time.sleep(0.05)
 
 
-def run_dirs_at(out: Path, proc: subprocess.Popen, epochs: int, count: int = 2, timeout: float = 180) -> list[Path]:
-    """The run directories under ``out`` once ``count`` of them have finished ``epochs`` epochs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        dirs = [d for d in sorted(out.glob("*/")) if (read_results(d) or {}).get("epochs_done", 0) >= epochs]
-        if len(dirs) >= count:
-            return dirs
-        if proc.poll() is not None:
-            pytest.fail(f"it ended early (exit {proc.returncode}):\n{proc.stdout.read() if proc.stdout else ''}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("the points did not get going in time")
-
-
 def gone(pid: int, timeout: float = 60) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -337,7 +324,7 @@ def test_sigkill_sigterm_to_a_parallel_sweep_then_resume_exactly(fmnist_root, tm
 
     try:
         # The victim is the point further on: the other then has the more epochs left to go on with.
-        started = run_dirs_at(tmp_path / "runs", call, 1)
+        started = run_dirs_at(tmp_path / "runs", call, 1, count=2)
         victim, survivor = sorted(started, key=lambda d: -read_results(d)["epochs_done"])
         os.kill(read_results(victim)["pid"], signal.SIGKILL)
         name = read_results(victim)["name"]
