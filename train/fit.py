@@ -20,7 +20,7 @@ from core.errors import Interrupted, RunFailed, UserError
 from core.signals import GracefulStop
 from data import get_spec, load_data
 from models import build_model
-from models.measure import describe
+from models.measure import describe, flops_per_image
 from train import checkpoint
 from train.distributed import Dist, PeerLost, launcher
 from train.engine import EpochMeter, NonFiniteLoss, evaluate, train_one_epoch
@@ -87,6 +87,7 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, pro
         if dist.rank:
             torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)  # its own dropout and MixUp/CutMix draws
         info = describe(model, spec)
+        flops = flops_per_image(model, spec) if resume is None else None  # a copy, in a forked RNG
         log(f"loading {cfg.data.name} from {cfg.data.root}")
         data = load_data(cfg.data)
         if not dist.enabled:  # several processes: each copies its part to its device (make_loaders)
@@ -118,7 +119,8 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, pro
             attempts.append({"started": now(), "from": loop.position(), "command": command})
             if resume is None:
                 run_dir.results.update(model=cfg.model.name, dataset=cfg.data.name, params=info.params,
-                                       mult_adds=info.mult_adds, epochs=cfg.train.epochs)
+                                       mult_adds=info.mult_adds, flops_inference=flops.inference,
+                                       flops_training=flops.training, epochs=cfg.train.epochs)
             run_dir.update("running", device=str(device), precision=str(s.precision), epochs=cfg.train.epochs,
                            processes=dist.world_size, global_batch=cfg.train.batch_size * dist.world_size,
                            **provenance(device, command), started=run_dir.results.get("started") or now(),
