@@ -288,7 +288,7 @@ def _run_dir_of(manifest: Manifest, i: int):
     from train.sweep import point_run_dir
 
     d = manifest.run_dirs[i]
-    return RunDir.existing(d) if d and Path(d).is_dir() else point_run_dir(manifest.points[i])
+    return RunDir.existing(d) if d and Path(d).is_dir() else point_run_dir(manifest.points[i], i)
 
 
 def _brief(e: BaseException) -> str:

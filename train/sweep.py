@@ -160,19 +160,20 @@ def plan(manifest: Manifest, *, log=print, attached: frozenset[int] = frozenset(
             r = open_for_resume(folder)
             jobs.append(Job(i, point, r.run_dir, r.cfg, r.ckpt))
         else:  # failed, never started, or killed before it wrote its config: a new run directory
-            jobs.append(Job(i, point, point_run_dir(point), point.cfg))
+            jobs.append(Job(i, point, point_run_dir(point, i), point.cfg))
         if status == "failed":
             log(f"{point.name}: failed before ({results.get('error')}); running it again")
     return done, jobs
 
 
-def point_run_dir(point: Point) -> RunDir:
-    """A new run directory for ``point`` under its ``output.dir`` (made when its run starts)."""
-    return RunDir(point.cfg.output.dir, point.cfg.run_name, extra=point.record())
+def point_run_dir(point: Point, index: int) -> RunDir:
+    """A new run directory for ``point``, the ``index``-th of its call, under its ``output.dir`` (made when its
+    run starts). results.json records the index, so a comparison lists runs in sweep order."""
+    return RunDir(point.cfg.output.dir, point.cfg.run_name, extra={**point.record(), "point": index})
 
 
 def jobs_for(points: list[Point]) -> list[Job]:
-    return [Job(i, p, point_run_dir(p), p.cfg) for i, p in enumerate(points)]
+    return [Job(i, p, point_run_dir(p, i), p.cfg) for i, p in enumerate(points)]
 
 
 def run_jobs(jobs: list[Job], total: int, *, manifest: Optional[Manifest] = None, log=print,

@@ -155,7 +155,7 @@ def _job(spec: dict[str, Any]):
     if spec.get("run_dir"):
         r = open_for_resume(spec["run_dir"])
         return Job(spec.get("index", 0), point, r.run_dir, r.cfg, r.ckpt)
-    return Job(spec.get("index", 0), point, point_run_dir(point), cfg)
+    return Job(spec.get("index", 0), point, point_run_dir(point, spec.get("index", 0)), cfg)
 
 
 class RunLog:
