@@ -3,7 +3,6 @@ training FLOPs, and the checks of their command lines."""
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 import typing
 from pathlib import Path
@@ -118,16 +117,9 @@ def matmul_peak(device: torch.device, cpu_dtype: torch.dtype = torch.float32,
 
 
 def train_flops_per_image(model: nn.Module, spec, device: torch.device) -> float:
-    """3x the forward FLOPs counted by ``torch.utils.flop_counter`` (matmuls, convolutions, attention).
+    """Training FLOPs per image (forward and backward, attention included), counted as results.json counts
+    them (``models.measure.flops_per_image``), so the benchmark and the comparison agree. ``device`` is
+    unused: the count runs on a CPU copy."""
+    from models.measure import flops_per_image
 
-    The backward is taken as 2x the forward (the usual 6 FLOPs per mult-add for training) rather than
-    counted, because the counter overcounts ``convolution_backward`` of grouped (depthwise) convs by
-    the group count.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    m = copy.deepcopy(model).train()  # the training graph: what the FLOPs are per training image
-    x = torch.randn(2, spec.in_chans, spec.image_size, spec.image_size, device=device)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        m(x)
-    return 3 * counter.get_total_flops() / 2
+    return float(flops_per_image(model, spec).training)

@@ -16,8 +16,8 @@ Per model, in one process:
   images/s; measured alternately with ours, in rounds, so machine noise hits both alike.
 * **outside**: the share of our step time not spent in forward/backward/optimizer, i.e.
   1 - (the same steps on one fixed device-resident batch) / ours.
-* **FLOP/s**: training FLOPs per image counted by ``torch.utils.flop_counter`` on one forward
-  (matmuls, convolutions and attention) times 3, times ours' images/s; and its share of the
+* **FLOP/s**: training FLOPs per image counted by ``torch.utils.flop_counter`` on a forward and
+  backward (matmuls, convolutions and attention; ``models.measure.flops_per_image``), times ours' images/s; and its share of the
   device's peak, measured in the same run as a large matmul (fp32 on CPU, bf16 on CUDA).
 * **latency**: inference, batch 1 and batched (``--eval-batch-size``), median over repeats after
   warm-up, device synchronised (``models.measure.latency_ms``).
