@@ -38,8 +38,8 @@ FORMAT = "vitlab-checkpoint-1"
 # grow, to extend a run; the schedule is then rebuilt for the new length (see ``restore``).
 # ``output.checkpoints`` may not: turned off, it would leave a last.pt behind that the run has passed.
 FREE_KEYS = ("train.log_every", "output.dir", "output.checkpoint_every_steps",
-             "output.checkpoint_every_minutes", "output.tensorboard", "data.root", "data.download", "data.cache",
-             "data.cache_dir")
+             "output.checkpoint_every_minutes", "output.tensorboard", "output.latency", "output.latency_threads",
+             "data.root", "data.download", "data.cache", "data.cache_dir")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
