@@ -231,7 +231,9 @@ def finish_many(manifest, done, jobs, command: str, workers=None, attach=None, q
                  for p in manifest.points if p.name not in started]
     # A run that failed before writing its config (e.g. a full disk) is listed among the failures only.
     run_dirs = [o.run_dir for o in outcomes if o.run_dir is not None and (o.run_dir / "config.yaml").is_file()]
-    index = compare(run_dirs, manifest.folder, failures=failures, command=command)
+    first = manifest.points[0].cfg.output
+    index = compare(run_dirs, manifest.folder, failures=failures, command=command, latency=first.latency,
+                    latency_threads=first.latency_threads)
     page = Path(index).with_name("index.html")
     print(f"comparison: {index}" + (f" (in a browser: {page})" if page.is_file() else ""))
     stopped = [o for o in outcomes if o.status == "interrupted"]

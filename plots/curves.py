@@ -1,10 +1,11 @@
-"""Training curves: validation accuracy of every run, loss beside accuracy, train vs. validation loss.
+"""Training curves: validation accuracy of every run, training beside validation loss, and their gap per run.
 
 A group of runs over several seeds is drawn as its mean with a ±1 std band. Each experiment keeps
 one colour in every figure of a comparison.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -17,14 +18,35 @@ from core.files import atomic_write  # noqa: E402
 from plots.runs import Group  # noqa: E402
 
 
+# tab10's ten, then tab20's lighter shades of them: distinct on white, and the first ten are the familiar ones.
+PALETTE = [plt.get_cmap("tab10")(i) for i in range(10)] + [plt.get_cmap("tab20")(2 * i + 1) for i in range(10)]
+
+
+def colour_slot(label: str) -> int:
+    """The palette slot an experiment's name asks for: a hash of the name, the same in every process and
+    every comparison (Python's ``hash`` of a str is salted per process)."""
+    return int.from_bytes(hashlib.sha256(label.encode()).digest()[:8], "big") % len(PALETTE)
+
+
 def colours(groups: list[Group]) -> dict[str, tuple]:
-    """One colour per experiment, fixed by its position in the comparison."""
-    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
-    return {g.label: cmap(i % cmap.N) for i, g in enumerate(groups)}
+    """One colour per experiment, derived from its name, so an experiment keeps its colour in every figure
+    of every comparison it appears in. Two names of one comparison that ask for the same slot: the one
+    later in name order takes the next free slot (only then does a colour depend on the company)."""
+    taken: dict[int, str] = {}
+    out = {}
+    for label in sorted(g.label for g in groups):
+        slot = colour_slot(label)
+        for step in range(len(PALETTE)):
+            if (slot + step) % len(PALETTE) not in taken:
+                slot = (slot + step) % len(PALETTE)
+                break
+        taken[slot] = label
+        out[label] = PALETTE[slot]
+    return out
 
 
 def _legend_label(g: Group) -> str:
-    return f"{g.label} (mean ± std, {len(g.runs)} seeds)" if len(g.runs) > 1 else g.label
+    return f"{g.label} (mean ± std, {len(g.counted)} seeds)" if len(g.counted) > 1 else g.label
 
 
 def _draw(ax, g: Group, key: str, colour, **style) -> bool:
@@ -76,18 +98,20 @@ def val_accuracy(groups: list[Group], colour: dict, path: Path) -> Path:
     return save(fig, path)
 
 
-def loss_and_accuracy(groups: list[Group], colour: dict, path: Path) -> Path:
-    """Seed 002's comparison: training loss and validation accuracy side by side."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+def losses(groups: list[Group], colour: dict, path: Path) -> Path:
+    """Seed 002's comparison, with the accuracy panel (val_accuracy.png's) traded for validation loss:
+    training loss and validation loss side by side, on one scale."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
     for g in groups:
         _draw(left, g, "train_loss", colour[g.label])
-        _draw(right, g, "val_acc", colour[g.label])
-    _finish(left, "epoch", "training loss (cross-entropy)", "Training loss")
-    _finish(right, "epoch", "validation accuracy (%)", "Validation accuracy")
+        _draw(right, g, "val_loss", colour[g.label])
+    _finish(left, "epoch", "loss (cross-entropy)", "Training loss")
+    _finish(right, "epoch", "loss (cross-entropy)", "Validation loss")
+    right.tick_params(labelleft=True)
     handles, labels = right.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize="small",
                bbox_to_anchor=(0.5, -0.02 - 0.04 * math.ceil(len(labels) / 4)))
-    fig.suptitle(f"Training loss and validation accuracy ({_datasets(groups)})")
+    fig.suptitle(f"Training and validation loss ({_datasets(groups)})")
     return save(fig, path)
 
 
@@ -99,7 +123,7 @@ def convergence(groups: list[Group], colour: dict, path: Path) -> Path:
     for ax, g in zip(axes.flat, groups):
         _draw(ax, g, "train_loss", colour[g.label], label="training")
         _draw(ax, g, "val_loss", colour[g.label], label="validation", linestyle="--")
-        _finish(ax, "epoch", "loss (cross-entropy)", g.label + (f" ({len(g.runs)} seeds)" if len(g.runs) > 1 else ""))
+        _finish(ax, "epoch", "loss (cross-entropy)", g.label + (f" ({len(g.counted)} seeds)" if len(g.counted) > 1 else ""))
         ax.legend(fontsize="small")
     for ax in list(axes.flat)[len(groups):]:
         ax.set_visible(False)

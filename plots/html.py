@@ -127,12 +127,14 @@ border: 1px solid #e3e7eb; } figcaption { color: #4a5560; margin-top: .35em; fon
 .grid figure.zoom { grid-column: 1 / -1; } .grid figure.zoom img { cursor: zoom-out; }
 .failures li { margin: .3em 0; } .status { font-weight: 600; color: #a33; }
 .note { color: #4a5560; font-size: .93em; max-width: 70em; }
+ul.summary { font-size: 1.02em; max-width: 70em; } ul.summary li { margin: .25em 0; }
 """
 
 
 def _prose(text: str) -> str:
-    """Our own sentences (not a run's strings): escaped, with `code` spans as in index.md."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(text))
+    """Our own sentences (which may quote a run's labels): escaped, then `code` and **bold** as in index.md."""
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(text))
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
 
 
 def _id(text: str) -> str:
@@ -159,18 +161,35 @@ def results_table(groups: list[Group]) -> str:
 
 
 def runs_table(groups: list[Group]) -> str:
-    head = ["experiment", "run", "seed", "status", "directory"]
+    head = ["experiment", "run", "seed", "status", "reason", "directory"]
     ths = "".join(f'<th data-key="{h}" aria-sort="none">{h}<span class="arrow">\u21c5</span></th>' for h in head)
     body = "".join(f"<tr><td>{escape(g.label)}</td><td>{escape(r.name)}</td><td>{escape(r.seed)}</td>"
-                   f'<td>{escape(r.status)}</td><td class="path">{escape(r.path)}</td></tr>'
-                   for g in groups for r in g.runs)
+                   f"<td>{escape(r.status)}</td><td>{escape(r.reason)}</td>"
+                   f'<td class="path">{escape(r.path)}</td></tr>' for g in groups for r in g.runs)
     return (f'<div class="wide"><table id="runs-table" class="sortable"><thead><tr>{ths}</tr></thead>'
             f"<tbody>{body}</tbody></table></div>")
 
 
+def _sections(sections: list[Section]) -> list[str]:
+    parts = []
+    for s in sections:
+        parts.append(f'<h2 id="{_id(s.title)}">{escape(s.title)}</h2>')
+        if s.intro:
+            parts.append(f'<p class="note">{_prose(s.intro)}</p>')
+        parts.append('<div class="grid">' if s.side_by_side and len(s.figures) > 1 else "<div>")
+        for fig in s.figures:
+            heading = f"<h3>{escape(fig.title)}</h3>" if fig.title != s.title else ""
+            parts.append(f'<figure>{heading}<img src="{data_uri(fig.path)}" alt="{escape(fig.caption)}" '
+                         f'title="click to enlarge"><figcaption>{escape(fig.caption)}</figcaption></figure>')
+        parts.append("</div>")
+    return parts
+
+
 def page(*, title: str, written: str, command: str, groups: list[Group], table_note: str,
-         failures: list[dict[str, Any]], failures_log: bool, sections: list[Section], notes: list[str]) -> str:
-    """The whole page as one string (images read from their files and embedded)."""
+         failures: list[dict[str, Any]], failures_log: bool, sections: list[Section], notes: list[str],
+         summary: list[str] = (), leading: list[Section] = ()) -> str:
+    """The whole page as one string (images read from their files and embedded): the written ``summary``,
+    the ``leading`` sections (the trade-offs), the results table, then the other ``sections``."""
     runs = [r for g in groups for r in g.runs]
     datasets = sorted({r.dataset for r in runs})
     models = sorted({r.model for r in runs})
@@ -182,10 +201,16 @@ def page(*, title: str, written: str, command: str, groups: list[Group], table_n
                      + (f"; {len(failures)} point{'s' * (len(failures) != 1)} did not complete" if failures else "")
                      + ". Each experiment keeps its colour in every figure; repeats over seeds read mean ± "
                        "sample std.</p>")
-    toc = ([("results", "Results")] if groups else []) + ([("failures", "Did not complete")] if failures else [])
+    toc = [("summary", "Summary")] if summary else []
+    toc += [(_id(s.title), s.title) for s in leading]
+    toc += ([("results", "Results")] if groups else []) + ([("failures", "Did not complete")] if failures else [])
     toc += [(_id(s.title), s.title) for s in sections] + ([("notes", "Notes")] if notes else [])
     toc += [("runs-list", "Runs")] if runs else []
     parts.append("<nav>" + "".join(f'<a href="#{i}">{escape(t)}</a>' for i, t in toc) + "</nav>")
+    if summary:
+        parts += ['<h2 id="summary">Summary</h2>', '<ul class="summary">']
+        parts += [f"<li>{_prose(line)}</li>" for line in summary] + ["</ul>"]
+    parts += _sections(list(leading))
     if groups:
         parts += ['<h2 id="results">Results</h2>',
                   '<p class="note">Click a column header to sort by it (again to reverse).</p>',
@@ -199,16 +224,7 @@ def page(*, title: str, written: str, command: str, groups: list[Group], table_n
         parts.append("</ul>")
         if failures_log:
             parts.append('<p class="note">Tracebacks: <a href="failures.log">failures.log</a>.</p>')
-    for s in sections:
-        parts.append(f'<h2 id="{_id(s.title)}">{escape(s.title)}</h2>')
-        if s.intro:
-            parts.append(f'<p class="note">{_prose(s.intro)}</p>')
-        parts.append('<div class="grid">' if s.side_by_side and len(s.figures) > 1 else "<div>")
-        for fig in s.figures:
-            heading = f"<h3>{escape(fig.title)}</h3>" if fig.title != s.title else ""
-            parts.append(f'<figure>{heading}<img src="{data_uri(fig.path)}" alt="{escape(fig.caption)}" '
-                         f'title="click to enlarge"><figcaption>{escape(fig.caption)}</figcaption></figure>')
-        parts.append("</div>")
+    parts += _sections(sections)
     if notes:
         parts += ['<h2 id="notes">Notes</h2>', "<ul>"] + [f"<li>{escape(n)}</li>" for n in notes] + ["</ul>"]
     if runs:

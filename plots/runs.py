@@ -44,6 +44,20 @@ class Run:
         return self.config.get("seed")
 
     @property
+    def swept(self) -> dict[str, Any]:
+        """The values its sweep set (results.json ``swept``), seed included; empty for a run of its own."""
+        return dict(self.results.get("swept") or {})
+
+    @property
+    def reason(self) -> str:
+        """Why a run that did not complete stopped (results.json ``error``), or why nobody knows."""
+        if self.status == "completed":
+            return ""
+        if self.status == "killed":
+            return "its process ended without recording why (SIGKILL, out of memory, a power cut)"
+        return str(self.results.get("error") or "")
+
+    @property
     def status(self) -> str:
         """results.json's status; a ``running`` run whose process is gone (on this host) is ``killed``."""
         status = str(self.results.get("status", "incomplete"))
@@ -110,7 +124,7 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
         children = sorted(c for c in p.iterdir() if (c / "config.yaml").is_file()) if p.is_dir() else []
         if not children:
             raise UserError(f"{p}: not a run directory and holds none (a run directory has {RUN_FILES})")
-        runs += [load_run(c) for c in children]
+        runs += sorted((load_run(c) for c in children), key=_sweep_order)
     seen, unique = set(), []
     for r in runs:  # the same run named twice (a folder and one of its runs) counts once
         if r.path.resolve() not in seen:
@@ -119,20 +133,44 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     return unique
 
 
+def _sweep_order(run: Run) -> tuple:
+    """A folder's runs in the order their sweep ran them (results.json ``point``), runs of no sweep after,
+    by name; the sort is stable, so runs of several sweeps keep their name order within one index."""
+    point = run.results.get("point")
+    return (0, point) if isinstance(point, int) and not isinstance(point, bool) else (1, 0)
+
+
 @dataclass
 class Group:
     """Runs of one experiment that differ only in seed (one run when there are no repeats)."""
 
     label: str
     runs: list[Run] = field(default_factory=list)
+    # Measured by the comparison itself (plots/report.py): {"batch1": ..., "batched": ...}, each
+    # models.measure.Latency.to_dict(); empty when latency was not measured.
+    latency: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def first(self) -> Run:
         return self.runs[0]
 
+    @property
+    def counted(self) -> list[Run]:
+        """The runs its numbers are over: the completed ones (all of them when none completed, so a sweep
+        stopped early still shows something, marked by its status). Of two completed runs of one seed (a
+        point run again) the later counts: the same seed twice is not two samples."""
+        done = [r for r in self.runs if r.status == "completed"] or self.runs
+        by_seed = {json.dumps(r.seed): r for r in done}
+        return [r for r in done if by_seed[json.dumps(r.seed)] is r]
+
+    @property
+    def swept(self) -> dict[str, Any]:
+        """What its sweep set for it, the seed left out (empty for runs of no sweep)."""
+        return {k: v for k, v in self.first.swept.items() if k != "seed"}
+
     def stat(self, key: str) -> tuple[Optional[float], Optional[float]]:
-        """(mean, sample std) over runs that have the value; std is None for a single value."""
-        values = [v for v in (r.value(key) for r in self.runs) if v is not None and math.isfinite(v)]
+        """(mean, sample std) over the counted runs that have the value; std is None for a single value."""
+        values = [v for v in (r.value(key) for r in self.counted) if v is not None and math.isfinite(v)]
         if not values:
             return None, None
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
@@ -140,7 +178,7 @@ class Group:
     def curve(self, key: str) -> tuple[list[int], list[float], list[Optional[float]]]:
         """Epochs, mean and std (None where only one run has that epoch) of a per-epoch metric."""
         by_epoch: dict[int, list[float]] = {}
-        for r in self.runs:
+        for r in self.counted:
             for m in r.metrics:
                 if key in m and m[key] is not None and math.isfinite(m[key]):
                     by_epoch.setdefault(int(m["epoch"]), []).append(float(m[key]))
@@ -161,17 +199,45 @@ def _experiment_key(config: dict[str, Any]) -> str:
     return json.dumps(c, sort_keys=True)
 
 
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
 def group_runs(runs: list[Run]) -> list[Group]:
-    """Group repeats over seeds, in order of first appearance; labels are unique."""
+    """Group repeats over seeds, in order of first appearance. Labels are unique: experiments of one name
+    (e.g. a run resumed with more epochs beside the sweep's) are told apart by the settings that differ,
+    ``x [train.epochs=5]``."""
     groups: dict[str, Group] = {}
     for r in runs:
         key = _experiment_key(r.config)
         if key not in groups:
             groups[key] = Group(str(r.results.get("experiment") or r.name))
         groups[key].runs.append(r)
-    out, used = list(groups.values()), {}
-    for g in out:
-        n = used[g.label] = used.get(g.label, 0) + 1
-        if n > 1:
-            g.label = f"{g.label} ({n})"
-    return out
+    by_label: dict[str, list[tuple[str, Group]]] = {}
+    for key, g in groups.items():
+        by_label.setdefault(g.label, []).append((key, g))
+    for label, same in by_label.items():
+        if len(same) < 2:
+            continue
+        flats = [_flat(json.loads(key)) for key, _ in same]
+        differ = sorted(k for k in set().union(*flats) if len({json.dumps(f.get(k)) for f in flats}) > 1)
+        for (_, g), f in zip(same, flats):
+            shown = ", ".join(f"{k}={f.get(k)}" for k in differ[:3]) + (", ..." if len(differ) > 3 else "")
+            g.label = f"{label} [{shown}]"
+    return list(groups.values())
+
+
+def short_labels(groups: list[Group]) -> dict[str, str]:
+    """Labels without the part every label shares ("sizes-fashion_mnist-cnn_tr_small" -> "cnn_tr_small"),
+    for figures where the full names would crowd the points; whole labels when that leaves nothing."""
+    parts = [g.label.split("-") for g in groups]
+    common = 0
+    if len(parts) > 1:
+        while all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
+            common += 1
+    return {g.label: "-".join(p[common:]) for g, p in zip(groups, parts)}

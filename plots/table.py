@@ -1,33 +1,70 @@
-"""The results table: one row per run (CSV) and one per experiment, mean ± std over seeds (CSV, Markdown)."""
+"""The results tables: one row per run (results.csv) and one per experiment, mean ± std over seeds
+(summary.csv, and the Markdown/HTML table). Rows keep the sweep's order; each swept key has its own column."""
 from __future__ import annotations
 
 import csv
 import io
+import json
 from typing import Any, Optional
 
 from plots.runs import Group, Run
 
-# (column, results.json key or derived value, format) for the per-run CSV.
-RUN_COLUMNS = ["run", "experiment", "model", "dataset", "seed", "status", "epochs", "params", "mult_adds",
-               "best_val_acc", "best_epoch", "final_val_acc", "final_val_top5", "time_per_epoch_s",
-               "images_per_s", "latency_ms_batch1", "latency_ms_batched", "latency_batch_size", "device", "path"]
-
-# Per-experiment numbers: (results key, column title in Markdown, digits).
+# Per-experiment numbers over seeds: (results key, column title, digits).
 STATS = [("best_val_acc", "best val acc (%)", 2), ("final_val_acc", "final val acc (%)", 2),
-         ("time_per_epoch_s", "time/epoch (s)", 2), ("latency_ms_batch1", "latency b1 (ms)", 2),
-         ("latency_ms_batched", "latency batched (ms/img)", 3)]
+         ("time_per_epoch_s", "time/epoch (s)", 2)]
+COSTS = ["params", "mult_adds", "flops_inference", "flops_training"]  # per image; the same for every seed
+LATENCY = [("batch1", "latency b1 (ms)"), ("batched", "latency batched (ms/img)")]
 
 
-def run_row(run: Run, experiment: str) -> dict[str, Any]:
+def swept_keys(groups: list[Group]) -> list[str]:
+    """Every key some sweep set (seed left out: it has its own column), in the order first seen."""
+    keys: dict[str, None] = {}
+    for g in groups:
+        for r in g.runs:
+            keys.update((k, None) for k in r.swept if k != "seed")
+    return list(keys)
+
+
+def cell(value: Any) -> Any:
+    """A swept value as a CSV cell: lists and mappings as JSON, the rest as they are."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def _latency_columns(g: Group) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for which, _ in LATENCY:
+        lat = g.latency.get(which) or {}
+        row[f"latency_ms_{which}"] = lat.get("ms")
+        row[f"latency_{which}_spread"] = lat.get("spread")
+        row[f"latency_{which}_repeats"] = lat.get("repeats")
+        row[f"latency_{which}_flagged"] = lat.get("flagged")
+    any_lat = next((g.latency[w] for w, _ in LATENCY if g.latency.get(w)), {})
+    row["latency_batch_size"] = (g.latency.get("batched") or {}).get("batch")
+    row["latency_threads"] = any_lat.get("threads")
+    return row
+
+
+LATENCY_COLUMNS = [f"latency_{k}" for which, _ in LATENCY
+                   for k in (f"ms_{which}", f"{which}_spread", f"{which}_repeats", f"{which}_flagged")]
+LATENCY_COLUMNS += ["latency_batch_size", "latency_threads"]
+
+
+def run_row(run: Run, g: Group, keys: list[str]) -> dict[str, Any]:
     r = run.results
-    row = {"run": run.name, "experiment": experiment, "model": run.model, "dataset": run.dataset,
-           "seed": run.seed, "status": run.status, "epochs": len(run.metrics), "path": str(run.path)}
-    for key in ("params", "mult_adds", "best_epoch", "final_val_top5", "images_per_s", "latency_ms_batch1",
-                "latency_ms_batched", "latency_batch_size", "device"):
+    row = {"run": run.name, "experiment": g.label, **{k: cell(run.swept.get(k)) for k in keys},
+           "model": run.model, "dataset": run.dataset, "seed": run.seed, "status": run.status,
+           "reason": run.reason, "counted": run in g.counted, "epochs": len(run.metrics), "path": str(run.path)}
+    for key in COSTS + ["best_epoch", "final_val_top5", "images_per_s", "device"]:
         row[key] = r.get(key)
     for key in ("best_val_acc", "final_val_acc", "time_per_epoch_s"):
         row[key] = run.value(key)
-    return row
+    return {**row, **_latency_columns(g)}  # latency is measured once per experiment, by the comparison
+
+
+def run_columns(keys: list[str]) -> list[str]:
+    return (["run", "experiment", *keys, "model", "dataset", "seed", "status", "reason", "counted", "epochs", *COSTS,
+             "best_val_acc", "best_epoch", "final_val_acc", "final_val_top5", "time_per_epoch_s", "images_per_s"]
+            + LATENCY_COLUMNS + ["device", "path"])
 
 
 def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -40,28 +77,39 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def runs_csv(groups: list[Group]) -> str:
-    return _csv([run_row(r, g.label) for g in groups for r in g.runs], RUN_COLUMNS)
+    keys = swept_keys(groups)
+    return _csv([run_row(r, g, keys) for g in groups for r in g.runs], run_columns(keys))
+
+
+def status_of(g: Group) -> str:
+    """One word when every run agrees, else the counts: "2 completed, 1 interrupted"."""
+    statuses = sorted({r.status for r in g.runs})
+    if len(statuses) == 1:
+        return statuses[0]
+    return ", ".join(f"{sum(r.status == s for r in g.runs)} {s}" for s in statuses)
 
 
 def summary_rows(groups: list[Group]) -> list[dict[str, Any]]:
+    keys = swept_keys(groups)
     rows = []
     for g in groups:
         first = g.first.results
-        row: dict[str, Any] = {"experiment": g.label, "model": g.first.model, "dataset": g.first.dataset,
-                               "runs": len(g.runs), "seeds": " ".join(str(r.seed) for r in g.runs),
-                               "completed": sum(r.status == "completed" for r in g.runs),
-                               "params": first.get("params"), "mult_adds": first.get("mult_adds")}
+        row: dict[str, Any] = {"experiment": g.label, **{k: cell(g.first.swept.get(k)) for k in keys},
+                               "model": g.first.model, "dataset": g.first.dataset, "runs": len(g.runs),
+                               "counted": len(g.counted), "seeds": " ".join(str(r.seed) for r in g.counted),
+                               "completed": sum(r.status == "completed" for r in g.runs), "status": status_of(g),
+                               **{k: first.get(k) for k in COSTS}}
         for key, _, _ in STATS:
             row[f"{key}_mean"], row[f"{key}_std"] = g.stat(key)
-        rows.append(row)
+        rows.append({**row, **_latency_columns(g)})
     return rows
 
 
 def summary_csv(groups: list[Group]) -> str:
-    rows = summary_rows(groups)
-    columns = ["experiment", "model", "dataset", "runs", "seeds", "completed", "params", "mult_adds"]
-    columns += [f"{key}_{s}" for key, _, _ in STATS for s in ("mean", "std")]
-    return _csv(rows, columns)
+    columns = ["experiment", *swept_keys(groups), "model", "dataset", "runs", "counted", "seeds", "completed",
+               "status", *COSTS]
+    columns += [f"{key}_{s}" for key, _, _ in STATS for s in ("mean", "std")] + LATENCY_COLUMNS
+    return _csv(summary_rows(groups), columns)
 
 
 def _num(mean: Optional[float], std: Optional[float], digits: int) -> str:
@@ -70,8 +118,24 @@ def _num(mean: Optional[float], std: Optional[float], digits: int) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
-def _count(n: Optional[int], scale: float, unit: str) -> str:
-    return "–" if n is None else f"{n / scale:,.2f}{unit}"
+def count(n: Optional[float], unit: str = "") -> str:
+    """1234567 -> "1.23 M"; "–" for none."""
+    if n is None:
+        return "–"
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:,.2f} {prefix}{unit}"
+    return f"{n:,.0f} {unit}".rstrip()
+
+
+def latency_text(lat: Optional[dict[str, Any]]) -> str:
+    """``2.31 ±3%``: median and relative spread (interquartile range over the median); a spread too large to
+    trust is marked rather than printed as a clean number."""
+    if not lat or lat.get("ms") is None:
+        return "–"
+    digits = 3 if lat["ms"] < 1 else 2
+    text = f"{lat['ms']:.{digits}f} ±{100 * lat['spread']:.0f}%"
+    return text + " ⚠ unsteady" if lat.get("flagged") else text
 
 
 def summary_table(groups: list[Group]) -> tuple[list[str], list[bool], list[list[tuple[str, Optional[float]]]]]:
@@ -79,18 +143,25 @@ def summary_table(groups: list[Group]) -> tuple[list[str], list[bool], list[list
 
     The number is what the cell sorts by (the mean of "mean ± std"; None for text and for "–").
     """
-    head = ["experiment", "model", "dataset", "runs", "params", "mult-adds"] + [t for _, t, _ in STATS] + ["status"]
-    numeric = [False] * 3 + [True] * (len(head) - 4) + [False]
+    keys = swept_keys(groups)
+    head = (["experiment", *keys, "model", "dataset", "runs", "params", "FLOPs/img inference", "FLOPs/img training"]
+            + [t for _, t, _ in STATS] + [t for _, t in LATENCY] + ["status"])
+    numeric = [False] * (1 + len(keys) + 2) + [True] * (len(head) - len(keys) - 4) + [False]
+    for i, k in enumerate(keys, 1):
+        numeric[i] = all(isinstance(g.first.swept.get(k), (int, float)) and not isinstance(g.first.swept.get(k), bool)
+                         for g in groups)
     rows = []
     for g, row in zip(groups, summary_rows(groups)):
-        statuses = sorted({r.status for r in g.runs})
-        status = statuses[0] if len(statuses) == 1 else ", ".join(
-            f"{sum(r.status == s for r in g.runs)} {s}" for s in statuses)
-        cells = [(g.label, None), (row["model"], None), (row["dataset"], None), (str(row["runs"]), row["runs"]),
-                 (_count(row["params"], 1e6, " M"), row["params"]),
-                 (_count(row["mult_adds"], 1e6, " M"), row["mult_adds"])]
+        runs = str(len(g.runs)) if len(g.counted) == len(g.runs) else f"{len(g.counted)} of {len(g.runs)}"
+        cells = [(g.label, None)]
+        cells += [(str(row[k]) if row[k] is not None else "–", row[k] if numeric[i] else None)
+                  for i, k in enumerate(keys, 1)]
+        cells += [(row["model"], None), (row["dataset"], None), (runs, len(g.counted)),
+                  (count(row["params"]), row["params"]), (count(row["flops_inference"]), row["flops_inference"]),
+                  (count(row["flops_training"]), row["flops_training"])]
         cells += [(_num(row[f"{k}_mean"], row[f"{k}_std"], d), row[f"{k}_mean"]) for k, _, d in STATS]
-        rows.append(cells + [(status, None)])
+        cells += [(latency_text(g.latency.get(w)), (g.latency.get(w) or {}).get("ms")) for w, _ in LATENCY]
+        rows.append(cells + [(row["status"], None)])
     return head, numeric, rows
 
 
@@ -98,5 +169,5 @@ def markdown(groups: list[Group]) -> str:
     """One row per experiment; values over several seeds read mean ± sample std."""
     head, numeric, rows = summary_table(groups)
     lines = ["| " + " | ".join(head) + " |", "|" + "".join("---:|" if n else "---|" for n in numeric)]
-    lines += ["| " + " | ".join(text for text, _ in cells) + " |" for cells in rows]
+    lines += ["| " + " | ".join(text.replace("|", "\\|") for text, _ in cells) + " |" for cells in rows]
     return "\n".join(lines)

@@ -116,7 +116,8 @@ def test_sweep_with_a_failing_point_goes_on_and_compares(fmnist_root, tmp_path, 
     # num_heads=3 does not divide the token width 16: that point fails when its model is built.
     cfg = tiny_config(tmp_path / "s.yaml", fmnist_root, tmp_path / "runs", name="tiny",
                       sweep={"model.num_heads": [2, 3], "seed": [0, 1]})
-    p = call_main(capsys, "--cfg", cfg, "--out", tmp_path / "cmp")
+    p = call_main(capsys, "--cfg", cfg, "--out", tmp_path / "cmp", "--set", "output.latency=true",
+                  "--set", "output.latency_threads=1")
     assert p.returncode == 1, p.stderr
     assert "2 of 4 runs completed" in p.stdout
     assert "failed  tiny-fashion_mnist-num_heads=3-seed=0: model 'vit': num_heads=3 does not divide" in p.stdout
@@ -129,7 +130,11 @@ def test_sweep_with_a_failing_point_goes_on_and_compares(fmnist_root, tmp_path, 
     index = (tmp_path / "cmp" / "index.md").read_text()
     assert "tiny-fashion_mnist-num_heads=3-seed=1** (failed): model 'vit': num_heads=3" in index
     summary = (tmp_path / "cmp" / "summary.csv").read_text().splitlines()
-    assert len(summary) == 2 and summary[1].startswith("tiny-fashion_mnist-num_heads=2,vit,fashion_mnist,2,0 1,2,")
+    assert summary[0].startswith("experiment,model.num_heads,model,dataset,runs,counted,seeds,completed,status,")
+    assert len(summary) == 2 and summary[1].startswith("tiny-fashion_mnist-num_heads=2,2,vit,fashion_mnist,2,2,0 1,2,"
+                                                       "completed,")
+    latency = json.loads((tmp_path / "cmp" / "latency.json").read_text())  # the sweep's output.latency settings
+    assert latency["threads"] == 1 and set(latency["experiments"]) == {"tiny-fashion_mnist-num_heads=2"}
 
 
 def test_several_configs_then_a_comparison(fmnist_root, tmp_path, capsys):

@@ -1,0 +1,197 @@
+"""What size buys: accuracy against each swept value, and against parameters, training FLOPs, time per
+epoch and inference latency, with the Pareto front marked.
+
+Every number drawn is also written to ``tradeoffs.csv`` (one row per point of every panel), so a script, or
+a test, can read what a figure shows without reading pixels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from plots.curves import plt, save
+from plots.runs import Group, short_labels
+from plots.table import _csv
+
+# (results key, axis label) of the costs accuracy is drawn against; latency is the comparison's measurement.
+COSTS = [("params", "parameters"), ("flops_training", "training FLOPs per image (forward + backward)"),
+         ("time_per_epoch_s", "time per epoch (s)"), ("latency_batch1", "inference latency at batch 1 (ms)")]
+ACCURACY = [("best_val_acc", "best val accuracy (%)"), ("final_val_acc", "final val accuracy (%)")]
+
+
+@dataclass
+class Point:
+    """One experiment in one panel: x with its spread (error bar ends), y as mean ± std over seeds."""
+
+    label: str  # the experiment
+    text: str  # what the figure writes beside it (the label without the part all labels share)
+    x: float
+    x_lo: float
+    x_hi: float
+    y: float
+    y_std: Optional[float]
+    seeds: int
+    flagged: bool = False  # an unsteady latency: drawn hollow, and not trusted for the front
+    pareto: bool = False
+
+
+def pareto(points: list[Point]) -> list[Point]:
+    """The points no other point beats on both counts (lower or equal cost and higher or equal accuracy,
+    better in one), in order of cost; each is marked ``pareto``. Flagged points take no part."""
+    front, best = [], -math.inf
+    for p in sorted((p for p in points if not p.flagged), key=lambda p: (p.x, -p.y)):
+        if p.y > best:
+            p.pareto, best = True, p.y
+            front.append(p)
+    return front
+
+
+def _cost(g: Group, key: str) -> Optional[tuple[float, float, float, bool]]:
+    """(x, low end, high end, flagged) of one cost: mean ± std over seeds for time, the median with its
+    interquartile range for latency, the plain count for the rest."""
+    if key == "latency_batch1":
+        lat = g.latency.get("batch1")
+        if not lat or lat.get("ms") is None:
+            return None
+        return lat["ms"], lat["p25_ms"], lat["p75_ms"], bool(lat.get("flagged"))
+    if key == "time_per_epoch_s":
+        mean, std = g.stat(key)
+        return None if mean is None else (mean, mean - (std or 0.0), mean + (std or 0.0), False)
+    value = g.first.results.get(key)
+    return None if value is None else (float(value), float(value), float(value), False)
+
+
+def points(groups: list[Group], cost: str, accuracy: str = "best_val_acc") -> list[Point]:
+    short = short_labels(groups)
+    out = []
+    for g in groups:
+        c = _cost(g, cost)
+        y, y_std = g.stat(accuracy)
+        if c is None or y is None:
+            continue
+        out.append(Point(g.label, short[g.label], c[0], c[1], c[2], y, y_std, len(g.counted), c[3]))
+    pareto(out)
+    return out
+
+
+def _scatter(ax, pts: list[Point], colour: dict) -> None:
+    for p in pts:
+        c = colour[p.label]
+        xerr = [[p.x - p.x_lo], [p.x_hi - p.x]] if p.x_hi > p.x_lo else None
+        ax.errorbar(p.x, p.y, yerr=p.y_std, xerr=xerr, fmt="o", color=c, ecolor=c, elinewidth=1.2, capsize=3,
+                    markersize=7, markerfacecolor="white" if p.flagged else c, zorder=3)
+        if p.pareto:
+            ax.plot(p.x, p.y, "o", markersize=13, markerfacecolor="none", markeredgecolor="black", zorder=4)
+        ax.annotate(p.text + (" (unsteady)" if p.flagged else ""), (p.x, p.y), textcoords="offset points",
+                    xytext=(6, 6), fontsize="small", color="#222")
+    front = sorted((p for p in pts if p.pareto), key=lambda p: p.x)
+    if len(front) > 1:  # the front as a staircase: what the best model at each budget reaches
+        xs, ys = [front[0].x], [front[0].y]
+        for p in front[1:]:
+            xs += [p.x, p.x]
+            ys += [ys[-1], p.y]
+        ax.plot(xs, ys, color="black", linewidth=1, linestyle=":", zorder=2, label="Pareto front")
+
+
+def _log_if_wide(ax, pts: list[Point]) -> None:
+    xs = [p.x for p in pts if p.x > 0]
+    if xs and max(xs) / min(xs) > 20:
+        ax.set_xscale("log")
+
+
+def tradeoffs(groups: list[Group], colour: dict, path: Path, rows: list[dict[str, Any]]) -> Optional[Path]:
+    """Best val accuracy against the four costs, one panel each; ``rows`` gets every point drawn."""
+    panels = [(key, title, points(groups, key)) for key, title in COSTS]
+    if not any(pts for _, _, pts in panels):
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    for ax, (key, title, pts) in zip(axes.flat, panels):
+        ax.set_xlabel(title)
+        ax.set_ylabel("best val accuracy (%)")
+        ax.grid(True, alpha=0.3)
+        if not pts:
+            why = "not measured: python -m plots ... (without --no-latency)" if key.startswith("latency") else \
+                "not recorded by these runs"
+            ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", color="#666")
+            continue
+        _scatter(ax, pts, colour)
+        _log_if_wide(ax, pts)
+        ax.margins(x=0.15, y=0.15)
+        rows += [{"figure": path.name, "x_name": key, "y_name": "best_val_acc", "experiment": p.label,
+                  "x": p.x, "x_lo": p.x_lo, "x_hi": p.x_hi, "y": p.y, "y_std": p.y_std, "seeds": p.seeds,
+                  "pareto": p.pareto, "flagged": p.flagged} for p in pts]
+    seeds = max(len(g.counted) for g in groups)
+    fig.suptitle("What accuracy costs: best val accuracy (mean ± std over "
+                 f"{seeds} seed{'s' * (seeds != 1)}) against size, compute and time; ringed: the Pareto front",
+                 fontsize="medium")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def _numeric(values: list[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def swept_figure(groups: list[Group], key: str, colour: dict, path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Best and final val accuracy against one swept key, mean ± std over seeds. A numeric key is an axis
+    (one line per combination of the other swept keys); a categorical one (model names) is a row of
+    categories ordered by size (training FLOPs, else parameters)."""
+    having = [g for g in groups if key in g.swept]
+    values = [g.swept[key] for g in having]
+    numeric = _numeric(values)
+    if not numeric:
+        def size(g: Group) -> float:
+            r = g.first.results
+            return float(r.get("flops_training") or r.get("params") or 0)
+        order = []
+        for g in sorted(having, key=size):
+            if str(g.swept[key]) not in order:
+                order.append(str(g.swept[key]))
+        position = {v: i for i, v in enumerate(order)}
+    series: dict[str, list[Group]] = {}
+    for g in having:
+        rest = ", ".join(f"{k}={v}" for k, v in g.swept.items() if k != key)
+        series.setdefault(rest, []).append(g)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    for ax, (acc, title) in zip(axes, ACCURACY):
+        for rest, members in series.items():
+            x_of = (lambda g: float(g.swept[key])) if numeric else (lambda g: position[str(g.swept[key])])
+            members = sorted(members, key=x_of)
+            xs = [x_of(g) for g in members]
+            stats = [g.stat(acc) for g in members]
+            ys = [m if m is not None else math.nan for m, _ in stats]
+            errs = [s if s is not None else 0.0 for _, s in stats]
+            line = colour[members[0].label] if len(series) > 1 else "#444"
+            ax.plot(xs, ys, color=line, linewidth=1, alpha=0.6, label=rest or None)
+            for g, x, y, e in zip(members, xs, ys, errs):
+                ax.errorbar(x, y, yerr=e or None, fmt="o", color=colour[g.label], capsize=4, markersize=7, zorder=3)
+                rows.append({"figure": path.name, "x_name": key, "y_name": acc, "experiment": g.label,
+                             "x": g.swept[key], "y": y, "y_std": stats[members.index(g)][1], "seeds": len(g.counted)})
+        ax.set_title(title)
+        ax.set_xlabel(key)
+        ax.grid(True, alpha=0.3)
+        if not numeric:
+            ax.set_xticks(range(len(order)), order, rotation=20 if len(order) > 4 else 0, ha="right" if len(order) > 4 else "center")
+            ax.set_xlim(-0.5, len(order) - 0.5)
+        if len(series) > 1:
+            ax.legend(fontsize="small", title="other swept keys", title_fontsize="small")
+        ax.tick_params(labelleft=True)
+    axes[0].set_ylabel("val accuracy (%)")
+    seeds = max(len(g.counted) for g in having)
+    order_note = "" if numeric else ", ordered by size"
+    fig.suptitle(f"Val accuracy against {key}{order_note} (mean ± std over {seeds} seed{'s' * (seeds != 1)})",
+                 fontsize="medium")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def swept_numeric(groups: list[Group], key: str) -> bool:
+    return _numeric([g.swept[key] for g in groups if key in g.swept])
+
+
+def rows_csv(rows: list[dict[str, Any]]) -> str:
+    columns = ["figure", "x_name", "y_name", "experiment", "x", "x_lo", "x_hi", "y", "y_std", "seeds", "pareto",
+               "flagged"]
+    return _csv(rows, columns)
