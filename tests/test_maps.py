@@ -1,0 +1,175 @@
+"""The comparison's attention and feature-map figures, checked against the runs' own checkpoints."""
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from fixtures import TINY_VIT, run_fit, tiny_config, write_mnist
+from plots.maps import (attention_comparison, inspect_groups, load_model, load_pool, pick_images, short_labels,
+                        stem_signature)
+from plots.runs import find_runs, group_runs
+
+CNN_TR = {"name": "cnn_transformer", "cnn_channels": 16, "num_layers": 2, "dim_feedforward": 32}
+MODELS = {
+    "cnn_tr": CNN_TR,
+    "cnn_tr_1layer": {**CNN_TR, "num_layers": 1},  # the same conv stem as cnn_tr
+    "vit": {**TINY_VIT, "depth": 2},
+    "simple_cnn": {"name": "simple_cnn"},  # the same first convs as cnn_tr too (ConvBackbone)
+    "mnist_cnn": {"name": "mnist_cnn"},  # another stem: unpadded 3x3 convs to 32 and 64 channels
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One short real run per model on MNIST-format files (64 validation images), by label."""
+    tmp = tmp_path_factory.mktemp("maps")
+    root = write_mnist(tmp / "fmnist", n_train=128, n_test=64)
+    dirs = {}
+    for label, model in MODELS.items():
+        cfg = tiny_config(root, tmp / "runs", name=label, model=model, epochs=1, batch_size=64)
+        dirs[label] = run_fit(cfg, experiment=f"cmp-fashion_mnist-{label}")[0]
+    return dirs
+
+
+def groups_of(runs, *labels):
+    return group_runs(find_runs([runs[label] for label in labels]))
+
+
+def reference(run):
+    """The run's model and its first validation images, rebuilt here without plots.maps."""
+    from config import from_dict
+    from data import get_spec, load_data
+    from models import build_model
+
+    cfg = from_dict(run.config)
+    model = build_model(cfg, get_spec(cfg.data.name))
+    assert run.checkpoint().name == "best.pt"  # a plain state_dict (train/rundir.py)
+    model.load_state_dict(torch.load(run.checkpoint(), map_location="cpu", weights_only=True))
+    data = load_data(cfg.data)
+    x, y = data.val
+    mean = torch.tensor(data.spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(data.spec.std).view(1, -1, 1, 1)
+    return model.eval(), (x.float() / 255 - mean) / std, y
+
+
+def rollout_grid(maps, side):
+    """Attention rollout by hand: (0.5 mean-over-heads + 0.5 I), rows normalised, first layer to last;
+    then the class token's row over the patches, or (no class token) the mean over queries."""
+    joint = torch.eye(maps[0].shape[-1])
+    for a in maps:
+        a = 0.5 * a.mean(1) + 0.5 * torch.eye(a.shape[-1])
+        joint = (a / a.sum(-1, keepdim=True)) @ joint
+    n = side * side
+    share = joint[:, 0, 1:] if joint.shape[-1] == n + 1 else joint.mean(1)
+    return (share / share.sum(-1, keepdim=True) * n).reshape(-1, side, side)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        return im.size
+
+
+def test_attention_figure_matches_the_checkpoints(runs, tmp_path):
+    groups = groups_of(runs, "cnn_tr", "cnn_tr_1layer", "vit")
+    first = [g.first for g in groups]
+    pool = load_pool(first[0], {})
+    shown, notes = attention_comparison([(g.label, load_model(r)) for g, r in zip(groups, first)], pool, 4,
+                                        tmp_path / "attention.png", log=lambda *a: None)
+    assert notes == [] and shown.labels == [g.label for g in groups]
+    rows = shown.indices
+    assert len(rows) == len(set(rows)) == 4  # one set of images, shown to every model
+    preds = []
+    for c, run in enumerate(first):
+        model, x, y = reference(run)
+        with torch.no_grad():
+            logits, maps = model(x[rows], return_attention=True)
+            preds.append(model(x).argmax(1).tolist())  # the whole pool the rows are picked from
+        assert shown.targets == y[rows].tolist()
+        assert shown.preds[c] == logits.argmax(1).tolist() == [preds[c][i] for i in rows]
+        side = shown.grids[c].shape[-1]
+        assert torch.allclose(shown.grids[c], rollout_grid(maps, side), atol=1e-5)
+        assert shown.class_token[c] == (run.model == "vit")
+    # The rows: right in every model first, then wrong in at least one (most-missed first), as the
+    # checkpoints' own predictions over the pool pick them.
+    right, missed = pick_images(y.tolist(), preds, 4)
+    assert rows == right + missed and shown.right == len(right)
+    assert missed and shown.missed_in_pool == sum(any(p[i] != t for p in preds) for i, t in enumerate(y.tolist()))
+    wrong = [[p != t for p, t in zip(col, shown.targets)] for col in shown.preds]
+    assert shown.marked == [(r, c) for r in range(4) for c in range(3) if wrong[c][r]]  # framed in red
+    w, h = png_size(shown.path)
+    assert 500 <= w <= 1400 and 400 <= h <= 2000, (w, h)
+
+
+def test_pick_images_half_right_half_missed_different_classes():
+    labels = [0, 0, 1, 1, 2, 3, 3, 4]
+    preds = [[0, 9, 1, 9, 2, 9, 3, 4],  # wrong at 1, 3, 5
+             [0, 9, 1, 1, 2, 9, 3, 9]]  # wrong at 1, 5, 7
+    right, missed = pick_images(labels, preds, 4)
+    assert missed == [1, 5]  # missed by both models first; 3 (class 1) and 7 (class 4) once only
+    assert right == [2, 4]  # right everywhere, classes not shown yet (0 and 3 are taken)
+    assert pick_images(labels, preds, 4) == (right, missed)
+    assert pick_images(labels, preds, 1) == ([0], [])
+    everything_right = pick_images(labels, [labels], 3)
+    assert everything_right == ([0, 2, 4], [])
+    assert pick_images([0, 1], [[1, 0]], 3) == ([], [0, 1])  # fewer images than asked: all of them
+
+
+def test_short_labels():
+    assert short_labels(["sizes-fashion_mnist-cnn_tr_small", "sizes-fashion_mnist-cnn_tr_medium"]) == \
+        ("sizes-fashion_mnist-", ["cnn_tr_small", "cnn_tr_medium"])
+    assert short_labels(["cnn_tr_small", "cnn_tr_large"]) == ("", ["cnn_tr_small", "cnn_tr_large"])
+    assert short_labels(["a-b", "a-b-c"]) == ("a-", ["b", "b-c"])
+    assert short_labels(["a-", "a-b"]) == ("", ["a-", "a-b"])  # never a label cut to nothing
+    assert short_labels(["one-run"]) == ("", ["one-run"])
+
+
+def test_stem_signature():
+    from models import create_model
+
+    def build(name, **kw):
+        return create_model(name, num_classes=10, in_chans=1, image_size=28, **kw)
+
+    cnn_tr = stem_signature(build("cnn_transformer", cnn_channels=16))
+    assert cnn_tr == ("Conv2d 1→16 3×3 pad 1", "BatchNorm2d", "ReLU", "MaxPool2d 2", "Conv2d 16→32 3×3 pad 1")
+    # cnn_channels sets only the last conv of the backbone, which the figure never draws.
+    assert stem_signature(build("cnn_tr_large")) == stem_signature(build("simple_cnn")) == cnn_tr
+    assert stem_signature(build("mnist_cnn")) == ("Conv2d 1→32 3×3", "ReLU", "Conv2d 32→64 3×3")
+    assert stem_signature(build("convstem_vit_mini")) == stem_signature(build("mnist_cnn"))
+    assert stem_signature(build("vit", patch_size=7, embed_dim=16, depth=1, num_heads=2)) == ()
+
+
+def test_inspect_groups_one_attention_figure_and_only_different_stems(runs, tmp_path):
+    logged = []
+    attention, features, notes = inspect_groups(groups_of(runs, *MODELS), tmp_path, 4, logged.append)
+    assert [(t, p.name) for t, _, p in attention] == [("Attention maps", "attention.png")]
+    assert "The same 4 validation images" in attention[0][1] and "attention rollout" in attention[0][1]
+    # cnn_tr, cnn_tr_1layer and simple_cnn share a stem (one block), mnist_cnn has its own; the ViT has none.
+    assert [(t, p.name) for t, _, p in features] == [("Feature maps of the first conv layers", "features.png")]
+    assert features[0][1].startswith("2 different conv stems among 4 models")
+    assert notes == [] and logged == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attention.png", "features.png"]
+    w, h = png_size(tmp_path / "features.png")
+    assert 600 <= w <= 1400 and 300 <= h <= 2000, (w, h)
+
+
+def test_inspect_groups_shared_stem_and_a_run_without_checkpoint(runs, tmp_path):
+    bare = tmp_path / "runs" / "bare"
+    shutil.copytree(runs["vit"], bare)
+    for name in ("best.pt", "last.pt"):
+        (bare / name).unlink()
+    groups = group_runs(find_runs([runs["cnn_tr"], runs["cnn_tr_1layer"], bare]))
+    (tmp_path / "out").mkdir()
+    attention, features, notes = inspect_groups(groups, tmp_path / "out", 2, lambda *a: None)
+    assert [p.name for _, _, p in attention] == ["attention.png"] and features == []
+    assert notes == [
+        "cmp-fashion_mnist-vit: no checkpoint (output.checkpoints was off or the run stopped before its first "
+        "epoch), so no attention or feature maps",
+        "all 2 models with conv layers share the same conv stem (Conv2d 1→16 3×3 pad 1, BatchNorm2d, ReLU, "
+        "MaxPool2d 2, Conv2d 16→32 3×3 pad 1): feature maps omitted, as they are drawn only to compare stems "
+        "that differ"]
+    assert not (tmp_path / "out" / "features.png").exists()
