@@ -103,20 +103,6 @@ def load_pool(run: Run, cache: dict) -> Sample:
     return cache[key]
 
 
-def load_sample(run: Run, k: int, cache: dict) -> Sample:
-    """``k`` validation images, one per class where the first few hundred allow it."""
-    pool = load_pool(run, cache)
-    picked, seen = [], set()
-    for i, label in enumerate(pool.labels):
-        if label not in seen:
-            picked.append(i)
-            seen.add(label)
-        if len(picked) == k:
-            break
-    picked += [i for i in range(len(pool.labels)) if i not in picked][: k - len(picked)]
-    return pool.subset(picked)
-
-
 def _show_image(ax, img: torch.Tensor) -> None:
     if img.shape[-1] == 1:
         ax.imshow(img[..., 0].numpy(), cmap="gray", vmin=0, vmax=1)
@@ -162,69 +148,6 @@ def attention_grids(maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
         last, joint = last.mean(1), joint.mean(1)
     b = last.shape[0]
     return last.reshape(b, side, side), joint.reshape(b, side, side), cls
-
-
-def _overlay(ax, img: torch.Tensor, grid: torch.Tensor) -> None:
-    _show_image(ax, img)
-    g = grid - grid.min()
-    g = g / g.max().clamp_min(1e-12)
-    h, w = img.shape[:2]
-    # The same extent imshow gave the image (pixel centres at integers), so the map covers it exactly.
-    ax.imshow(g.numpy(), cmap="inferno", alpha=0.55, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="bilinear")
-
-
-def attention_figure(run: Run, label: str, model: nn.Module, sample: Sample, path: Path) -> Path:
-    with torch.no_grad():
-        logits, maps = model(sample.images, return_attention=True)
-    last, joint, cls = attention_grids([m.cpu() for m in maps])
-    preds = logits.argmax(1).tolist()
-    k = len(sample.labels)
-    fig, axes = plt.subplots(k, 3, figsize=(7.5, 2.5 * k), squeeze=False)
-    what = "class token → patches" if cls else "attention received per token (no class token)"
-    titles = ["input", f"last layer ({len(maps)}), mean over heads", f"rollout over {len(maps)} layers"]
-    for i in range(k):
-        _show_image(axes[i, 0], sample.display[i])
-        axes[i, 0].set_ylabel(f"true: {sample.name(sample.labels[i])}\npredicted: {sample.name(preds[i])}",
-                              fontsize="small")
-        _overlay(axes[i, 1], sample.display[i], last[i])
-        _overlay(axes[i, 2], sample.display[i], joint[i])
-    for ax, title in zip(axes[0], titles):
-        ax.set_title(title, fontsize="small")
-    fig.suptitle(f"{label}: attention maps, {what}\n({run.model}, {run.checkpoint().name}; brighter = more attention)",
-                 fontsize="medium")
-    fig.tight_layout()
-    return save(fig, path)
-
-
-def feature_figure(run: Run, label: str, model: nn.Module, sample: Sample, path: Path) -> Optional[Path]:
-    convs = _conv_outputs(model, sample.images[0])
-    if not convs:
-        return None
-    cols = 1 + FEATURE_CHANNELS
-    fig, axes = plt.subplots(len(convs), cols, figsize=(1.5 * cols, 1.8 * len(convs)), squeeze=False)
-    for row, (name, conv, fmap) in enumerate(convs):
-        if row == 0:
-            _show_image(axes[row, 0], sample.display[0])
-            axes[row, 0].set_title(f"input ({sample.name(sample.labels[0])})", fontsize="x-small")
-        else:
-            axes[row, 0].axis("off")
-        for c in range(FEATURE_CHANNELS):
-            ax = axes[row, 1 + c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c >= fmap.shape[0]:
-                ax.axis("off")
-                continue
-            ax.imshow(fmap[c].float().numpy(), cmap="viridis")
-            ax.set_title(f"ch {c}", fontsize="x-small")
-        axes[row, 1].set_ylabel(f"{name}\n{conv.out_channels} ch, {fmap.shape[1]}×{fmap.shape[2]}", fontsize="x-small")
-    fig.suptitle(f"{label}: feature maps of the first conv layers ({run.model}, first {FEATURE_CHANNELS} channels, "
-                 f"conv outputs before normalisation)", fontsize="small")
-    fig.tight_layout()
-    return save(fig, path)
-
-
-# ----------------------------------------------------------------------------- one comparison's figures
 
 
 @dataclasses.dataclass
@@ -576,12 +499,11 @@ def _features(entries: list[tuple[str, Run, nn.Module]], pool: Sample, path: Pat
             stems.setdefault(signature, []).append((label, model))
     if not stems:
         return None, []
-    if len(stems) == 1:
+    patchify = [label for label, _, model in entries if not stem_signature(model)]
+    if len(stems) == 1 and not patchify:
         ((signature, models),) = stems.items()
-        who = f"all {len(models)} models with conv layers share the same" if len(models) > 1 else \
-            f"only {models[0][0]} has a"
-        return None, [f"{who} conv stem ({', '.join(signature)}): feature maps omitted, as they are drawn only "
-                      "to compare stems that differ"]
+        return None, [f"all {len(models)} models share the same conv stem ({', '.join(signature)}): feature maps "
+                      "omitted, as they are drawn only to compare stems that differ"]
     sample = pool.subset([0])
     chosen = [(models[0][0], models[0][1], [label for label, _ in models[1:]]) for models in stems.values()]
     try:
@@ -590,7 +512,9 @@ def _features(entries: list[tuple[str, Run, nn.Module]], pool: Sample, path: Pat
         note = _skipped(", ".join(label for label, _, _ in chosen), "feature maps", e)
         log(f"warning: {note}")
         return None, [note]
-    caption = (f"{len(stems)} different conv stems among {sum(map(len, stems.values()))} models, one row block "
-               f"each (models sharing a stem are named beside it): the first {FEATURE_CHANNELS} channels of "
-               f"their first {FEATURE_LAYERS} conv layers on validation image #{sample.indices[0]}.")
+    caption = (f"{len(stems)} different conv stem{'s' * (len(stems) > 1)} among {sum(map(len, stems.values()))} "
+               f"models, one row block each (models sharing a stem are named beside it): the first "
+               f"{FEATURE_CHANNELS} channels of their first {FEATURE_LAYERS} conv layers on validation image "
+               f"#{sample.indices[0]}" + (f"; {', '.join(patchify)} only patchif{'ies' if len(patchify) == 1 else 'y'}"
+                                          " (no conv stem to draw)." if patchify else "."))
     return (caption, figure), []

@@ -40,41 +40,17 @@ class Section:
     side_by_side: bool = False  # narrow, tall figures (one per experiment): two to a row in index.html
 
 
-def _slug(label: str) -> str:
+def _slug(label: str) -> str:  # a file name's part
     return re.sub(r"[^A-Za-z0-9._=+-]+", "_", label).strip("_") or "run"
 
 
-def _inspect(groups: list[Group], out: Path, images: int, log) -> tuple[list, list, list[str]]:
-    """Attention and feature-map figures, one per experiment (its first run with a checkpoint)."""
-    from plots import maps as inspect
+def _inspect(groups: list[Group], out: Path, images: int, log) -> tuple[list[Figure], list[Figure], list[str]]:
+    """The attention figure (every attention model side by side) and the feature figure (only where conv
+    stems differ), one each per dataset: plots/maps.py."""
+    from plots import maps
 
-    attention, features, notes = [], [], []
-    cache: dict = {}
-    for g in groups:
-        run = next((r for r in g.runs if r.checkpoint() is not None), None)
-        if run is None:
-            notes.append(f"{g.label}: no checkpoint (output.checkpoints was off or the run stopped before "
-                         f"its first epoch), so no attention or feature maps")
-            continue
-        try:
-            model = inspect.load_model(run)
-            sample = inspect.load_sample(run, images, cache)
-            slug = _slug(g.label)
-            if inspect.has_attention(model):
-                path = inspect.attention_figure(run, g.label, model, sample, out / f"attention_{slug}.png")
-                attention.append(Figure(g.label, f"{g.label} ({run.model}): {len(sample.labels)} validation images "
-                                        "(rows), the last layer's attention (mean over heads) and the rollout "
-                                        "across layers; brighter = more attention.", path))
-            path = inspect.feature_figure(run, g.label, model, sample, out / f"features_{slug}.png")
-            if path is not None:
-                features.append(Figure(g.label, f"{g.label} ({run.model}): the first {inspect.FEATURE_CHANNELS} "
-                                       f"channels of its first {inspect.FEATURE_LAYERS} conv layers on one "
-                                       "validation image.", path))
-        except (UserError, FileNotFoundError, RuntimeError, ValueError) as e:
-            notes.append(f"{g.label}: attention/feature maps skipped ({type(e).__name__}: "
-                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})")
-            log(f"warning: {notes[-1]}")
-    return attention, features, notes
+    attention, features, notes = maps.inspect_groups(groups, out, images, log)
+    return [Figure(*f) for f in attention], [Figure(*f) for f in features], notes
 
 
 def _confusions(groups: list[Group]) -> list[Figure]:

@@ -18,6 +18,7 @@ from plots.table import _csv
 # (results key, axis label) of the costs accuracy is drawn against; latency is the comparison's measurement.
 COSTS = [("params", "parameters"), ("flops_training", "training FLOPs per image (forward + backward)"),
          ("time_per_epoch_s", "time per epoch (s)"), ("latency_batch1", "inference latency at batch 1 (ms)")]
+LABEL_CHARS = 28  # a point's label is cut to this many characters
 ACCURACY = [("best_val_acc", "best val accuracy (%)"), ("final_val_acc", "final val accuracy (%)")]
 
 
@@ -84,7 +85,8 @@ def _scatter(ax, pts: list[Point], colour: dict) -> None:
                     markersize=7, markerfacecolor="white" if p.flagged else c, zorder=3)
         if p.pareto:
             ax.plot(p.x, p.y, "o", markersize=13, markerfacecolor="none", markeredgecolor="black", zorder=4)
-        ax.annotate(p.text + (" (unsteady)" if p.flagged else ""), (p.x, p.y), textcoords="offset points",
+        text = p.text if len(p.text) <= LABEL_CHARS else p.text[:LABEL_CHARS - 1] + "…"  # the axes keep their room
+        ax.annotate(text + (" (unsteady)" if p.flagged else ""), (p.x, p.y), textcoords="offset points",
                     xytext=(6, 6), fontsize="small", color="#222")
     front = sorted((p for p in pts if p.pareto), key=lambda p: p.x)
     if len(front) > 1:  # the front as a staircase: what the best model at each budget reaches

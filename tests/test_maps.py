@@ -169,7 +169,7 @@ def test_inspect_groups_shared_stem_and_a_run_without_checkpoint(runs, tmp_path)
     assert notes == [
         "cmp-fashion_mnist-vit: no checkpoint (output.checkpoints was off or the run stopped before its first "
         "epoch), so no attention or feature maps",
-        "all 2 models with conv layers share the same conv stem (Conv2d 1→16 3×3 pad 1, BatchNorm2d, ReLU, "
+        "all 2 models share the same conv stem (Conv2d 1→16 3×3 pad 1, BatchNorm2d, ReLU, "
         "MaxPool2d 2, Conv2d 16→32 3×3 pad 1): feature maps omitted, as they are drawn only to compare stems "
         "that differ"]
     assert not (tmp_path / "out" / "features.png").exists()

@@ -45,10 +45,11 @@ def test_html_escapes_run_strings_and_loads_nothing_from_elsewhere(comparison):
     assert html.escape(HOSTILE) in text  # shown, as text
     assert "python main.py --cfg sweep.yaml" in text and "vit-depth=99" in text
     # Self-contained: every image is a data: URI, no stylesheet, script or font comes from a URL.
-    assert re.findall(r'<img src="([^"]{0,5})', text) == ["data:"] * 6  # 3 curves, attention, features, confusion
+    # 3 curves, the trade-offs, attention, features (the CNN's stem beside a ViT's patchify), confusion
+    assert re.findall(r'<img src="([^"]{0,5})', text) == ["data:"] * 7
     assert not re.search(r'(src|href)="(https?:)?//', text) and "@import" not in text and "url(" not in text
     assert "Confusion matrices" in text and "confusion matrix of its best.pt" in text
-    assert text.count("<figcaption>") == 6
+    assert text.count("<figcaption>") == 7
     assert not list(comparison.glob(".*tmp*"))  # written atomically: no temporary left behind
 
 
@@ -88,7 +89,7 @@ def test_page_renders_every_image_and_sorts_in_chromium(comparison, sort, key, d
     dom = browse(f"{page}?sort={sort}", "--dump-dom").stdout
     assert attribute(dom, "html", "data-js-errors") == ""
     assert attribute(dom, "html", "data-pwned") == "" and "<title>pwned" not in dom  # injected markup stayed text
-    assert attribute(dom, "body", "data-images-ok") == "6/6"  # every <img> decoded, none broken
+    assert attribute(dom, "body", "data-images-ok") == "7/7"  # every <img> decoded, none broken
     assert attribute(dom, "body", "data-sorted") == f"{sort.lstrip('-')}:{'desc' if descending else 'asc'}"
     rows = result_rows(dom)
     assert sorted(r[0] for r in rows) == sorted(["vit", "cnn " + HOSTILE])
