@@ -128,6 +128,9 @@ def flops_per_image(model: nn.Module, spec) -> Flops:
 
 MIN_SAMPLE_S = 0.002  # one timed sample lasts at least this: far above the clock's resolution and overhead
 FLOOR_REPEATS = 3  # the fewest samples a median and quartiles are taken from, even past the budget
+# A latency ratio whose ~95% interval is wider than this share of it cannot rank neighbouring sizes (cnn_tr_small,
+# _medium and _large differ by about 10% at batch 1).
+RATIO_CI_MAX = 0.03
 
 
 @dataclass
@@ -141,6 +144,14 @@ class Latency:
     threads: int  # torch's intra-op threads during the measurement
     batch: int
     flagged: bool  # too noisy to print as a clean number: spread > max_spread, or fewer than min_repeats samples
+    why: str = ""  # what flagged it, in words: "spread 38% > 10%", "3 samples < 7 (budget spent)"
+    # Against the fastest model of the same measurement, round by round: load that drifts between rounds hits
+    # both sides of each ratio alike, so a ratio stays steady on a machine too busy for steady milliseconds.
+    reference: str = ""  # the fastest model (its ratio is 1)
+    ratio: float = 1.0  # median over rounds of this model's time / the reference's
+    ratio_spread: float = 0.0  # relative interquartile range of those ratios
+    ratio_ci: float = 0.0  # half-width of the ratio's ~95% interval: 1.57 IQR / sqrt(rounds) (McGill et al. 1978)
+    ratio_flagged: bool = False  # that interval wider than RATIO_CI_MAX of the ratio: too few rounds to rank by
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -221,11 +232,18 @@ def measure_latency(models: dict[str, nn.Module], spec, *, batch: int, threads: 
             m.train(modes[name])
 
     out = {}
+    reference = min(names, key=lambda name: statistics.median(samples[name]))
     for name, s in samples.items():
         p25, median, p75 = _quartiles([1000 * t / batch for t in s])
         spread = (p75 - p25) / median
-        out[name] = Latency(median, p25, p75, spread, len(s), used, batch,
-                            flagged=spread > max_spread or len(s) < min_repeats)
+        why = "; ".join(([f"spread {100 * spread:.0f}% > {100 * max_spread:.0f}%"] if spread > max_spread else [])
+                        + ([f"{len(s)} samples < {min_repeats} (budget spent)"] if len(s) < min_repeats else []))
+        ratios = [t / r for t, r in zip(s, samples[reference])]  # sample i of every model is from round i
+        q25, ratio, q75 = _quartiles(ratios)
+        ci = 1.57 * (q75 - q25) / math.sqrt(len(ratios))
+        out[name] = Latency(median, p25, p75, spread, len(s), used, batch, flagged=bool(why), why=why,
+                            reference=reference, ratio=ratio, ratio_spread=(q75 - q25) / ratio, ratio_ci=ci,
+                            ratio_flagged=len(ratios) < min_repeats or ci > RATIO_CI_MAX * ratio)
     return out
 
 

@@ -15,11 +15,12 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from core.files import atomic_write  # noqa: E402
-from plots.runs import Group  # noqa: E402
+from plots.runs import Group, short_labels, split_prefix  # noqa: E402
 
 
-# tab10's ten, then tab20's lighter shades of them: distinct on white, and the first ten are the familiar ones.
-PALETTE = [plt.get_cmap("tab10")(i) for i in range(10)] + [plt.get_cmap("tab20")(2 * i + 1) for i in range(10)]
+# tab10's ten, then Dark2's eight: all strong enough for a thin line or a small marker on white (tab20's
+# light halves are not).
+PALETTE = [plt.get_cmap("tab10")(i) for i in range(10)] + [plt.get_cmap("Dark2")(i) for i in range(8)]
 
 
 def colour_slot(label: str) -> int:
@@ -45,16 +46,18 @@ def colours(groups: list[Group]) -> dict[str, tuple]:
     return out
 
 
-def _legend_label(g: Group) -> str:
-    return f"{g.label} (mean ± std, {len(g.counted)} seeds)" if len(g.counted) > 1 else g.label
+def _legend_label(g: Group, short: dict[str, str]) -> str:
+    """The label without the part all labels share (figure titles name it), and its seeds."""
+    label = short.get(g.label, g.label)
+    return f"{label} (mean ± std, {len(g.counted)} seeds)" if len(g.counted) > 1 else label
 
 
-def _draw(ax, g: Group, key: str, colour, **style) -> bool:
+def _draw(ax, g: Group, key: str, colour, short: dict[str, str], **style) -> bool:
     epochs, mean, std = g.curve(key)
     if not epochs:
         return False
     ax.plot(epochs, mean, color=colour, marker="o" if len(epochs) <= 30 else None, markersize=3,
-            label=style.pop("label", _legend_label(g)), **style)
+            label=style.pop("label", _legend_label(g, short)), **style)
     if any(s is not None for s in std):
         lo = [m - (s or 0.0) for m, s in zip(mean, std)]
         hi = [m + (s or 0.0) for m, s in zip(mean, std)]
@@ -76,8 +79,10 @@ def _finish(ax, xlabel: str, ylabel: str, title: str) -> None:
 
 
 def _datasets(groups: list[Group]) -> str:
+    """What a title says the figure is of: the datasets, and the prefix its legend leaves out of every label."""
     names = sorted({g.first.dataset for g in groups})
-    return names[0] if len(names) == 1 else ", ".join(names)
+    prefix = split_prefix([g.label for g in groups])[0]
+    return (names[0] if len(names) == 1 else ", ".join(names)) + (f"; {prefix}…" if prefix else "")
 
 
 def save(fig, path: Path) -> Path:
@@ -90,9 +95,10 @@ def save(fig, path: Path) -> Path:
 
 def val_accuracy(groups: list[Group], colour: dict, path: Path) -> Path:
     """Seed 000's model comparison: validation accuracy per epoch, every run on one axis."""
+    short = short_labels(groups)
     fig, ax = plt.subplots(figsize=(8, 5))
     for g in groups:
-        _draw(ax, g, "val_acc", colour[g.label])
+        _draw(ax, g, "val_acc", colour[g.label], short)
     _finish(ax, "epoch", "validation accuracy (%)", f"Validation accuracy per epoch ({_datasets(groups)})")
     ax.legend(fontsize="small", loc="lower right")
     return save(fig, path)
@@ -101,10 +107,11 @@ def val_accuracy(groups: list[Group], colour: dict, path: Path) -> Path:
 def losses(groups: list[Group], colour: dict, path: Path) -> Path:
     """Seed 002's comparison, with the accuracy panel (val_accuracy.png's) traded for validation loss:
     training loss and validation loss side by side, on one scale."""
+    short = short_labels(groups)
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
     for g in groups:
-        _draw(left, g, "train_loss", colour[g.label])
-        _draw(right, g, "val_loss", colour[g.label])
+        _draw(left, g, "train_loss", colour[g.label], short)
+        _draw(right, g, "val_loss", colour[g.label], short)
     _finish(left, "epoch", "loss (cross-entropy)", "Training loss")
     _finish(right, "epoch", "loss (cross-entropy)", "Validation loss")
     right.tick_params(labelleft=True)
@@ -117,16 +124,18 @@ def losses(groups: list[Group], colour: dict, path: Path) -> Path:
 
 def convergence(groups: list[Group], colour: dict, path: Path) -> Path:
     """Seed 004's convergence plot, one panel per experiment: training vs. validation loss."""
+    short = short_labels(groups)
     cols = min(3, len(groups))
     rows = math.ceil(len(groups) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
     for ax, g in zip(axes.flat, groups):
-        _draw(ax, g, "train_loss", colour[g.label], label="training")
-        _draw(ax, g, "val_loss", colour[g.label], label="validation", linestyle="--")
-        _finish(ax, "epoch", "loss (cross-entropy)", g.label + (f" ({len(g.counted)} seeds)" if len(g.counted) > 1 else ""))
+        _draw(ax, g, "train_loss", colour[g.label], short, label="training")
+        _draw(ax, g, "val_loss", colour[g.label], short, label="validation", linestyle="--")
+        _finish(ax, "epoch", "loss (cross-entropy)",
+                short[g.label] + (f" ({len(g.counted)} seeds)" if len(g.counted) > 1 else ""))
         ax.legend(fontsize="small")
     for ax in list(axes.flat)[len(groups):]:
         ax.set_visible(False)
-    fig.suptitle("Training vs. validation loss (solid: training, dashed: validation)")
+    fig.suptitle(f"Training vs. validation loss ({_datasets(groups)}; solid: training, dashed: validation)")
     fig.tight_layout()
     return save(fig, path)

@@ -1,9 +1,11 @@
 """The few sentences at the top of a comparison, generated from its numbers: which experiment is best, what
 each step up in size buys and costs, and where seed-to-seed spread makes a difference meaningless.
 
-A difference of means is given ± its standard error, sqrt(s1²/n1 + s2²/n2) over the seeds of each, and is
-"within noise" when it is smaller than two standard errors (about a 95% interval). With one seed there is
-no spread to judge by, and the sentence says so instead.
+A difference of means is given ± its standard error, sqrt(s1²/n1 + s2²/n2) over the seeds of each. It is
+"within noise" when it lies inside the 95% interval of Welch's t-test: under t·se, with t the 97.5%
+quantile of Student's t at Welch-Satterthwaite's degrees of freedom (about 4.3 for two runs a side at
+equal spread, 2.8 for three: few seeds make a wide interval). With one seed there is no spread to judge
+by, and the sentence says so instead. Only experiments with a completed run are ranked.
 """
 from __future__ import annotations
 
@@ -15,29 +17,47 @@ from plots.table import count
 
 KEY = "best_val_acc"
 
+def t975(df: float) -> float:
+    """Student's t 97.5% quantile at ``df`` degrees of freedom (not necessarily whole: Welch's are not), from
+    its density integrated by Simpson's rule and inverted by bisection; accurate to about 1e-4, which is
+    plenty for a verdict, without needing scipy. Welch's df is at least 1 for two runs a side."""
+    df = max(df, 1.0)
+    if df > 1e5:
+        return 1.959964
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
 
-def difference(a: Group, b: Group, key: str = KEY) -> tuple[float, Optional[float]]:
-    """(mean of b − mean of a, its standard error; None when either has a single counted run)."""
-    (ma, sa), (mb, sb) = a.stat(key), b.stat(key)
-    na, nb = len([r for r in a.counted if r.value(key) is not None]), len([r for r in b.counted
-                                                                         if r.value(key) is not None])
-    se = math.sqrt(sa ** 2 / na + sb ** 2 / nb) if sa is not None and sb is not None else None
-    return mb - ma, se
+    def cdf(x: float, n: int = 400) -> float:
+        h = x / n
+        f = [c * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2) for i in range(n + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    lo, hi = 1.9, 13.0  # the quantile lies between the normal's and the Cauchy's (df 1): 1.96 .. 12.71
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < 0.975 else (lo, mid)
+    return (lo + hi) / 2
 
 
-def verdict(diff: float, se: Optional[float]) -> str:
+def difference(a: Group, b: Group, key: str = KEY) -> tuple[float, Optional[float], Optional[float]]:
+    """(mean of b − mean of a, its standard error, Welch's degrees of freedom); the last two None when
+    either side has a single value."""
+    va, vb = a.values(key), b.values(key)
+    diff = sum(vb) / len(vb) - sum(va) / len(va)
+    if len(va) < 2 or len(vb) < 2:
+        return diff, None, None
+    ea, eb = a.stat(key)[1] ** 2 / len(va), b.stat(key)[1] ** 2 / len(vb)
+    se = math.sqrt(ea + eb)
+    df = (ea + eb) ** 2 / (ea ** 2 / (len(va) - 1) + eb ** 2 / (len(vb) - 1)) if ea + eb > 0 else math.inf
+    return diff, se, df
+
+
+def verdict(diff: float, se: Optional[float], df: Optional[float]) -> str:
     if se is None:
         return f"{diff:+.2f} points (one seed: no noise estimate)"
     text = f"{diff:+.2f} ± {se:.2f} points"
-    if abs(diff) < 2 * se:
+    if abs(diff) <= t975(df) * se:
         return text + ", within noise"
     return text + f", beyond noise ({abs(diff) / se:.1f} standard errors)" if se > 0 else text
-
-
-def size(g: Group) -> float:
-    """What "bigger" means when ordering experiments: training FLOPs per image, else parameters."""
-    r = g.first.results
-    return float(r.get("flops_training") or r.get("params") or 0)
 
 
 def _ratio(a: Optional[float], b: Optional[float], what: str) -> Optional[str]:
@@ -47,53 +67,82 @@ def _ratio(a: Optional[float], b: Optional[float], what: str) -> Optional[str]:
 
 
 def _latency(g: Group) -> Optional[float]:
+    """Batch-1 latency as a multiple of the fastest model's, timed in the same rounds: steadier than
+    milliseconds on a busy machine (models.measure.Latency.ratio); None when too few rounds to rank by."""
     lat = g.latency.get("batch1") or {}
-    return None if lat.get("flagged") else lat.get("ms")
+    return None if lat.get("ratio_flagged", True) else lat.get("ratio")
+
+
+def _steps(groups: list[Group], size) -> list[tuple[Group, Group]]:
+    """Pairs (smaller, next larger) that differ along one swept key only, so the difference is that key's:
+    for each key, the groups alike in every other swept key, in order of size. Runs of no sweep: all of them
+    in order of size."""
+    keys = list(dict.fromkeys(k for g in groups for k in g.swept))
+    partitions: list[list[Group]] = []
+    for key in keys or [None]:
+        alike: dict[str, list[Group]] = {}
+        for g in groups:
+            rest = repr(sorted((k, repr(v)) for k, v in g.swept.items() if k != key))
+            alike.setdefault(rest, []).append(g)
+        partitions += alike.values()
+    pairs: list[tuple[Group, Group]] = []
+    for part in partitions:
+        ordered = sorted(part, key=size)
+        pairs += [(a, b) for a, b in zip(ordered, ordered[1:]) if size(a) != size(b) and (a, b) not in pairs]
+    return pairs
 
 
 def findings(groups: list[Group]) -> list[str]:
     """Markdown bullet lines (without the bullet), most important first."""
-    ranked = [g for g in groups if g.stat(KEY)[0] is not None]
-    if not ranked:
-        return ["No run has a validation accuracy yet."]
+    ranked = [g for g in groups if g.completed and g.values(KEY)]
     short = short_labels(groups)
     lines = []
+    if not ranked:
+        lines.append("No experiment has a completed run with a validation accuracy yet: nothing to rank.")
     for dataset in dict.fromkeys(g.first.dataset for g in ranked):
         mine = [g for g in ranked if g.first.dataset == dataset]
+        measure = "flops_training" if all(g.cost("flops_training") for g in mine) else "params"
+
+        def size(g: Group) -> float:  # what "bigger" means: training FLOPs per image, else parameters
+            return g.cost(measure) or 0.0
         best = max(mine, key=lambda g: g.stat(KEY)[0])
         mean, std = best.stat(KEY)
-        seeds = len(best.counted)
+        seeds = len(best.values(KEY))
         line = (f"Best on {dataset}: **{short[best.label]}**, {mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
-                + f"% best val accuracy ({seeds} seed{'s' * (seeds != 1)}), {count(best.first.results.get('params'))} "
-                f"params, {count(best.first.results.get('flops_training'))} training FLOPs per image")
+                + f"% best val accuracy ({seeds} seed{'s' * (seeds != 1)}), {count(best.cost('params'))} params, "
+                f"{count(best.cost('flops_training'))} training FLOPs per image")
         rest = [g for g in mine if g is not best]
         if rest:
             second = max(rest, key=lambda g: g.stat(KEY)[0])
-            diff, se = difference(second, best)
-            line += f"; ahead of {short[second.label]} by {verdict(diff, se)}"
+            line += f"; ahead of {short[second.label]} by {verdict(*difference(second, best))}"
         lines.append(line + ".")
-        by_size = sorted(mine, key=size)
-        for a, b in zip(by_size, by_size[1:]):
-            if size(a) == size(b):
-                continue
-            diff, se = difference(a, b)
+        for a, b in _steps(mine, size):
             costs = [c for c in (
-                _ratio(size(a), size(b), "training FLOPs" if a.first.results.get("flops_training") else "params"),
-                _ratio(a.first.results.get("params"), b.first.results.get("params"), "params")
-                if a.first.results.get("flops_training") else None,
+                _ratio(size(a), size(b), "training FLOPs" if measure == "flops_training" else "params"),
+                _ratio(a.cost("params"), b.cost("params"), "params") if measure == "flops_training" else None,
                 _ratio(a.stat("time_per_epoch_s")[0], b.stat("time_per_epoch_s")[0], "time per epoch"),
                 _ratio(_latency(a), _latency(b), "latency")) if c]
-            lines.append(f"{short[b.label]} vs {short[a.label]}: {verdict(diff, se)}"
+            lines.append(f"{short[b.label]} vs {short[a.label]}: {verdict(*difference(a, b))}"
                          + (f", for {', '.join(costs)}" if costs else "") + ".")
-    if all(len(g.counted) < 2 for g in ranked):
+    if ranked and all(len(g.values(KEY)) < 2 for g in ranked):
         lines.append("One seed per experiment: differences cannot be told from seed-to-seed noise; sweep "
                      "`seed: [0, 1, 2]` to get error bars.")
-    unsteady = [f"{short[g.label]} (±{100 * g.latency['batch1']['spread']:.0f}%)" for g in groups
-                if (g.latency.get("batch1") or {}).get("flagged")]
+    unranked = [f"{short[g.label]} ({', '.join(sorted({r.status for r in g.runs}))})" for g in groups
+                if not g.completed]
+    if unranked:
+        lines.append(f"No completed run, so not ranked (their numbers are from stopped runs): {', '.join(unranked)}.")
+    timed = [g for g in groups if g.latency.get("batch1")]
+    unsteady = [g for g in timed if g.latency["batch1"].get("flagged")]
+    few_rounds = [short[g.label] for g in timed if g.latency["batch1"].get("ratio_flagged")]
     if unsteady:
-        lines.append(f"Latency too unsteady to compare for {', '.join(unsteady)}: the machine was busy; measure "
-                     "again on a quiet one.")
-    left_out = [r for g in groups for r in g.runs if r not in g.counted]
+        worst = max(g.latency["batch1"]["spread"] for g in unsteady)
+        lines.append(f"Latency in milliseconds was unsteady on this machine for {len(unsteady)} of {len(timed)} "
+                     f"models (spread up to {100 * worst:.0f}%): the latencies compared above are ratios to the "
+                     "fastest model, timed in the same rounds, which such noise hits alike.")
+    if few_rounds:
+        lines.append(f"Latency left out of the comparison for {', '.join(few_rounds)}: too few rounds to rank by; "
+                     "measure again with a larger --latency-budget.")
+    left_out = [r for g in groups if g.completed for r in g.runs if r not in g.counted]
     if left_out:
         what = ", ".join(f"{r.name} ({r.status})" for r in left_out)
         lines.append(f"Not in the means: {what}.")

@@ -23,7 +23,7 @@ from data import DatasetSpec, TensorLoader, get_spec, load_data
 from models import build_model
 from models.weights import load_weights
 from plots.curves import plt, save
-from plots.runs import Group, Run
+from plots.runs import Group, Run, split_prefix
 
 FEATURE_CHANNELS = 8  # channels shown per conv layer
 FEATURE_LAYERS = 2  # first conv layers shown
@@ -223,17 +223,6 @@ class AttentionComparison:
     marked: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (row, column) framed in red
 
 
-def short_labels(labels: list[str]) -> tuple[str, list[str]]:
-    """(the prefix all labels share up to a ``-``, the labels without it); nothing is cut from one label."""
-    if len(labels) < 2:
-        return "", list(labels)
-    common = labels[0][: next((i for i, c in enumerate(zip(*labels)) if len(set(c)) > 1), min(map(len, labels)))]
-    cut = common.rfind("-") + 1
-    if any(len(label) == cut for label in labels):
-        cut = 0
-    return labels[0][:cut], [label[cut:] for label in labels]
-
-
 def _wrap(label: str, width: int) -> str:
     """``label`` in lines of about ``width`` characters, broken after a ``_`` or ``-`` (run names have no spaces)."""
     lines = [""]
@@ -291,7 +280,7 @@ def _draw_attention(shown: AttentionComparison, sample: Sample) -> None:
     values = torch.cat([g.flatten() for g in shown.grids])
     top = max(1.5, values.max().item(), 1 / max(values.min().item(), 1e-3))
     norm = LogNorm(1 / top, top)
-    prefix, short = short_labels(shown.labels)
+    prefix, short = split_prefix(shown.labels)
     h, w = sample.display.shape[1:3]
     for r in range(rows):
         name = sample.name(shown.targets[r])
@@ -386,7 +375,7 @@ def stem_figure(stems: list[tuple[str, nn.Module, list[str]]], sample: Sample, p
     width = 0.95 * cols
     fig = plt.figure(figsize=(width, 1.0 * rows + 0.6 * len(stems) + 0.4), layout="constrained")
     subfigs = fig.subfigures(len(stems), 1, height_ratios=[len(b) + 0.5 for b in blocks], squeeze=False)[:, 0]
-    prefix, short = short_labels([label for label, _, others in stems for label in [label, *others]])
+    prefix, short = split_prefix([label for label, _, others in stems for label in [label, *others]])
     names = iter(short)
     for sub, (_, model, others), block in zip(subfigs, stems, blocks):
         label, others = next(names), [next(names) for _ in others]

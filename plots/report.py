@@ -96,25 +96,29 @@ def _measure_latency(groups: list[Group], out: Path, threads: int, budget_s: flo
     """Inference latency of every experiment on this machine's CPU, at batch 1 and at ``LATENCY_BATCH``, with
     ``threads`` torch threads. The models of one dataset are timed side by side, in interleaved rounds
     (models.measure.measure_latency), so a change in the machine's load hits them alike. One model per
-    experiment (its first run with a checkpoint): its seeds share the architecture, and so the cost.
+    experiment: its seeds share the architecture, and so the cost; the weights of its first checkpoint
+    when there is one (the cost does not depend on them, so runs without checkpoints are timed too).
     Recorded on each group and in ``latency.json``."""
     import platform
 
     import torch
 
+    from config import from_dict
     from data import get_spec
+    from models import build_model
     from models.measure import measure_latency
-    from plots import maps
+    from models.weights import load_weights
 
     notes: list[str] = []
     models: dict[str, dict[str, Any]] = {}
     for g in groups:
-        run = next((r for r in g.runs if r.checkpoint() is not None), None)
-        if run is None:
-            notes.append(f"{g.label}: no checkpoint, so no latency")
-            continue
+        run = next((r for r in g.runs if r.checkpoint() is not None), g.first)
         try:
-            models.setdefault(run.dataset, {})[g.label] = maps.load_model(run)
+            cfg = from_dict(run.config)
+            model = build_model(cfg, get_spec(cfg.data.name))
+            if run.checkpoint() is not None:
+                load_weights(model, run.checkpoint(), f"{cfg.model.name} on {cfg.data.name}")
+            models.setdefault(run.dataset, {})[g.label] = model.eval()
         except (UserError, RuntimeError, ValueError) as e:
             notes.append(f"{g.label}: latency skipped ({type(e).__name__}: {e})")
     by_label = {g.label: g for g in groups}
@@ -122,8 +126,14 @@ def _measure_latency(groups: list[Group], out: Path, threads: int, budget_s: flo
         spec = get_spec(dataset)
         for which, batch in (("batch1", 1), ("batched", LATENCY_BATCH)):
             log(f"latency on {dataset} at batch {batch}, {threads} thread(s): {len(chosen)} model(s) side by side")
-            for label, lat in measure_latency(chosen, spec, batch=batch, threads=threads,
-                                              budget_s=budget_s * len(chosen)).items():
+            try:
+                measured = measure_latency(chosen, spec, batch=batch, threads=threads, budget_s=budget_s * len(chosen))
+            except (RuntimeError, MemoryError, ValueError) as e:  # e.g. out of memory at batch 64
+                first = (str(e).strip().splitlines() or [""])[0]
+                notes.append(f"{dataset}: latency at batch {batch} not measured ({type(e).__name__}: {first})")
+                log(f"warning: {notes[-1]}")
+                continue
+            for label, lat in measured.items():
                 by_label[label].latency[which] = lat.to_dict()
     measured = {g.label: g.latency for g in groups if g.latency}
     if measured:
@@ -150,8 +160,8 @@ TABLE_NOTE = ("Accuracies are top-1 on the validation split, in %; over several 
               "`torch.utils.flop_counter` (attention matmuls included; 2 FLOPs per multiply-add): inference is one "
               "forward pass, training a forward and a backward pass (no optimizer step). Time per epoch is "
               "training plus evaluation. Latency is inference on this machine's CPU with a fixed thread count "
-              "(latency.json), measured side by side after warm-up: the median, ± the interquartile range "
-              "relative to it; ⚠ unsteady marks a spread too large to trust. results.csv and summary.csv also "
+              "(latency.json), measured side by side after warm-up: the median, and the interquartile range "
+              "relative to it (IQR); ⚠ marks a number too noisy to trust, with the reason. results.csv and summary.csv also "
               "have torchinfo's mult-adds, which leave out attention.")
 
 
@@ -243,7 +253,8 @@ def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[l
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     if runs:
         lines += ["## Runs", "", "| experiment | run | seed | status | reason | directory |", "|---|---|---|---|---|---|"]
-        lines += [f"| {g.label} | {r.name} | {r.seed} | {r.status} | {r.reason.replace('|', '/')} | `{r.path}` |"
+        cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731  (a '|' in a name would split its row)
+        lines += [f"| {cell(g.label)} | {cell(r.name)} | {r.seed} | {r.status} | {cell(r.reason)} | `{r.path}` |"
                   for g in groups for r in g.runs]
     index = out / "index.md"
     atomic_write(index, "\n".join(lines) + "\n")
@@ -263,27 +274,35 @@ def _section_lines(s: Section, out: Path) -> list[str]:
 
 
 def _tradeoff_sections(groups: list[Group], colour: dict, out: Path) -> list[Section]:
-    """The figures that answer a sweep's question, first in the report; their numbers go to tradeoffs.csv."""
+    """The figures that answer a sweep's question, first in the report, one set per dataset (accuracies of
+    different datasets do not compete); their numbers go to tradeoffs.csv."""
     rows: list[dict[str, Any]] = []
     figures = []
-    seeds = max(len(g.counted) for g in groups)
-    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed, so no error bars"
-    for key in table.swept_keys(groups):
-        if len({json.dumps(g.swept.get(key)) for g in groups if key in g.swept}) < 2:
-            continue
-        path = out / f"accuracy_vs_{_slug(key)}.png"
-        order = "" if tradeoff.swept_numeric(groups, key) else " (ordered by size: training FLOPs per image)"
-        figures.append(Figure(f"Accuracy against {key}", f"Best (left) and final (right) validation accuracy "
-                              f"against the swept {key}{order}, {spread}.",
-                              tradeoff.swept_figure(groups, key, colour, path, rows)))
-    if len(groups) > 1:
-        path = tradeoff.tradeoffs(groups, colour, out / "tradeoffs.png", rows)
-        if path is not None:
-            figures.append(Figure("Accuracy against cost", "Best validation accuracy against parameters, training "
-                                  "FLOPs per image, time per epoch and CPU latency at batch 1 (x bars: std over seeds "
-                                  "for time, interquartile range for latency; a hollow point is an unsteady "
-                                  f"latency), {spread}. Ringed and joined: the Pareto front, the experiments no "
-                                  "other beats on both accuracy and that cost.", path))
+    datasets = list(dict.fromkeys(g.first.dataset for g in groups))
+    for dataset in datasets:
+        mine = [g for g in groups if g.first.dataset == dataset]
+        suffix, on = (f"_{_slug(dataset)}", f" on {dataset}") if len(datasets) > 1 else ("", "")
+        seeds = max(len(g.counted) for g in mine)
+        spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed, so no error bars"
+        hollow = "; a hollow point has no completed run" if not all(g.completed for g in mine) else ""
+        for key in table.swept_keys(mine):
+            if len({json.dumps(g.swept.get(key)) for g in mine if key in g.swept}) < 2:
+                continue
+            path = out / f"accuracy_vs_{_slug(key)}{suffix}.png"
+            order = "" if tradeoff.swept_numeric(mine, key) else \
+                " (ordered by size: training FLOPs per image; ties in sweep order)"
+            figures.append(Figure(f"Accuracy against {key}{on}", f"Best (left) and final (right) validation accuracy "
+                                  f"against the swept {key}{order}, {spread}{hollow}.",
+                                  tradeoff.swept_figure(mine, key, colour, path, rows)))
+        if len(mine) > 1:
+            path = tradeoff.tradeoffs(mine, colour, out / f"tradeoffs{suffix}.png", rows)
+            if path is not None:
+                figures.append(Figure(f"Accuracy against cost{on}", "Best validation accuracy against parameters, "
+                                      "training FLOPs per image, time per epoch and CPU latency at batch 1 (x bars: "
+                                      "std over seeds for time, interquartile range for latency), "
+                                      f"{spread}. Ringed and joined: the Pareto front, the experiments no other "
+                                      "beats on both accuracy and that cost; a hollow point (an unsteady latency, "
+                                      "or no completed run) is left off it.", path))
     if not figures:
         return []
     atomic_write(out / "tradeoffs.csv", tradeoff.rows_csv(rows))

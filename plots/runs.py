@@ -155,22 +155,38 @@ class Group:
         return self.runs[0]
 
     @property
+    def completed(self) -> bool:
+        """Whether any of its runs completed; one that has none is shown (from its stopped runs, marked) but
+        never ranked: not named best, not on a Pareto front, not in the summary's size steps."""
+        return any(r.status == "completed" for r in self.runs)
+
+    @property
     def counted(self) -> list[Run]:
         """The runs its numbers are over: the completed ones (all of them when none completed, so a sweep
-        stopped early still shows something, marked by its status). Of two completed runs of one seed (a
-        point run again) the later counts: the same seed twice is not two samples."""
+        stopped early still shows something, marked by its status). Of two runs of one seed (a point run
+        again) the later counts: the same seed twice is not two samples."""
         done = [r for r in self.runs if r.status == "completed"] or self.runs
         by_seed = {json.dumps(r.seed): r for r in done}
         return [r for r in done if by_seed[json.dumps(r.seed)] is r]
 
+    def cost(self, key: str) -> Optional[float]:
+        """A number every run of the experiment shares (params, FLOPs), from the first run that recorded it."""
+        return next((r.results[key] for r in self.runs if r.results.get(key) is not None), None)
+
+    def values(self, key: str) -> list[float]:
+        """The finite values of ``key`` over the counted runs."""
+        return [v for v in (r.value(key) for r in self.counted) if v is not None and math.isfinite(v)]
+
     @property
     def swept(self) -> dict[str, Any]:
-        """What its sweep set for it, the seed left out (empty for runs of no sweep)."""
-        return {k: v for k, v in self.first.swept.items() if k != "seed"}
+        """What its sweep set for it, the seed left out (empty for runs of no sweep), as its first run that
+        recorded it says."""
+        swept = next((r.swept for r in self.runs if r.swept), {})
+        return {k: v for k, v in swept.items() if k != "seed"}
 
     def stat(self, key: str) -> tuple[Optional[float], Optional[float]]:
         """(mean, sample std) over the counted runs that have the value; std is None for a single value."""
-        values = [v for v in (r.value(key) for r in self.counted) if v is not None and math.isfinite(v)]
+        values = self.values(key)
         if not values:
             return None, None
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
@@ -214,10 +230,9 @@ def group_runs(runs: list[Run]) -> list[Group]:
     ``x [train.epochs=5]``."""
     groups: dict[str, Group] = {}
     for r in runs:
-        key = _experiment_key(r.config)
-        if key not in groups:
-            groups[key] = Group(str(r.results.get("experiment") or r.name))
-        groups[key].runs.append(r)
+        groups.setdefault(_experiment_key(r.config), Group("")).runs.append(r)
+    for g in groups.values():  # the sweep's experiment name, from any run that recorded it
+        g.label = next((str(r.results["experiment"]) for r in g.runs if r.results.get("experiment")), g.first.name)
     by_label: dict[str, list[tuple[str, Group]]] = {}
     for key, g in groups.items():
         by_label.setdefault(g.label, []).append((key, g))
@@ -229,15 +244,28 @@ def group_runs(runs: list[Run]) -> list[Group]:
         for (_, g), f in zip(same, flats):
             shown = ", ".join(f"{k}={f.get(k)}" for k in differ[:3]) + (", ..." if len(differ) > 3 else "")
             g.label = f"{label} [{shown}]"
-    return list(groups.values())
+    out, used = list(groups.values()), {}
+    for g in out:  # still the same (they differ beyond the 3 keys shown): numbered, as labels key everything
+        n = used[g.label] = used.get(g.label, 0) + 1
+        if n > 1:
+            g.label = f"{g.label} ({n})"
+    return out
+
+
+def split_prefix(labels: list[str]) -> tuple[str, list[str]]:
+    """(the prefix all labels share up to a ``-``, the labels without it), for figures where the full names
+    would crowd the points ("sizes-fashion_mnist-cnn_tr_small" -> "cnn_tr_small"); nothing is cut from one
+    label, nor when that would leave a label empty."""
+    if len(labels) < 2:
+        return "", list(labels)
+    common = labels[0][: next((i for i, c in enumerate(zip(*labels)) if len(set(c)) > 1), min(map(len, labels)))]
+    cut = common.rfind("-") + 1
+    if any(len(label) == cut for label in labels):
+        cut = 0
+    return labels[0][:cut], [label[cut:] for label in labels]
 
 
 def short_labels(groups: list[Group]) -> dict[str, str]:
-    """Labels without the part every label shares ("sizes-fashion_mnist-cnn_tr_small" -> "cnn_tr_small"),
-    for figures where the full names would crowd the points; whole labels when that leaves nothing."""
-    parts = [g.label.split("-") for g in groups]
-    common = 0
-    if len(parts) > 1:
-        while all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
-            common += 1
-    return {g.label: "-".join(p[common:]) for g, p in zip(groups, parts)}
+    """Each group's label without the prefix all share (``split_prefix``)."""
+    labels = [g.label for g in groups]
+    return dict(zip(labels, split_prefix(labels)[1]))

@@ -38,15 +38,20 @@ def _latency_columns(g: Group) -> dict[str, Any]:
         row[f"latency_{which}_spread"] = lat.get("spread")
         row[f"latency_{which}_repeats"] = lat.get("repeats")
         row[f"latency_{which}_flagged"] = lat.get("flagged")
+        row[f"latency_{which}_ratio"] = lat.get("ratio")
+        row[f"latency_{which}_ratio_ci"] = lat.get("ratio_ci")
+        row[f"latency_{which}_ratio_flagged"] = lat.get("ratio_flagged")
     any_lat = next((g.latency[w] for w, _ in LATENCY if g.latency.get(w)), {})
     row["latency_batch_size"] = (g.latency.get("batched") or {}).get("batch")
     row["latency_threads"] = any_lat.get("threads")
+    row["latency_reference"] = any_lat.get("reference")
     return row
 
 
 LATENCY_COLUMNS = [f"latency_{k}" for which, _ in LATENCY
-                   for k in (f"ms_{which}", f"{which}_spread", f"{which}_repeats", f"{which}_flagged")]
-LATENCY_COLUMNS += ["latency_batch_size", "latency_threads"]
+                   for k in (f"ms_{which}", f"{which}_spread", f"{which}_repeats", f"{which}_flagged",
+                             f"{which}_ratio", f"{which}_ratio_ci", f"{which}_ratio_flagged")]
+LATENCY_COLUMNS += ["latency_batch_size", "latency_threads", "latency_reference"]
 
 
 def run_row(run: Run, g: Group, keys: list[str]) -> dict[str, Any]:
@@ -93,12 +98,11 @@ def summary_rows(groups: list[Group]) -> list[dict[str, Any]]:
     keys = swept_keys(groups)
     rows = []
     for g in groups:
-        first = g.first.results
-        row: dict[str, Any] = {"experiment": g.label, **{k: cell(g.first.swept.get(k)) for k in keys},
+        row: dict[str, Any] = {"experiment": g.label, **{k: cell(g.swept.get(k)) for k in keys},
                                "model": g.first.model, "dataset": g.first.dataset, "runs": len(g.runs),
                                "counted": len(g.counted), "seeds": " ".join(str(r.seed) for r in g.counted),
                                "completed": sum(r.status == "completed" for r in g.runs), "status": status_of(g),
-                               **{k: first.get(k) for k in COSTS}}
+                               **{k: g.cost(k) for k in COSTS}}
         for key, _, _ in STATS:
             row[f"{key}_mean"], row[f"{key}_std"] = g.stat(key)
         rows.append({**row, **_latency_columns(g)})
@@ -129,13 +133,22 @@ def count(n: Optional[float], unit: str = "") -> str:
 
 
 def latency_text(lat: Optional[dict[str, Any]]) -> str:
-    """``2.31 ±3%``: median and relative spread (interquartile range over the median); a spread too large to
-    trust is marked rather than printed as a clean number."""
+    """``2.31 (IQR 3%)``: the median and its spread, the interquartile range over the median; a number too
+    noisy to trust is marked, with what flagged it, rather than printed as a clean number."""
     if not lat or lat.get("ms") is None:
         return "–"
     digits = 3 if lat["ms"] < 1 else 2
-    text = f"{lat['ms']:.{digits}f} ±{100 * lat['spread']:.0f}%"
-    return text + " ⚠ unsteady" if lat.get("flagged") else text
+    text = f"{lat['ms']:.{digits}f} (IQR {100 * lat['spread']:.0f}%)"
+    return f"{text} ⚠ {lat.get('why') or 'unsteady'}" if lat.get("flagged") else text
+
+
+def ratio_text(lat: Optional[dict[str, Any]]) -> str:
+    """``1.37× ±0.01``: latency as a multiple of the fastest model's, timed in the same rounds, with its ~95%
+    interval; marked when that interval is too wide to rank by."""
+    if not lat or lat.get("ratio") is None:
+        return "–"
+    text = f"{lat['ratio']:.2f}× ±{lat['ratio_ci']:.2f}"
+    return text + " ⚠ few rounds" if lat.get("ratio_flagged") else text
 
 
 def summary_table(groups: list[Group]) -> tuple[list[str], list[bool], list[list[tuple[str, Optional[float]]]]]:
@@ -143,12 +156,16 @@ def summary_table(groups: list[Group]) -> tuple[list[str], list[bool], list[list
 
     The number is what the cell sorts by (the mean of "mean ± std"; None for text and for "–").
     """
-    keys = swept_keys(groups)
-    head = (["experiment", *keys, "model", "dataset", "runs", "params", "FLOPs/img inference", "FLOPs/img training"]
-            + [t for _, t, _ in STATS] + [t for _, t in LATENCY] + ["status"])
-    numeric = [False] * (1 + len(keys) + 2) + [True] * (len(head) - len(keys) - 4) + [False]
+    # Narrower than the CSVs, to fit a page: a swept model.name is the model column, and one dataset is
+    # named in the page's header.
+    keys = [k for k in swept_keys(groups) if k != "model.name"]
+    datasets = len({g.first.dataset for g in groups}) > 1
+    head = (["experiment", *keys, "model"] + ["dataset"] * datasets + ["runs", "params", "FLOPs/img inference",
+            "FLOPs/img training"] + [t for _, t, _ in STATS] + [t for _, t in LATENCY] + ["latency b1 ÷ fastest"]
+            + ["status"])
+    numeric = [False] * (1 + len(keys) + 1 + datasets) + [True] * (len(head) - len(keys) - 3 - datasets) + [False]
     for i, k in enumerate(keys, 1):
-        numeric[i] = all(isinstance(g.first.swept.get(k), (int, float)) and not isinstance(g.first.swept.get(k), bool)
+        numeric[i] = all(isinstance(g.swept.get(k), (int, float)) and not isinstance(g.swept.get(k), bool)
                          for g in groups)
     rows = []
     for g, row in zip(groups, summary_rows(groups)):
@@ -156,11 +173,12 @@ def summary_table(groups: list[Group]) -> tuple[list[str], list[bool], list[list
         cells = [(g.label, None)]
         cells += [(str(row[k]) if row[k] is not None else "–", row[k] if numeric[i] else None)
                   for i, k in enumerate(keys, 1)]
-        cells += [(row["model"], None), (row["dataset"], None), (runs, len(g.counted)),
+        cells += [(row["model"], None)] + [(row["dataset"], None)] * datasets + [(runs, len(g.counted)),
                   (count(row["params"]), row["params"]), (count(row["flops_inference"]), row["flops_inference"]),
                   (count(row["flops_training"]), row["flops_training"])]
         cells += [(_num(row[f"{k}_mean"], row[f"{k}_std"], d), row[f"{k}_mean"]) for k, _, d in STATS]
         cells += [(latency_text(g.latency.get(w)), (g.latency.get(w) or {}).get("ms")) for w, _ in LATENCY]
+        cells += [(ratio_text(g.latency.get("batch1")), (g.latency.get("batch1") or {}).get("ratio"))]
         rows.append(cells + [(row["status"], None)])
     return head, numeric, rows
 

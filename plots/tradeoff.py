@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from matplotlib.ticker import EngFormatter
+
 from plots.curves import plt, save
 from plots.runs import Group, short_labels
 from plots.table import _csv
 
 # (results key, axis label) of the costs accuracy is drawn against; latency is the comparison's measurement.
 COSTS = [("params", "parameters"), ("flops_training", "training FLOPs per image (forward + backward)"),
-         ("time_per_epoch_s", "time per epoch (s)"), ("latency_batch1", "inference latency at batch 1 (ms)")]
+         ("time_per_epoch_s", "time per epoch (s)"), ("latency_batch1", "inference latency at batch 1, × the fastest")]
 LABEL_CHARS = 28  # a point's label is cut to this many characters
 ACCURACY = [("best_val_acc", "best val accuracy (%)"), ("final_val_acc", "final val accuracy (%)")]
 
@@ -34,7 +36,8 @@ class Point:
     y: float
     y_std: Optional[float]
     seeds: int
-    flagged: bool = False  # an unsteady latency: drawn hollow, and not trusted for the front
+    flagged: bool = False  # drawn hollow and kept off the front: an unsteady latency, or no completed run
+    note: str = ""  # why it is flagged, written beside its label
     pareto: bool = False
 
 
@@ -52,16 +55,16 @@ def pareto(points: list[Point]) -> list[Point]:
 def _cost(g: Group, key: str) -> Optional[tuple[float, float, float, bool]]:
     """(x, low end, high end, flagged) of one cost: mean ± std over seeds for time, the median with its
     interquartile range for latency, the plain count for the rest."""
-    if key == "latency_batch1":
+    if key == "latency_batch1":  # as a multiple of the fastest model's, timed in the same rounds (steadier)
         lat = g.latency.get("batch1")
-        if not lat or lat.get("ms") is None:
+        if not lat or lat.get("ratio") is None:
             return None
-        return lat["ms"], lat["p25_ms"], lat["p75_ms"], bool(lat.get("flagged"))
+        return lat["ratio"], lat["ratio"] - lat["ratio_ci"], lat["ratio"] + lat["ratio_ci"], bool(lat["ratio_flagged"])
     if key == "time_per_epoch_s":
         mean, std = g.stat(key)
         return None if mean is None else (mean, mean - (std or 0.0), mean + (std or 0.0), False)
-    value = g.first.results.get(key)
-    return None if value is None else (float(value), float(value), float(value), False)
+    value = g.cost(key)
+    return None if value is None else (value, value, value, False)
 
 
 def points(groups: list[Group], cost: str, accuracy: str = "best_val_acc") -> list[Point]:
@@ -72,9 +75,20 @@ def points(groups: list[Group], cost: str, accuracy: str = "best_val_acc") -> li
         y, y_std = g.stat(accuracy)
         if c is None or y is None:
             continue
-        out.append(Point(g.label, short[g.label], c[0], c[1], c[2], y, y_std, len(g.counted), c[3]))
+        note = "not completed" if not g.completed else "unsteady" if c[3] else ""
+        out.append(Point(g.label, short[g.label], c[0], c[1], c[2], y, y_std, len(g.counted), bool(note), note))
     pareto(out)
     return out
+
+
+def _latency_title(groups: list[Group]) -> str:
+    """The latency axis names the model its ratios are to, and that model's milliseconds."""
+    ref = next((g.latency["batch1"].get("reference") for g in groups if g.latency.get("batch1")), None)
+    fastest = next((g for g in groups if g.label == ref), None)
+    if fastest is None:
+        return "inference latency at batch 1, × the fastest"
+    return (f"inference latency at batch 1, × the fastest ({short_labels(groups)[ref]}: "
+            f"{fastest.latency['batch1']['ms']:.2f} ms)")
 
 
 def _scatter(ax, pts: list[Point], colour: dict) -> None:
@@ -86,7 +100,7 @@ def _scatter(ax, pts: list[Point], colour: dict) -> None:
         if p.pareto:
             ax.plot(p.x, p.y, "o", markersize=13, markerfacecolor="none", markeredgecolor="black", zorder=4)
         text = p.text if len(p.text) <= LABEL_CHARS else p.text[:LABEL_CHARS - 1] + "…"  # the axes keep their room
-        ax.annotate(text + (" (unsteady)" if p.flagged else ""), (p.x, p.y), textcoords="offset points",
+        ax.annotate(text + (f" ({p.note})" if p.note else ""), (p.x, p.y), textcoords="offset points",
                     xytext=(6, 6), fontsize="small", color="#222")
     front = sorted((p for p in pts if p.pareto), key=lambda p: p.x)
     if len(front) > 1:  # the front as a staircase: what the best model at each budget reaches
@@ -97,10 +111,12 @@ def _scatter(ax, pts: list[Point], colour: dict) -> None:
         ax.plot(xs, ys, color="black", linewidth=1, linestyle=":", zorder=2, label="Pareto front")
 
 
-def _log_if_wide(ax, pts: list[Point]) -> None:
+def _log_if_wide(ax, pts: list[Point], key: str) -> None:
     xs = [p.x for p in pts if p.x > 0]
     if xs and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
+    if key in ("params", "flops_training"):  # counts: 420k, 1.5G rather than 420000 and an offset of 1e8
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
 
 
 def tradeoffs(groups: list[Group], colour: dict, path: Path, rows: list[dict[str, Any]]) -> Optional[Path]:
@@ -108,9 +124,10 @@ def tradeoffs(groups: list[Group], colour: dict, path: Path, rows: list[dict[str
     panels = [(key, title, points(groups, key)) for key, title in COSTS]
     if not any(pts for _, _, pts in panels):
         return None
+    datasets = sorted({g.first.dataset for g in groups})
     fig, axes = plt.subplots(2, 2, figsize=(12, 9))
     for ax, (key, title, pts) in zip(axes.flat, panels):
-        ax.set_xlabel(title)
+        ax.set_xlabel(_latency_title(groups) if key == "latency_batch1" else title)
         ax.set_ylabel("best val accuracy (%)")
         ax.grid(True, alpha=0.3)
         if not pts:
@@ -119,13 +136,13 @@ def tradeoffs(groups: list[Group], colour: dict, path: Path, rows: list[dict[str
             ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", color="#666")
             continue
         _scatter(ax, pts, colour)
-        _log_if_wide(ax, pts)
+        _log_if_wide(ax, pts, key)
         ax.margins(x=0.15, y=0.15)
         rows += [{"figure": path.name, "x_name": key, "y_name": "best_val_acc", "experiment": p.label,
                   "x": p.x, "x_lo": p.x_lo, "x_hi": p.x_hi, "y": p.y, "y_std": p.y_std, "seeds": p.seeds,
                   "pareto": p.pareto, "flagged": p.flagged} for p in pts]
     seeds = max(len(g.counted) for g in groups)
-    fig.suptitle("What accuracy costs: best val accuracy (mean ± std over "
+    fig.suptitle(f"What accuracy costs on {', '.join(datasets)}: best val accuracy (mean ± std over "
                  f"{seeds} seed{'s' * (seeds != 1)}) against size, compute and time; ringed: the Pareto front",
                  fontsize="medium")
     fig.tight_layout()
@@ -145,8 +162,7 @@ def swept_figure(groups: list[Group], key: str, colour: dict, path: Path, rows: 
     numeric = _numeric(values)
     if not numeric:
         def size(g: Group) -> float:
-            r = g.first.results
-            return float(r.get("flops_training") or r.get("params") or 0)
+            return g.cost("flops_training") or g.cost("params") or 0.0
         order = []
         for g in sorted(having, key=size):
             if str(g.swept[key]) not in order:
@@ -168,12 +184,15 @@ def swept_figure(groups: list[Group], key: str, colour: dict, path: Path, rows: 
             line = colour[members[0].label] if len(series) > 1 else "#444"
             ax.plot(xs, ys, color=line, linewidth=1, alpha=0.6, label=rest or None)
             for g, x, y, e in zip(members, xs, ys, errs):
-                ax.errorbar(x, y, yerr=e or None, fmt="o", color=colour[g.label], capsize=4, markersize=7, zorder=3)
+                ax.errorbar(x, y, yerr=e or None, fmt="o", color=colour[g.label], capsize=4, markersize=7, zorder=3,
+                            markerfacecolor=colour[g.label] if g.completed else "white")  # hollow: not completed
                 rows.append({"figure": path.name, "x_name": key, "y_name": acc, "experiment": g.label,
                              "x": g.swept[key], "y": y, "y_std": stats[members.index(g)][1], "seeds": len(g.counted)})
         ax.set_title(title)
         ax.set_xlabel(key)
         ax.grid(True, alpha=0.3)
+        if numeric and min(map(float, values)) > 0 and max(map(float, values)) / min(map(float, values)) > 20:
+            ax.set_xscale("log")  # e.g. a learning-rate sweep
         if not numeric:
             ax.set_xticks(range(len(order)), order, rotation=20 if len(order) > 4 else 0, ha="right" if len(order) > 4 else "center")
             ax.set_xlim(-0.5, len(order) - 0.5)
@@ -182,8 +201,9 @@ def swept_figure(groups: list[Group], key: str, colour: dict, path: Path, rows: 
         ax.tick_params(labelleft=True)
     axes[0].set_ylabel("val accuracy (%)")
     seeds = max(len(g.counted) for g in having)
-    order_note = "" if numeric else ", ordered by size"
-    fig.suptitle(f"Val accuracy against {key}{order_note} (mean ± std over {seeds} seed{'s' * (seeds != 1)})",
+    order_note = "" if numeric else ", ordered by size (ties in sweep order)"
+    fig.suptitle(f"Val accuracy against {key}{order_note} on {', '.join(sorted({g.first.dataset for g in having}))} "
+                 f"(mean ± std over {seeds} seed{'s' * (seeds != 1)})",
                  fontsize="medium")
     fig.tight_layout()
     return save(fig, path)

@@ -203,3 +203,14 @@ def run_dirs_at(out: Path, proc, epochs: int, count: int = 1, timeout: float = 1
         time.sleep(0.05)
     proc.kill()
     pytest.fail("the run(s) did not get going in time")
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a real, complete PNG file (its signature checked and its data verified)."""
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        return im.size

@@ -1,15 +1,13 @@
 """The comparison's attention and feature-map figures, checked against the runs' own checkpoints."""
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
-from fixtures import TINY_VIT, run_fit, tiny_config, write_mnist
-from plots.maps import (attention_comparison, inspect_groups, load_model, load_pool, pick_images, short_labels,
+from fixtures import TINY_VIT, png_size, run_fit, tiny_config, write_mnist
+from plots.maps import (attention_comparison, inspect_groups, load_model, load_pool, pick_images,
                         stem_signature)
-from plots.runs import find_runs, group_runs
+from plots.runs import find_runs, group_runs, split_prefix
 
 CNN_TR = {"name": "cnn_transformer", "cnn_channels": 16, "num_layers": 2, "dim_feedforward": 32}
 MODELS = {
@@ -66,14 +64,6 @@ def rollout_grid(maps, side):
     return (share / share.sum(-1, keepdim=True) * n).reshape(-1, side, side)
 
 
-def png_size(path: Path) -> tuple[int, int]:
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
-    with Image.open(path) as im:
-        im.verify()
-    with Image.open(path) as im:
-        return im.size
-
-
 def test_attention_figure_matches_the_checkpoints(runs, tmp_path):
     groups = groups_of(runs, "cnn_tr", "cnn_tr_1layer", "vit")
     first = [g.first for g in groups]
@@ -119,13 +109,13 @@ def test_pick_images_half_right_half_missed_different_classes():
     assert pick_images([0, 1], [[1, 0]], 3) == ([], [0, 1])  # fewer images than asked: all of them
 
 
-def test_short_labels():
-    assert short_labels(["sizes-fashion_mnist-cnn_tr_small", "sizes-fashion_mnist-cnn_tr_medium"]) == \
+def test_split_prefix():
+    assert split_prefix(["sizes-fashion_mnist-cnn_tr_small", "sizes-fashion_mnist-cnn_tr_medium"]) == \
         ("sizes-fashion_mnist-", ["cnn_tr_small", "cnn_tr_medium"])
-    assert short_labels(["cnn_tr_small", "cnn_tr_large"]) == ("", ["cnn_tr_small", "cnn_tr_large"])
-    assert short_labels(["a-b", "a-b-c"]) == ("a-", ["b", "b-c"])
-    assert short_labels(["a-", "a-b"]) == ("", ["a-", "a-b"])  # never a label cut to nothing
-    assert short_labels(["one-run"]) == ("", ["one-run"])
+    assert split_prefix(["cnn_tr_small", "cnn_tr_large"]) == ("", ["cnn_tr_small", "cnn_tr_large"])
+    assert split_prefix(["a-b", "a-b-c"]) == ("a-", ["b", "b-c"])
+    assert split_prefix(["a-", "a-b"]) == ("", ["a-", "a-b"])  # never a label cut to nothing
+    assert split_prefix(["one-run"]) == ("", ["one-run"])
 
 
 def test_stem_signature():

@@ -135,3 +135,19 @@ def test_models_are_interleaved_the_noisy_one_is_flagged_threads_are_set_and_res
     # Every sample is one call here (each lasts >= 2 ms): after the warm-ups, each round calls both models.
     timed = [name for name, _, _ in log][-2 * steady.repeats:]
     assert all({timed[i], timed[i + 1]} == {"steady", "bimodal"} for i in range(0, len(timed), 2))
+
+
+def test_ratios_to_the_fastest_stay_steady_when_the_machine_is_not():
+    """Load that comes and goes (here: every 60 ms, all calls 1x or 3x slower) spreads the milliseconds, but
+    the models of one round see the same load: the ratio of their times stays put."""
+    def load():
+        return 1.0 if (time.perf_counter() * 1000 // 60) % 2 == 0 else 3.0
+
+    log = []
+    models = {"fast": Sleeper("fast", lambda: 0.002 * load(), log), "slow": Sleeper("slow", lambda: 0.004 * load(), log)}
+    out = measure_latency(models, FMNIST, batch=1, budget_s=1.5, target_spread=0.0)  # all the budget
+    fast, slow = out["fast"], out["slow"]
+    assert fast.reference == slow.reference == "fast" and fast.ratio == 1.0 and fast.ratio_ci == 0.0
+    assert fast.spread > 0.3 and fast.flagged  # the milliseconds: load 1x in some rounds, 3x in others
+    assert slow.ratio == pytest.approx(2.0, rel=0.15) and slow.ratio_ci < 0.03 * slow.ratio
+    assert not slow.ratio_flagged and slow.ratio_spread < slow.spread
