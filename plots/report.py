@@ -298,8 +298,9 @@ def _tradeoff_sections(groups: list[Group], colour: dict, out: Path) -> list[Sec
             path = tradeoff.tradeoffs(mine, colour, out / f"tradeoffs{suffix}.png", rows)
             if path is not None:
                 figures.append(Figure(f"Accuracy against cost{on}", "Best validation accuracy against parameters, "
-                                      "training FLOPs per image, time per epoch and CPU latency at batch 1 (x bars: "
-                                      "std over seeds for time, interquartile range for latency), "
+                                      "training FLOPs per image, time per epoch and CPU latency at batch 1 as a multiple "
+                                      "of the fastest model's, timed in the same rounds (x bars: std over seeds for "
+                                      "time, the ratio's 95% interval for latency), "
                                       f"{spread}. Ringed and joined: the Pareto front, the experiments no other "
                                       "beats on both accuracy and that cost; a hollow point (an unsteady latency, "
                                       "or no completed run) is left off it.", path))
