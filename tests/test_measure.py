@@ -89,6 +89,17 @@ def test_a_new_run_records_its_flops(fmnist_root, tmp_path):
     assert (saved["flops_inference"], saved["flops_training"]) == (flops.inference, flops.training)
 
 
+def test_a_count_that_fails_does_not_stop_the_run(fmnist_root, tmp_path, monkeypatch):
+    import train.fit
+
+    def unknown_op(model, spec):
+        raise NotImplementedError("no formula for aten::mystery")
+    monkeypatch.setattr(train.fit, "flops_per_image", unknown_op)
+    path, _ = run_fit(tiny_config(fmnist_root, tmp_path, model=TINY_VIT, epochs=1))
+    saved = json.loads((path / "results.json").read_text())
+    assert saved["status"] == "completed" and "flops_training" not in saved and saved["params"] > 0
+
+
 def test_summary_names_its_units():
     summary = describe(tiny_cnn_transformer(0.0), FMNIST).summary
     assert "Units." not in summary and "Total mult-adds (M): " in summary

@@ -87,7 +87,7 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, pro
         if dist.rank:
             torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)  # its own dropout and MixUp/CutMix draws
         info = describe(model, spec)
-        flops = flops_per_image(model, spec) if resume is None else None  # a copy, in a forked RNG
+        flops = _count_flops(model, spec, log) if resume is None else None
         log(f"loading {cfg.data.name} from {cfg.data.root}")
         data = load_data(cfg.data)
         if not dist.enabled:  # several processes: each copies its part to its device (make_loaders)
@@ -119,8 +119,9 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, pro
             attempts.append({"started": now(), "from": loop.position(), "command": command})
             if resume is None:
                 run_dir.results.update(model=cfg.model.name, dataset=cfg.data.name, params=info.params,
-                                       mult_adds=info.mult_adds, flops_inference=flops.inference,
-                                       flops_training=flops.training, epochs=cfg.train.epochs)
+                                       mult_adds=info.mult_adds, epochs=cfg.train.epochs,
+                                       **({"flops_inference": flops.inference, "flops_training": flops.training}
+                                          if flops else {}))
             run_dir.update("running", device=str(device), precision=str(s.precision), epochs=cfg.train.epochs,
                            processes=dist.world_size, global_batch=cfg.train.batch_size * dist.world_size,
                            **provenance(device, command), started=run_dir.results.get("started") or now(),
@@ -180,6 +181,16 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, pro
             raise RunFailed(f"run failed: {error} (details in {run_dir.file('results.json')})") from e
         finally:
             loop.tb.close()
+
+
+def _count_flops(model, spec, log):
+    """``flops_per_image`` (a CPU copy, in a forked RNG), or None with a warning: a count the counter cannot
+    make (an op it does not know how to run on the CPU) must not stop the run it only describes."""
+    try:
+        return flops_per_image(model, spec)
+    except Exception as e:  # noqa: BLE001 - any failure of a by-product
+        log(f"warning: FLOPs not counted ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]})")
+        return None
 
 
 def _end(run_dir: RunDir, status: str, **fields: Any) -> dict[str, Any]:
