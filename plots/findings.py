@@ -108,7 +108,8 @@ def findings(groups: list[Group]) -> list[str]:
         best = max(mine, key=lambda g: g.stat(KEY)[0])
         mean, std = best.stat(KEY)
         seeds = len(best.values(KEY))
-        line = (f"Best on {dataset}: **{short[best.label]}**, {mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+        line = (f"Best on {dataset}: **{short[best.label]}**, {mean:.2f}"
+                + (f" ± {std:.2f}" if std is not None else "")
                 + f"% best val accuracy ({seeds} seed{'s' * (seeds != 1)}), {count(best.cost('params'))} params, "
                 f"{count(best.cost('flops_training'))} training FLOPs per image")
         rest = [g for g in mine if g is not best]

@@ -161,8 +161,10 @@ TABLE_NOTE = ("Accuracies are top-1 on the validation split, in %; over several 
               "forward pass, training a forward and a backward pass (no optimizer step). Time per epoch is "
               "training plus evaluation. Latency is inference on this machine's CPU with a fixed thread count "
               "(latency.json), measured side by side after warm-up: the median, and the interquartile range "
-              "relative to it (IQR); ⚠ marks a number too noisy to trust, with the reason. results.csv and summary.csv also "
-              "have torchinfo's mult-adds, which leave out attention.")
+              "relative to it (IQR); ⚠ marks a number too noisy to trust, with the reason. \"÷ fastest\" divides "
+              "each model's time by the fastest model's of the same round, ± its 95% interval: steady where "
+              "milliseconds are not. results.csv and summary.csv also have torchinfo's mult-adds, which leave out "
+              "attention.")
 
 
 def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[list[dict[str, Any]]] = None,
@@ -252,7 +254,8 @@ def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[l
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     if runs:
-        lines += ["## Runs", "", "| experiment | run | seed | status | reason | directory |", "|---|---|---|---|---|---|"]
+        lines += ["## Runs", "", "| experiment | run | seed | status | reason | directory |",
+                  "|---|---|---|---|---|---|"]
         cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731  (a '|' in a name would split its row)
         lines += [f"| {cell(g.label)} | {cell(r.name)} | {r.seed} | {r.status} | {cell(r.reason)} | `{r.path}` |"
                   for g in groups for r in g.runs]
@@ -298,9 +301,9 @@ def _tradeoff_sections(groups: list[Group], colour: dict, out: Path) -> list[Sec
             path = tradeoff.tradeoffs(mine, colour, out / f"tradeoffs{suffix}.png", rows)
             if path is not None:
                 figures.append(Figure(f"Accuracy against cost{on}", "Best validation accuracy against parameters, "
-                                      "training FLOPs per image, time per epoch and CPU latency at batch 1 as a multiple "
-                                      "of the fastest model's, timed in the same rounds (x bars: std over seeds for "
-                                      "time, the ratio's 95% interval for latency), "
+                                      "training FLOPs per image, time per epoch and CPU latency at batch 1 as a "
+                                      "multiple of the fastest model's, timed in the same rounds (x bars: std over "
+                                      "seeds for time, the ratio's 95% interval for latency), "
                                       f"{spread}. Ringed and joined: the Pareto front, the experiments no other "
                                       "beats on both accuracy and that cost; a hollow point (an unsteady latency, "
                                       "or no completed run) is left off it.", path))

@@ -194,7 +194,8 @@ def swept_figure(groups: list[Group], key: str, colour: dict, path: Path, rows: 
         if numeric and min(map(float, values)) > 0 and max(map(float, values)) / min(map(float, values)) > 20:
             ax.set_xscale("log")  # e.g. a learning-rate sweep
         if not numeric:
-            ax.set_xticks(range(len(order)), order, rotation=20 if len(order) > 4 else 0, ha="right" if len(order) > 4 else "center")
+            crowded = len(order) > 4
+            ax.set_xticks(range(len(order)), order, rotation=20 if crowded else 0, ha="right" if crowded else "center")
             ax.set_xlim(-0.5, len(order) - 0.5)
         if len(series) > 1:
             ax.legend(fontsize="small", title="other swept keys", title_fontsize="small")

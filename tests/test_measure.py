@@ -155,7 +155,8 @@ def test_ratios_to_the_fastest_stay_steady_when_the_machine_is_not():
         return 1.0 if (time.perf_counter() * 1000 // 60) % 2 == 0 else 3.0
 
     log = []
-    models = {"fast": Sleeper("fast", lambda: 0.002 * load(), log), "slow": Sleeper("slow", lambda: 0.004 * load(), log)}
+    models = {"fast": Sleeper("fast", lambda: 0.002 * load(), log),
+              "slow": Sleeper("slow", lambda: 0.004 * load(), log)}
     out = measure_latency(models, FMNIST, batch=1, budget_s=1.5, target_spread=0.0)  # all the budget
     fast, slow = out["fast"], out["slow"]
     assert fast.reference == slow.reference == "fast" and fast.ratio == 1.0 and fast.ratio_ci == 0.0
