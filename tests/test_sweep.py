@@ -137,6 +137,31 @@ def test_sweep_with_a_failing_point_goes_on_and_compares(fmnist_root, tmp_path, 
     assert latency["threads"] == 1 and set(latency["experiments"]) == {"tiny-fashion_mnist-num_heads=2"}
 
 
+def test_a_numeric_sweep_is_an_axis_of_its_comparison(fmnist_root, tmp_path, capsys):
+    """A sweep of ViT depths over two seeds, as a user runs it: accuracy against depth from the runs' files, and
+    the summary's step from depth 1 to 2."""
+    import csv
+    import statistics
+
+    cfg = tiny_config(tmp_path / "s.yaml", fmnist_root, tmp_path / "runs", name="tiny",
+                      sweep={"model.depth": [2, 1], "seed": [0, 1]})  # written out of order: the axis sorts
+    p = call_main(capsys, "--cfg", cfg, "--out", tmp_path / "cmp")
+    assert p.returncode == 0, p.stderr
+    best: dict[int, list[float]] = {}
+    for run in (tmp_path / "runs").iterdir():
+        results = json.loads((run / "results.json").read_text())
+        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        best.setdefault(results["swept"]["model.depth"], []).append(max(m["val_acc"] for m in metrics))
+    rows = [r for r in csv.DictReader((tmp_path / "cmp" / "tradeoffs.csv").open())
+            if r["figure"] == "accuracy_vs_model.depth.png" and r["y_name"] == "best_val_acc"]
+    assert sorted((int(r["x"]), float(r["y"]), float(r["y_std"])) for r in rows) == [
+        (d, pytest.approx(statistics.fmean(best[d])), pytest.approx(statistics.stdev(best[d]))) for d in (1, 2)]
+    assert (tmp_path / "cmp" / "accuracy_vs_model.depth.png").is_file()
+    summary = (tmp_path / "cmp" / "index.md").read_text().split("## Summary")[1].split("\n## ")[0]
+    diff = statistics.fmean(best[2]) - statistics.fmean(best[1])
+    assert f"- depth=2 vs depth=1: {diff:+.2f} ± " in summary
+
+
 def test_several_configs_then_a_comparison(fmnist_root, tmp_path, capsys):
     a = tiny_config(tmp_path / "a.yaml", fmnist_root, tmp_path / "runs", name="a")
     b = tiny_config(tmp_path / "b.yaml", fmnist_root, tmp_path / "runs", name="b")
