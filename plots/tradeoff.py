@@ -193,6 +193,8 @@ def swept_figure(groups: list[Group], key: str, colour: dict, path: Path, rows: 
         ax.grid(True, alpha=0.3)
         if numeric and min(map(float, values)) > 0 and max(map(float, values)) / min(map(float, values)) > 20:
             ax.set_xscale("log")  # e.g. a learning-rate sweep
+        if numeric and all(isinstance(v, int) for v in values) and len(set(values)) <= 12:
+            ax.set_xticks(sorted(set(values)))  # depths, widths: the swept values, not 1.5 layers
         if not numeric:
             crowded = len(order) > 4
             ax.set_xticks(range(len(order)), order, rotation=20 if crowded else 0, ha="right" if crowded else "center")
