@@ -54,9 +54,6 @@ class Flops:
     inference: int  # one forward, eval mode
     training: int  # forward + backward of the loss, train mode; the optimizer step is not counted
 
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
-
 
 def _sdpa_flop(query, key, value, *args, out_shape=None, **kwargs) -> int:
     from torch.utils.flop_counter import sdpa_flop_count

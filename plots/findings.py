@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from plots.runs import Group, short_labels
+from plots.runs import Group, short_labels, size_measure
 from plots.table import count
 
 KEY = "best_val_acc"
@@ -101,7 +101,7 @@ def findings(groups: list[Group]) -> list[str]:
         lines.append("No experiment has a completed run with a validation accuracy yet: nothing to rank.")
     for dataset in dict.fromkeys(g.first.dataset for g in ranked):
         mine = [g for g in ranked if g.first.dataset == dataset]
-        measure = "flops_training" if all(g.cost("flops_training") for g in mine) else "params"
+        measure = size_measure(mine)
 
         def size(g: Group) -> float:  # what "bigger" means: training FLOPs per image, else parameters
             return g.cost(measure) or 0.0

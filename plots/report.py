@@ -107,17 +107,15 @@ def _measure_latency(groups: list[Group], out: Path, threads: int, budget_s: flo
     from data import get_spec
     from models import build_model
     from models.measure import measure_latency
-    from models.weights import load_weights
+    from plots import maps
 
     notes: list[str] = []
     models: dict[str, dict[str, Any]] = {}
     for g in groups:
         run = next((r for r in g.runs if r.checkpoint() is not None), g.first)
         try:
-            cfg = from_dict(run.config)
-            model = build_model(cfg, get_spec(cfg.data.name))
-            if run.checkpoint() is not None:
-                load_weights(model, run.checkpoint(), f"{cfg.model.name} on {cfg.data.name}")
+            model = maps.load_model(run) if run.checkpoint() is not None else \
+                build_model(from_dict(run.config), get_spec(run.dataset))
             models.setdefault(run.dataset, {})[g.label] = model.eval()
         except (UserError, RuntimeError, ValueError) as e:
             notes.append(f"{g.label}: latency skipped ({type(e).__name__}: {e})")

@@ -252,6 +252,12 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return out
 
 
+def size_measure(groups: list[Group]) -> str:
+    """What "bigger" means across ``groups``: training FLOPs per image when every one recorded them, else
+    parameters (one unit for all, so an order by it never mixes the two)."""
+    return "flops_training" if all(g.cost("flops_training") for g in groups) else "params"
+
+
 def split_prefix(labels: list[str]) -> tuple[str, list[str]]:
     """(the prefix all labels share up to a ``-``, the labels without it), for figures where the full names
     would crowd the points ("sizes-fashion_mnist-cnn_tr_small" -> "cnn_tr_small"); nothing is cut from one

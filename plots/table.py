@@ -72,7 +72,8 @@ def run_columns(keys: list[str]) -> list[str]:
             + LATENCY_COLUMNS + ["device", "path"])
 
 
-def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+def csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """``rows`` as CSV with a header of ``columns``; None is an empty cell."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     w.writeheader()
@@ -83,7 +84,7 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def runs_csv(groups: list[Group]) -> str:
     keys = swept_keys(groups)
-    return _csv([run_row(r, g, keys) for g in groups for r in g.runs], run_columns(keys))
+    return csv_text([run_row(r, g, keys) for g in groups for r in g.runs], run_columns(keys))
 
 
 def status_of(g: Group) -> str:
@@ -113,7 +114,7 @@ def summary_csv(groups: list[Group]) -> str:
     columns = ["experiment", *swept_keys(groups), "model", "dataset", "runs", "counted", "seeds", "completed",
                "status", *COSTS]
     columns += [f"{key}_{s}" for key, _, _ in STATS for s in ("mean", "std")] + LATENCY_COLUMNS
-    return _csv(summary_rows(groups), columns)
+    return csv_text(summary_rows(groups), columns)
 
 
 def _num(mean: Optional[float], std: Optional[float], digits: int) -> str:

@@ -14,8 +14,8 @@ from typing import Any, Optional
 from matplotlib.ticker import EngFormatter
 
 from plots.curves import plt, save
-from plots.runs import Group, short_labels
-from plots.table import _csv
+from plots.runs import Group, short_labels, size_measure
+from plots.table import cell, csv_text
 
 # (results key, axis label) of the costs accuracy is drawn against; latency is the comparison's measurement.
 COSTS = [("params", "parameters"), ("flops_training", "training FLOPs per image (forward + backward)"),
@@ -53,8 +53,8 @@ def pareto(points: list[Point]) -> list[Point]:
 
 
 def _cost(g: Group, key: str) -> Optional[tuple[float, float, float, bool]]:
-    """(x, low end, high end, flagged) of one cost: mean ± std over seeds for time, the median with its
-    interquartile range for latency, the plain count for the rest."""
+    """(x, low end, high end, flagged) of one cost: mean ± std over seeds for time, for latency the ratio to
+    the fastest model with its 95% interval, the plain count for the rest."""
     if key == "latency_batch1":  # as a multiple of the fastest model's, timed in the same rounds (steadier)
         lat = g.latency.get("batch1")
         if not lat or lat.get("ratio") is None:
@@ -161,10 +161,9 @@ def swept_figure(groups: list[Group], key: str, colour: dict, path: Path, rows: 
     values = [g.swept[key] for g in having]
     numeric = _numeric(values)
     if not numeric:
-        def size(g: Group) -> float:
-            return g.cost("flops_training") or g.cost("params") or 0.0
+        measure = size_measure(having)  # the summary's order of sizes too
         order = []
-        for g in sorted(having, key=size):
+        for g in sorted(having, key=lambda g: g.cost(measure) or 0.0):
             if str(g.swept[key]) not in order:
                 order.append(str(g.swept[key]))
         position = {v: i for i, v in enumerate(order)}
@@ -180,14 +179,13 @@ def swept_figure(groups: list[Group], key: str, colour: dict, path: Path, rows: 
             xs = [x_of(g) for g in members]
             stats = [g.stat(acc) for g in members]
             ys = [m if m is not None else math.nan for m, _ in stats]
-            errs = [s if s is not None else 0.0 for _, s in stats]
             line = colour[members[0].label] if len(series) > 1 else "#444"
             ax.plot(xs, ys, color=line, linewidth=1, alpha=0.6, label=rest or None)
-            for g, x, y, e in zip(members, xs, ys, errs):
-                ax.errorbar(x, y, yerr=e or None, fmt="o", color=colour[g.label], capsize=4, markersize=7, zorder=3,
+            for g, x, y, (_, std) in zip(members, xs, ys, stats):
+                ax.errorbar(x, y, yerr=std, fmt="o", color=colour[g.label], capsize=4, markersize=7, zorder=3,
                             markerfacecolor=colour[g.label] if g.completed else "white")  # hollow: not completed
                 rows.append({"figure": path.name, "x_name": key, "y_name": acc, "experiment": g.label,
-                             "x": g.swept[key], "y": y, "y_std": stats[members.index(g)][1], "seeds": len(g.counted)})
+                             "x": cell(g.swept[key]), "y": y, "y_std": std, "seeds": len(g.counted)})
         ax.set_title(title)
         ax.set_xlabel(key)
         ax.grid(True, alpha=0.3)
@@ -219,4 +217,4 @@ def swept_numeric(groups: list[Group], key: str) -> bool:
 def rows_csv(rows: list[dict[str, Any]]) -> str:
     columns = ["figure", "x_name", "y_name", "experiment", "x", "x_lo", "x_hi", "y", "y_std", "seeds", "pareto",
                "flagged"]
-    return _csv(rows, columns)
+    return csv_text(rows, columns)
