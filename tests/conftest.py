@@ -1,14 +1,31 @@
+"""What every test's numbers depend on, pinned before torch is imported, so the suite gives the same numbers on
+any CPU (with AMX, with AVX512-BF16, without bf16 units) and any core count:
+
+* one compute thread (``OMP_NUM_THREADS=1``, inherited by every subprocess a test starts: ``main.py``,
+  torchrun's ranks, ``--jobs`` workers, SLURM jobs): a float sum's order, and so its last bits, depends on the
+  thread count;
+* the CPU precision branch of ``train.precision: auto`` (``VITLAB_CPU_BF16``): fp32 unless the caller sets it;
+  ``.ci/run`` runs the ``numeric`` tests again with ``VITLAB_CPU_BF16=1`` (the bf16 branch). A test about the
+  bf16 path asks for ``precision: bf16`` itself.
+
+Markers (pytest.ini): ``system`` = real process trees (signals, torchrun, ``--jobs``, SLURM, chromium, a tmpfs),
+left out of the default run; ``numeric`` = numbers compared between runs or against a reference.
+"""
+import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ.setdefault("VITLAB_CPU_BF16", "0")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -22,3 +39,15 @@ def fmnist_root(tmp_path):
     from fixtures import write_mnist
 
     return write_mnist(tmp_path / "fmnist", n_train=256, n_test=128)
+
+
+@pytest.fixture
+def plain_comparisons(monkeypatch):
+    """The comparison a multi-run call of ``main`` ends with, without attention and feature maps (drawn and
+    checked in tests/test_maps.py and test_plots.py): for tests about runs' bookkeeping, where the maps are
+    most of the comparison's time."""
+    import functools
+
+    import plots
+
+    monkeypatch.setattr(plots, "compare", functools.partial(plots.compare, inspect_models=False))

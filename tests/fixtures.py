@@ -95,6 +95,18 @@ def _pickle(path: Path, obj) -> None:
 # ----------------------------------------------------------------------------- shared test helpers
 
 
+def missing(component: str, why: str, start: str) -> None:
+    """A system test's component (chromium, a SLURM cluster, a tmpfs) cannot be had here: skip, saying why and
+    how to get it; under ``CI=true`` fail instead, since .ci/run provides it and a skip would pass unseen."""
+    import os
+
+    import pytest
+
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"CI: {component} is needed but {why} (.ci/run should have provided it: {start})", pytrace=False)
+    pytest.skip(f"{component}: {why}; {start}")
+
+
 def quiet(*args, **kwargs) -> None:
     """A ``log`` that prints nothing."""
 
@@ -140,7 +152,7 @@ def run_main(*args, module: Optional[str] = None, cwd: Path = ROOT):
     import subprocess
     import sys
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # OMP_NUM_THREADS: conftest's
     cmd = [sys.executable, "-m", module] if module else [sys.executable, str(ROOT / "main.py")]
     return subprocess.run([*cmd, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
@@ -214,3 +226,43 @@ def png_size(path: Path) -> tuple[int, int]:
         im.verify()
     with Image.open(path) as im:
         return im.size
+
+
+class FakeClock:
+    """``time.perf_counter`` for models.measure that moves only when a stand-in model ``sleep``s: latency
+    tests then time exactly what they ask for, whatever the machine's load, and take no wall time."""
+
+    def __init__(self, monkeypatch):
+        import types
+
+        import models.measure
+
+        self.now = 0.0
+        monkeypatch.setattr(models.measure, "time", types.SimpleNamespace(perf_counter=lambda: self.now))
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def built_once(tmp_path_factory, name: str, build):
+    """``build(folder)``'s result, computed once per test session whichever pytest-xdist worker asks first, and
+    read back by the others: the file-lock pattern pytest-xdist documents for an expensive fixture (here, trained
+    runs and comparisons). ``build`` writes under ``folder`` and returns something picklable (paths, numbers);
+    the tests only read what it made."""
+    import os
+    import pickle
+
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by the workers of this session
+    done = base / f"{name}.pickle"
+    with FileLock(str(done) + ".lock"):
+        if done.is_file():
+            return pickle.loads(done.read_bytes())
+        folder = base / name
+        folder.mkdir()
+        value = build(folder)
+        done.write_bytes(pickle.dumps(value))
+        return value

@@ -117,6 +117,7 @@ def test_time_to_target():
     assert time_to_accuracy.time_to(history, 99) == (None, None)
 
 
+@pytest.mark.numeric
 def test_time_to_accuracy_reference_matches_ours_step_for_step(fmnist_root, tmp_path, capsys):
     """No augmentation and one full-batch step per epoch: the first epoch's training loss is the loss of the
     initial weights, and the weights after it depend only on the recipe (AdamW, weight decay, label smoothing,
@@ -127,6 +128,7 @@ def test_time_to_accuracy_reference_matches_ours_step_for_step(fmnist_root, tmp_
         "--set", "data.download=false", "--set", "data.cache=false", "--set", "data.augment=false",
         "--set", "data.limit_train=64", "--set", "data.limit_val=64", "--set", "train.batch_size=64",
         "--set", "train.epochs=2", "--set", "train.label_smoothing=0.1", "--set", "train.grad_clip=0.5",
+        "--set", "train.precision=fp32",  # the reference loop is fp32 (bench/reference.py), whatever auto picks
         "--set", f"output.dir={tmp_path / 'runs'}", "--set", "output.checkpoints=false",
         "--target", "0", "--workers", "0", "--json", str(out)]) == 0
     data = json.loads(out.read_text())

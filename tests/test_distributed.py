@@ -20,7 +20,7 @@ from train.rundir import read_results
 
 
 def torchrun(cfg_or_resume: list[str], nproc: int = 2) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # OMP_NUM_THREADS: conftest's
     env.pop("WORLD_SIZE", None)
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
                              f"--nproc_per_node={nproc}", "main.py", *cfg_or_resume],
@@ -54,14 +54,17 @@ def roots(tmp_path_factory):
     return write_mnist(base / "small", n_train=256, n_test=100), write_mnist(base / "long", n_train=1024, n_test=100)
 
 
+@pytest.mark.system
+@pytest.mark.numeric
 def test_two_processes_equal_one_process_with_the_global_batch(roots, tmp_path, capsys):
     """2 processes x batch 16 against 1 x 32, augmentation off (it is drawn per process): the same global
     batches, so the same run up to float summation order. Tolerances: the losses are sums of 16 float32
     terms per process, then averaged (DDP) instead of one sum of 32; the differences (measured ~2e-7 in
-    the loss, ~7e-6 in the weights after 16 AdamW steps) stay far below the 1e-5 / 1e-4 allowed here."""
+    the loss, ~7e-6 in the weights after 16 AdamW steps) stay far below the 1e-5 / 1e-4 allowed here.
+    fp32 whatever ``precision: auto`` picks: bf16 autocast rounds each sum to 8 bits of mantissa."""
     root = roots[0]
-    two = tiny_raw(root, tmp_path / "two", batch_size=16, data={"augment": False})
-    one = tiny_raw(root, tmp_path / "one", batch_size=32, data={"augment": False})
+    two = tiny_raw(root, tmp_path / "two", batch_size=16, data={"augment": False}, precision="fp32")
+    one = tiny_raw(root, tmp_path / "one", batch_size=32, data={"augment": False}, precision="fp32")
     proc = torchrun(["--cfg", str(write_yaml(tmp_path / "two.yaml", two))])
     out = finish(proc)
     assert proc.returncode == 0, out
@@ -89,6 +92,8 @@ def test_two_processes_equal_one_process_with_the_global_batch(roots, tmp_path, 
     assert r.stderr.count("\n") == 1
 
 
+@pytest.mark.system
+@pytest.mark.numeric
 def test_sigterm_then_a_killed_rank_then_torchrun_resumes_exactly(roots, tmp_path):
     """Everything random on (augmentation, dropout, drop path, MixUp, random erasing). SIGTERM to torchrun
     (which passes it to its workers) mid-run: every process stops at the same step, rank 0 writes a
@@ -96,7 +101,7 @@ def test_sigterm_then_a_killed_rank_then_torchrun_resumes_exactly(roots, tmp_pat
     rank 0 records ``failed`` in one line with a resume command. Resumed again, the run ends where the
     uninterrupted one does, bit for bit."""
     raw = tiny_raw(roots[1], tmp_path / "ref", model={**TINY_VIT, "dropout": 0.1, "drop_path": 0.1}, epochs=5,
-                   batch_size=16, log_every=1, precision="fp32", mixup_alpha=0.8, warmup_epochs=1,
+                   batch_size=16, log_every=1, mixup_alpha=0.8, warmup_epochs=1,
                    data={"random_erasing": 0.25})
     ref = torchrun(["--cfg", str(write_yaml(tmp_path / "ref.yaml", raw))])
     run = torchrun(["--cfg", str(write_yaml(tmp_path / "run.yaml", {**raw, "output": {"dir": str(tmp_path / "run")}}))])
@@ -135,6 +140,7 @@ def test_sigterm_then_a_killed_rank_then_torchrun_resumes_exactly(roots, tmp_pat
     assert [a["status"] for a in read_results(run_dir)["attempts"]] == ["interrupted", "failed", "completed"]
 
 
+@pytest.mark.system
 def test_a_problem_only_rank_0_meets_is_the_same_one_line_in_every_process(roots, tmp_path):
     raw = tiny_raw(roots[0], Path("/proc/no-such-dir"))  # rank 0 cannot create the run directory there
     proc = torchrun(["--cfg", str(write_yaml(tmp_path / "bad.yaml", raw))])
@@ -160,6 +166,7 @@ def test_shards_of_one_epoch_are_the_global_batches_of_one_process():
         assert torch.equal(ys, torch.cat([y0, y1])) and torch.equal(xs, torch.cat([x0, x1]))
 
 
+@pytest.mark.system
 def test_torchrun_environment_is_checked():
     assert from_env({}) == Dist() and not Dist().enabled
     assert from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == Dist(1, 2, 1)

@@ -15,19 +15,20 @@ import pytest
 import torch
 
 import train.engine
-from fixtures import ROOT, TINY_VIT, call_main, numbers, read_metrics, run_dirs_at, run_fit, tiny_raw, write_yaml
+from fixtures import (ROOT, TINY_VIT, call_main, missing, numbers, read_metrics, run_dirs_at, run_fit, tiny_raw,
+                      write_yaml)
 from config import from_dict
 from core.files import TEMP_PREFIX
 from train.rundir import is_live, read_results
 
 def long_raw(root, out, **train):
     """Long enough (16 tiny epochs) that a signal lands mid-run; every source of randomness on."""
-    return tiny_raw(root, out, model={**TINY_VIT, "dropout": 0.1, "drop_path": 0.1}, epochs=16, precision="fp32",
+    return tiny_raw(root, out, model={**TINY_VIT, "dropout": 0.1, "drop_path": 0.1}, epochs=16,
                     mixup_alpha=0.8, warmup_epochs=1, data={"random_erasing": 0.25}, **train)
 
 
 def start(cfg_file: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # OMP_NUM_THREADS: conftest's
     return subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--cfg", str(cfg_file)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -39,6 +40,8 @@ def data_root(tmp_path_factory):
     return write_mnist(tmp_path_factory.mktemp("faults") / "fmnist", n_train=256, n_test=128)
 
 
+@pytest.mark.system
+@pytest.mark.numeric
 def test_sigterm_and_sigkill_to_real_runs_then_resume_exactly(data_root, tmp_path, capsys):
     """Two real runs of one config, started together: SIGTERM to one after epoch 2 (exit 143, checkpoint,
     the resume command printed), SIGKILL to the other inside an epoch after 3 (the directory stays
@@ -90,14 +93,10 @@ def test_sigterm_and_sigkill_to_real_runs_then_resume_exactly(data_root, tmp_pat
 def test_resume_refuses_a_live_run_but_not_its_own_reused_pid(data_root, tmp_path, capsys):
     run_dir, _ = run_fit(from_dict(tiny_raw(data_root, tmp_path)))
     results = json.loads((run_dir / "results.json").read_text())
-    live = subprocess.Popen(["sleep", "60"])
-    try:
-        (run_dir / "results.json").write_text(json.dumps({**results, "status": "running", "pid": live.pid}))
-        r = call_main(capsys, "--resume", run_dir)
-        assert r.returncode == 2 and "still running" in r.stderr and len(r.stderr.splitlines()) == 1
-    finally:
-        live.kill()
-        live.wait()
+    live = os.getppid()  # a process that runs, and is not this one
+    (run_dir / "results.json").write_text(json.dumps({**results, "status": "running", "pid": live}))
+    r = call_main(capsys, "--resume", run_dir)
+    assert r.returncode == 2 and "still running" in r.stderr and len(r.stderr.splitlines()) == 1
     # A restarted container may give the resuming process the dead writer's pid: that is not "alive".
     (run_dir / "results.json").write_text(json.dumps({**results, "status": "running", "pid": os.getpid()}))
     r = call_main(capsys, "--resume", run_dir)
@@ -109,16 +108,18 @@ def test_resume_refuses_a_live_run_but_not_its_own_reused_pid(data_root, tmp_pat
 
 
 def sweep_yaml(root, tmp_path, name="s.yaml"):
-    raw = tiny_raw(root, tmp_path / "runs", model={**TINY_VIT, "dropout": 0.1}, precision="fp32", epochs=1)
+    raw = tiny_raw(root, tmp_path / "runs", model={**TINY_VIT, "dropout": 0.1}, epochs=1)
     raw["sweep"] = {"seed": [0, 1, 2]}
     return write_yaml(tmp_path / name, raw)
 
 
-def test_a_stopped_sweep_resumes_without_training_anything_twice(data_root, tmp_path, capsys, monkeypatch):
+@pytest.mark.numeric
+def test_a_stopped_sweep_resumes_without_training_anything_twice(plain_comparisons, data_root, tmp_path, capsys,
+                                                                  monkeypatch):
     cfg = sweep_yaml(data_root, tmp_path)
     ref_runs = {}  # each point trained alone, uninterrupted
     for seed in (0, 1, 2):
-        raw = {**tiny_raw(data_root, tmp_path / "ref", model={**TINY_VIT, "dropout": 0.1}, precision="fp32",
+        raw = {**tiny_raw(data_root, tmp_path / "ref", model={**TINY_VIT, "dropout": 0.1},
                           epochs=1, seed=seed), "name": f"t-fashion_mnist-seed={seed}"}
         ref_runs[raw["name"]] = run_fit(from_dict(raw))[0]
 
@@ -143,7 +144,7 @@ def test_a_stopped_sweep_resumes_without_training_anything_twice(data_root, tmp_
     assert third is None
     untouched = (Path(first) / "metrics.jsonl").stat().st_mtime_ns
 
-    monkeypatch.undo()
+    monkeypatch.setattr(train.engine, "train_step", real)
     r = call_main(capsys, "--resume", compare)
     assert r.returncode == 0, r.stderr
     assert "1 of 3 runs already finished; 2 to run or continue" in r.stdout
@@ -161,8 +162,8 @@ def test_a_stopped_sweep_resumes_without_training_anything_twice(data_root, tmp_
     assert r.returncode == 0 and "3 of 3 runs already finished; 0 to run" in r.stdout
 
 
-def test_a_sweep_resumes_from_another_directory_and_after_a_kill_before_a_config(data_root, tmp_path, capsys,
-                                                                               monkeypatch):
+def test_a_sweep_resumes_from_another_directory_and_after_a_kill_before_a_config(plain_comparisons, data_root, tmp_path,
+                                                                                 capsys, monkeypatch):
     """Relative output.dir / data.root are taken from where the call started; a point killed right after its
     directory was made (no config.yaml yet) starts afresh."""
     raw = tiny_raw("fmnist", "runs", model={**TINY_VIT}, precision="fp32", epochs=1)
@@ -188,7 +189,7 @@ def test_a_sweep_resumes_from_another_directory_and_after_a_kill_before_a_config
     assert not (elsewhere / "runs").exists()
 
 
-def test_a_resumed_sweep_reruns_failed_points(data_root, tmp_path, capsys, monkeypatch):
+def test_a_resumed_sweep_reruns_failed_points(plain_comparisons, data_root, tmp_path, capsys, monkeypatch):
     cfg = sweep_yaml(data_root, tmp_path)
     real, calls = train.engine.train_step, [0]
 
@@ -202,7 +203,7 @@ def test_a_resumed_sweep_reruns_failed_points(data_root, tmp_path, capsys, monke
     compare = tmp_path / "compare"
     r = call_main(capsys, "--cfg", cfg, "--out", compare)
     assert r.returncode == 1 and "a broken GPU" in r.stdout
-    monkeypatch.undo()
+    monkeypatch.setattr(train.engine, "train_step", real)
     r = call_main(capsys, "--resume", compare)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 of 3 runs already finished; 1 to run or continue" in r.stdout
@@ -215,16 +216,18 @@ def test_a_resumed_sweep_reruns_failed_points(data_root, tmp_path, capsys, monke
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 1 MiB file system (tmpfs) to fill up; needs root and mount, skipped with the reason otherwise."""
+    """A real 1 MiB file system (tmpfs) to fill up; needs root and mount (``missing`` otherwise)."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill ({(r.stderr or r.stdout).strip() or 'mount failed'})")
+        missing("a 1 MiB tmpfs", f"it cannot be mounted ({(r.stderr or r.stdout).strip() or 'mount failed'})",
+                "run the system tests as root")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+@pytest.mark.system
 def test_a_full_disk_is_one_line_and_leaves_no_temporary_files(data_root, small_disk, capsys):
     # A model whose checkpoint (weights + AdamW state) outgrows what the disk has left after epoch 1.
     raw = tiny_raw(data_root, small_disk / "runs", model={**TINY_VIT, "embed_dim": 64}, epochs=6)

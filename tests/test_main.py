@@ -13,6 +13,7 @@ def run(*args, cwd=ROOT):
     return run_main(*args, cwd=cwd)
 
 
+@pytest.mark.system
 def test_help():
     p = run("--help")
     assert p.returncode == 0

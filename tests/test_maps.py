@@ -4,9 +4,9 @@ import shutil
 import pytest
 import torch
 
-from fixtures import TINY_VIT, png_size, run_fit, tiny_config, write_mnist
-from plots.maps import (attention_comparison, inspect_groups, load_model, load_pool, pick_images,
-                        stem_signature)
+from fixtures import TINY_VIT, built_once, png_size, run_fit, tiny_config, write_mnist
+from plots.maps import (attention_comparison, attention_share, inspect_groups, load_model, load_pool,
+                        pick_images, stem_signature)
 from plots.runs import find_runs, group_runs, split_prefix
 
 CNN_TR = {"name": "cnn_transformer", "cnn_channels": 16, "num_layers": 2, "dim_feedforward": 32}
@@ -22,13 +22,14 @@ MODELS = {
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One short real run per model on MNIST-format files (64 validation images), by label."""
-    tmp = tmp_path_factory.mktemp("maps")
-    root = write_mnist(tmp / "fmnist", n_train=128, n_test=64)
-    dirs = {}
-    for label, model in MODELS.items():
-        cfg = tiny_config(root, tmp / "runs", name=label, model=model, epochs=1, batch_size=64)
-        dirs[label] = run_fit(cfg, experiment=f"cmp-fashion_mnist-{label}")[0]
-    return dirs
+    def build(tmp):
+        root = write_mnist(tmp / "fmnist", n_train=128, n_test=64)
+        dirs = {}
+        for label, model in MODELS.items():
+            cfg = tiny_config(root, tmp / "runs", name=label, model=model, epochs=1, batch_size=64)
+            dirs[label] = run_fit(cfg, experiment=f"cmp-fashion_mnist-{label}")[0]
+        return dirs
+    return built_once(tmp_path_factory, "maps-runs", build)
 
 
 def groups_of(runs, *labels):
@@ -52,16 +53,39 @@ def reference(run):
     return model.eval(), (x.float() / 255 - mean) / std, y
 
 
-def rollout_grid(maps, side):
-    """Attention rollout by hand: (0.5 mean-over-heads + 0.5 I), rows normalised, first layer to last;
-    then the class token's row over the patches, or (no class token) the mean over queries."""
-    joint = torch.eye(maps[0].shape[-1])
-    for a in maps:
-        a = 0.5 * a.mean(1) + 0.5 * torch.eye(a.shape[-1])
-        joint = (a / a.sum(-1, keepdim=True)) @ joint
-    n = side * side
-    share = joint[:, 0, 1:] if joint.shape[-1] == n + 1 else joint.mean(1)
-    return (share / share.sum(-1, keepdim=True) * n).reshape(-1, side, side)
+def test_rollout_of_a_hand_worked_two_layer_example():
+    """Attention rollout (Abnar & Zuidema 2020) worked by hand: each layer's map averaged over heads, plus the
+    residual as 0.5 A + 0.5 I, rows normalised, multiplied first layer first; then the share of each patch.
+
+    Without a class token (4 tokens, a 2x2 grid). Layer 1, one head, uniform: A1 = 1/4 everywhere, so
+    R1 = 0.5 A1 + 0.5 I has 5/8 on the diagonal and 1/8 elsewhere. Layer 2, two heads: one sends every token
+    to token 0, the other is the identity; their mean has row 0 = e0 and row i = (e0 + ei) / 2, so R2 has
+    row 0 = e0 and row i = e0 / 4 + 3 ei / 4. Rollout R2 @ R1: row 0 = (5/8, 1/8, 1/8, 1/8); row 1 =
+    1/4 (5/8, 1/8, 1/8, 1/8) + 3/4 (1/8, 5/8, 1/8, 1/8) = (1/4, 1/2, 1/8, 1/8), rows 2 and 3 likewise. The
+    attention each token receives, averaged over the 4 queries: (11/32, 7/32, 7/32, 7/32); times 4 tokens
+    (1 = a uniform share): (11/8, 7/8, 7/8, 7/8).
+
+    With a class token (5 tokens: the class token and a 2x2 grid). Layer 1: the class token attends only to
+    patch 1, every patch uniformly to all 5 tokens: R1 row 0 = (1/2, 1/2, 0, 0, 0), row i = 1/10 + ei / 2.
+    Layer 2, uniform: R2 row 0 = (3/5, 1/10, 1/10, 1/10, 1/10). Row 0 of R2 @ R1 = 3/5 (1/2, 1/2, 0, 0, 0) +
+    1/10 (rows 1..4 of R1, summed: (4/10, 9/10, 9/10, 9/10, 9/10)) = (34/100, 39/100, 9/100, 9/100, 9/100).
+    The class token's row over the patches, renormalised, times 4: (26/11, 6/11, 6/11, 6/11)."""
+    from plots.maps import attention_share, rollout
+
+    a1 = torch.full((1, 1, 4, 4), 1 / 4)
+    to_first = torch.zeros(4, 4)
+    to_first[:, 0] = 1
+    a2 = torch.stack([to_first, torch.eye(4)])[None]  # (batch 1, 2 heads, 4, 4)
+    assert torch.allclose(rollout([a1, a2])[0], torch.tensor([[5, 1, 1, 1], [2, 4, 1, 1], [2, 1, 4, 1],
+                                                             [2, 1, 1, 4]]) / 8)
+    share, cls = attention_share([a1, a2])
+    assert not cls and torch.allclose(share, torch.tensor([[[11, 7], [7, 7]]]) / 8)
+
+    b1 = torch.full((1, 1, 5, 5), 1 / 5)
+    b1[0, 0, 0] = torch.tensor([0.0, 1, 0, 0, 0])
+    b2 = torch.full((1, 1, 5, 5), 1 / 5)
+    share, cls = attention_share([b1, b2])
+    assert cls and torch.allclose(share, torch.tensor([[[26, 6], [6, 6]]]) / 11)
 
 
 def test_attention_figure_matches_the_checkpoints(runs, tmp_path):
@@ -81,8 +105,7 @@ def test_attention_figure_matches_the_checkpoints(runs, tmp_path):
             preds.append(model(x).argmax(1).tolist())  # the whole pool the rows are picked from
         assert shown.targets == y[rows].tolist()
         assert shown.preds[c] == logits.argmax(1).tolist() == [preds[c][i] for i in rows]
-        side = shown.grids[c].shape[-1]
-        assert torch.allclose(shown.grids[c], rollout_grid(maps, side), atol=1e-5)
+        assert torch.allclose(shown.grids[c], attention_share(maps)[0], atol=1e-5)  # as worked by hand above
         assert shown.class_token[c] == (run.model == "vit")
     # The rows: right in every model first, then wrong in at least one (most-missed first), as the
     # checkpoints' own predictions over the pool pick them.

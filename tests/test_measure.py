@@ -2,7 +2,6 @@
 that interleaves models, stops when steady and flags noise."""
 import itertools
 import json
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +10,7 @@ import torch.nn as nn
 
 from config import from_dict
 from data import get_spec
-from fixtures import TINY_VIT, run_fit, tiny_config
+from fixtures import TINY_VIT, FakeClock, run_fit, tiny_config
 from models import build_model
 from models.measure import Flops, describe, flops_per_image, measure_latency
 
@@ -95,6 +94,7 @@ def test_a_count_that_fails_does_not_stop_the_run(fmnist_root, tmp_path, monkeyp
     def unknown_op(model, spec):
         raise NotImplementedError("no formula for aten::mystery")
     monkeypatch.setattr(train.fit, "flops_per_image", unknown_op)
+    monkeypatch.setattr(train.fit, "_FLOPS", {})  # not an earlier test's count of the same model
     path, _ = run_fit(tiny_config(fmnist_root, tmp_path, model=TINY_VIT, epochs=1))
     saved = json.loads((path / "results.json").read_text())
     assert saved["status"] == "completed" and "flops_training" not in saved and saved["params"] > 0
@@ -108,30 +108,37 @@ def test_summary_names_its_units():
 # ----------------------------------------------------------------------------- latency
 
 
-class Sleeper(nn.Module):
-    """A forward that sleeps ``pick()`` seconds and notes its name, mode and thread count."""
+@pytest.fixture
+def clock(monkeypatch):
+    return FakeClock(monkeypatch)
 
-    def __init__(self, name, pick, log):
+
+class Sleeper(nn.Module):
+    """A forward that lasts ``pick()`` seconds on the fake clock and notes its name, mode and thread count."""
+
+    def __init__(self, name, pick, log, clock):
         super().__init__()
-        self.name, self.pick, self.log = name, pick, log
+        self.name, self.pick, self.log, self.clock = name, pick, log, clock
 
     def forward(self, x):
         self.log.append((self.name, self.training, torch.get_num_threads()))
-        time.sleep(self.pick())
+        self.clock.sleep(self.pick())
         return x
 
 
-def test_a_steady_model_stops_early_with_a_small_spread():
+def test_a_steady_model_stops_early_with_a_small_spread(clock):
     log = []
-    model = Sleeper("steady", lambda: 0.0025, log)
+    model = Sleeper("steady", lambda: 0.0025, log, clock)
     r = measure_latency({"steady": model}, FMNIST, batch=2, budget_s=30, target_spread=0.25)["steady"]
-    assert 7 <= r.repeats < 50 and r.spread <= 0.25 and not r.flagged  # at 2.5 ms a sample, 30 s is ~10^4
-    assert 2.5 / 2 <= r.ms < 20 and r.p25_ms <= r.ms <= r.p75_ms and r.batch == 2  # per image
+    assert r.repeats == 7 and r.spread < 1e-9 and not r.flagged  # settled at the fewest repeats, long before 30 s
+    assert len(log) == 3 + 7  # three warm-ups, then one call a sample (2.5 ms is past MIN_SAMPLE_S)
+    assert [r.p25_ms, r.ms, r.p75_ms] == pytest.approx([2.5 / 2] * 3) and r.batch == 2  # per image
 
 
-def test_models_are_interleaved_the_noisy_one_is_flagged_threads_are_set_and_restored():
+def test_models_are_interleaved_the_noisy_one_is_flagged_threads_are_set_and_restored(clock):
     log, bimodal = [], itertools.cycle([0.002, 0.016])  # half the calls fast, half slow: no luck of a seed
-    models = {"steady": Sleeper("steady", lambda: 0.0025, log), "bimodal": Sleeper("bimodal", bimodal.__next__, log)}
+    models = {"steady": Sleeper("steady", lambda: 0.0025, log, clock),
+              "bimodal": Sleeper("bimodal", bimodal.__next__, log, clock)}
     models["steady"].train(), models["bimodal"].eval()
     before = torch.get_num_threads()
     want = 2 if before == 1 else 1
@@ -148,18 +155,39 @@ def test_models_are_interleaved_the_noisy_one_is_flagged_threads_are_set_and_res
     assert all({timed[i], timed[i + 1]} == {"steady", "bimodal"} for i in range(0, len(timed), 2))
 
 
-def test_ratios_to_the_fastest_stay_steady_when_the_machine_is_not():
-    """Load that comes and goes (here: every 60 ms, all calls 1x or 3x slower) spreads the milliseconds, but
-    the models of one round see the same load: the ratio of their times stays put."""
+def test_ratios_to_the_fastest_stay_steady_when_the_machine_is_not(clock):
+    """Load that comes and goes (here: 30 ms of none, then 90 ms of all calls 3x slower: as many rounds of
+    each) spreads the milliseconds, but the models of one round see the same load: the ratio of their times
+    stays put."""
     def load():
-        return 1.0 if (time.perf_counter() * 1000 // 60) % 2 == 0 else 3.0
+        return 1.0 if clock.now * 1000 % 120 < 30 else 3.0
 
     log = []
-    models = {"fast": Sleeper("fast", lambda: 0.002 * load(), log),
-              "slow": Sleeper("slow", lambda: 0.004 * load(), log)}
+    models = {"fast": Sleeper("fast", lambda: 0.002 * load(), log, clock),
+              "slow": Sleeper("slow", lambda: 0.004 * load(), log, clock)}
     out = measure_latency(models, FMNIST, batch=1, budget_s=1.5, target_spread=0.0)  # all the budget
     fast, slow = out["fast"], out["slow"]
     assert fast.reference == slow.reference == "fast" and fast.ratio == 1.0 and fast.ratio_ci == 0.0
     assert fast.spread > 0.3 and fast.flagged  # the milliseconds: load 1x in some rounds, 3x in others
     assert slow.ratio == pytest.approx(2.0, rel=0.15) and slow.ratio_ci < 0.03 * slow.ratio
     assert not slow.ratio_flagged and slow.ratio_spread < slow.spread
+
+
+def test_runs_of_one_architecture_count_its_flops_once(fmnist_root, tmp_path, monkeypatch):
+    """A sweep over seeds trains one architecture: its FLOPs are counted by the first run and reused (a model
+    section or dataset that differs is counted anew)."""
+    import train.fit
+
+    counted = []
+
+    def counting(model, spec):
+        counted.append(spec.name)
+        return flops_per_image(model, spec)
+    monkeypatch.setattr(train.fit, "flops_per_image", counting)
+    monkeypatch.setattr(train.fit, "_FLOPS", {})
+    saved = []
+    for seed, depth in ((0, 1), (1, 1), (0, 2)):
+        path, _ = run_fit(tiny_config(fmnist_root, tmp_path, model={**TINY_VIT, "depth": depth}, seed=seed, epochs=1))
+        saved.append(json.loads((path / "results.json").read_text())["flops_training"])
+    assert counted == ["fashion_mnist", "fashion_mnist"]  # depth 1 once for seeds 0 and 1, then depth 2
+    assert saved[0] == saved[1] < saved[2]

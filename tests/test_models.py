@@ -494,6 +494,7 @@ def test_timm_without_timm_installed_is_a_user_error(monkeypatch):
         create_model("timm/resnet18", **FMNIST)
 
 
+@pytest.mark.system
 def test_timm_is_imported_only_for_a_timm_name_and_listed_in_a_footer():
     import subprocess
     import sys

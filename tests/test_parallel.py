@@ -204,9 +204,9 @@ def references(data_root, out: Path, seeds, **train) -> dict[str, Path]:
         torch.set_num_threads(before)
 
 
-# Every source of randomness on (dropout, drop path, MixUp, random erasing), in fp32 on the CPU (where runs
-# repeat bit for bit; on a GPU machine too).
-RANDOM = dict(model={**TINY_VIT, "dropout": 0.1, "drop_path": 0.1}, precision="fp32", mixup_alpha=0.8,
+# Every source of randomness on (dropout, drop path, MixUp, random erasing), on the CPU (where runs repeat bit for
+# bit, in either branch of precision: auto; on a GPU machine too).
+RANDOM = dict(model={**TINY_VIT, "dropout": 0.1, "drop_path": 0.1}, mixup_alpha=0.8,
               data={"random_erasing": 0.25}, device="cpu")
 
 
@@ -220,6 +220,8 @@ def assert_like(run_dir: Path, ref: Path) -> None:
     assert same_weights(run_dir / "last.pt", ref / "last.pt") and same_weights(run_dir / "best.pt", ref / "best.pt")
 
 
+@pytest.mark.system
+@pytest.mark.numeric
 def test_jobs_2_gives_each_point_its_numbers_run_alone(fmnist_root, tmp_path, capsys):
     cfg = write_yaml(tmp_path / "s.yaml", random_raw(fmnist_root, tmp_path / "runs", epochs=2))
     r = call_main(capsys, "--cfg", cfg, "--jobs", "2", "--out", tmp_path / "cmp")
@@ -258,7 +260,7 @@ def test_jobs_per_gpu_runs_k_points_on_each_gpu(fmnist_root, tmp_path, capsys):
 
 
 def start(*args) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # OMP_NUM_THREADS: conftest's
     return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -303,6 +305,8 @@ sys.exit(worker.wait())
 '''
 
 
+@pytest.mark.system
+@pytest.mark.numeric
 def test_sigkill_sigterm_to_a_parallel_sweep_then_resume_exactly(fmnist_root, tmp_path, capsys):
     """A real ``python main.py --jobs 2`` call: once both points train, SIGKILL to one worker (that point
     fails with one line naming its log; the other goes on), then SIGTERM to the call (passed on: the other

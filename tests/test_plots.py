@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import TINY_VIT, png_size, run_fit, run_main, tiny_config, write_mnist
+from fixtures import TINY_VIT, built_once, call_main, png_size, run_fit, tiny_config, write_mnist
 from plots import compare
 from plots.maps import attention_grids, first_convs, rollout, token_layout
 from plots.runs import find_runs, group_runs
@@ -31,22 +31,23 @@ POINTS = [("cnn_tr", 0), ("cnn_tr", 1), ("vit", 0), ("vit", 1), ("cnn", 0)]
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Five real runs on MNIST-format files: a CNN+Transformer and a ViT over two seeds, a CNN."""
-    tmp = tmp_path_factory.mktemp("plots")
-    root = write_mnist(tmp / "fmnist", n_train=128, n_test=64)
-    dirs = []
-    for i, (label, seed) in enumerate(POINTS):
-        cfg = tiny_config(root, tmp / "runs", name=f"{label}-seed={seed}", seed=seed, model=TINY[label],
-                          epochs=2, batch_size=64)
-        # What a sweep point records: its experiment (its name without the seed), its swept values, its place.
-        dirs.append(run_fit(cfg, experiment=label, swept={"model.name": label, "seed": seed}, point=i)[0])
-    return dirs
+    def build(tmp):
+        root = write_mnist(tmp / "fmnist", n_train=128, n_test=64)
+        dirs = []
+        for i, (label, seed) in enumerate(POINTS):
+            cfg = tiny_config(root, tmp / "runs", name=f"{label}-seed={seed}", seed=seed, model=TINY[label],
+                              epochs=2, batch_size=64)
+            # What a sweep point records: its experiment (its name without the seed), its swept values, its place.
+            dirs.append(run_fit(cfg, experiment=label, swept={"model.name": label, "seed": seed}, point=i)[0])
+        return dirs
+    return built_once(tmp_path_factory, "plots-runs", build)
 
 
 @pytest.fixture(scope="module")
 def comparison(runs, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cmp")
-    index = compare(runs, out, images=3, latency=True, latency_budget_s=0.3, log=lambda *a: None)
-    return out, index
+    def build(out):
+        return out, compare(runs, out, images=3, latency=True, latency_budget_s=0.3, log=lambda *a: None)
+    return built_once(tmp_path_factory, "plots-comparison", build)
 
 
 def read_csv(path):
@@ -207,18 +208,13 @@ def test_curves_are_the_per_epoch_mean_and_std_of_the_runs(runs):
 
 
 def t_quantile(df: float, p: float = 0.975) -> float:
-    """Student's t quantile from its density, integrated numerically (Simpson) and inverted by bisection:
-    written here apart from plots/findings.py's table."""
-    c = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
+    """Student's t quantile from mpmath (an independent arbitrary-precision library): the CDF through the
+    regularized incomplete beta function, P(T <= t) = 1 - I_{df/(df+t^2)}(df/2, 1/2) / 2, solved for t."""
+    import mpmath
 
-    def cdf(x: float, n: int = 2000) -> float:
-        h = x / n
-        f = [c * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2) for i in range(n + 1)]
-        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
-    lo, hi = 0.0, 50.0
-    for _ in range(60):
-        lo, hi = ((lo + hi) / 2, hi) if cdf((lo + hi) / 2) < p else (lo, (lo + hi) / 2)
-    return lo
+    def cdf_gap(t):
+        return 1 - mpmath.betainc(df / 2, 0.5, 0, df / (df + t * t), regularized=True) / 2 - p
+    return float(mpmath.findroot(cdf_gap, 2.0))
 
 
 def test_t_quantiles_of_the_noise_rule():
@@ -228,8 +224,9 @@ def test_t_quantiles_of_the_noise_rule():
     assert t975(2) == pytest.approx(0.95 * math.sqrt(2 / (4 * 0.975 * 0.025)), abs=1e-3)  # df 2: closed form too
     for df, printed in ((3, 3.182), (4, 2.776), (10, 2.228), (30, 2.042), (10 ** 9, 1.960)):  # any t table
         assert t975(df) == pytest.approx(printed, abs=1e-3), df
-    for df in (1.5, 2.7, 7.3):  # Welch's degrees of freedom are seldom whole
-        assert t975(df) == pytest.approx(t_quantile(df), abs=2e-3), df
+    assert t_quantile(4) == pytest.approx(2.776445, abs=1e-6)  # the reference itself, against the table
+    for df in (1.2, 1.5, 2.7, 7.3, 15.5, 60.4):  # Welch's degrees of freedom are seldom whole
+        assert t975(df) == pytest.approx(t_quantile(df), abs=5e-4), df
 
 
 def test_summary_sentences_follow_from_the_numbers(runs, comparison):
@@ -365,8 +362,8 @@ def test_every_figure_is_a_sensible_png_and_linked_from_the_index(comparison):
     assert not list(out.glob(".*tmp*"))  # no temporary files left behind
 
 
-def test_plots_cli_on_a_folder_of_runs(runs, tmp_path):
-    p = run_main(runs[0].parent, "--out", tmp_path / "c", "--no-maps", "--no-latency", module="plots")
+def test_plots_cli_on_a_folder_of_runs(runs, tmp_path, capsys):
+    p = call_main(capsys, runs[0].parent, "--out", tmp_path / "c", "--no-maps", "--no-latency", module="plots")
     assert p.returncode == 0, p.stderr
     assert [r["run"] for r in read_csv(tmp_path / "c" / "results.csv")] == [run_files(d)[0]["name"] for d in runs]
     assert not list((tmp_path / "c").glob("attention*.png")) and not (tmp_path / "c" / "latency.json").exists()

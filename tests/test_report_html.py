@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from fixtures import TINY_VIT, run_fit, tiny_config, write_mnist
+from fixtures import TINY_VIT, built_once, missing, run_fit, tiny_config, write_mnist
 from plots import compare, write_confusion
 
 HOSTILE = '<script>document.documentElement.dataset.pwned = "yes"</script>'
@@ -22,7 +22,10 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 def comparison(tmp_path_factory):
     """Two tiny real runs (a ViT: attention maps; a CNN: feature maps, a confusion matrix), a failed point,
     and hostile strings where a run's name and an error go."""
-    tmp = tmp_path_factory.mktemp("html")
+    return built_once(tmp_path_factory, "html-comparison", build_comparison)
+
+
+def build_comparison(tmp):
     root = write_mnist(tmp / "fmnist", n_train=96, n_test=48)
     dirs = []
     for name, model in (("vit", dict(TINY_VIT)), ("cnn", {"name": "simple_cnn"})):
@@ -57,8 +60,7 @@ def chromium() -> str:
     for name in BROWSERS:
         if shutil.which(name):
             return shutil.which(name)
-    pytest.skip(f"chromium not found (looked for {', '.join(BROWSERS)}): apt-get install chromium "
-                "(Debian) to run the browser tests")
+    missing("chromium", f"none found (looked for {', '.join(BROWSERS)})", "apt-get install chromium (Debian)")
 
 
 def browse(url: str, *args: str) -> subprocess.CompletedProcess:
@@ -82,6 +84,7 @@ def result_rows(dom: str) -> list[list[str]]:
             for r in rows]
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("sort, key, descending", [("best-val-acc", 6, False), ("-params", 3, True),
                                                    ("-experiment", 0, True)])
 def test_page_renders_every_image_and_sorts_in_chromium(comparison, sort, key, descending):
@@ -103,6 +106,7 @@ def test_page_renders_every_image_and_sorts_in_chromium(comparison, sort, key, d
     assert values == expected
 
 
+@pytest.mark.system
 def test_screenshot_at_laptop_width(comparison):
     shot = comparison / "screenshot.png"
     browse((comparison / "index.html").as_uri(), f"--screenshot={shot}", "--window-size=1400,3000",

@@ -1,6 +1,6 @@
 """``--launcher slurm`` against a real single-node SLURM (tests/slurm/start.sh starts one: Debian's slurmctld,
-slurmd and munge on localhost; .ci/run calls it). Without a running cluster the cluster tests are skipped
-with the reason; the checks that need none always run."""
+slurmd and munge on localhost; .ci/run calls it). The cluster tests are system tests: without a cluster they are
+skipped with the reason, and fail under CI=true; the checks that need none run in the default suite."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import ROOT, call_main, numbers, read_metrics, run_fit, tiny_raw, write_yaml
+from fixtures import ROOT, call_main, missing, numbers, read_metrics, run_fit, tiny_raw, write_yaml
 from config import from_dict
 from config.sweep import Point
 from train.rundir import RunDir, read_results
@@ -36,10 +36,13 @@ def cluster_state() -> str | None:
     return None
 
 
-needs_slurm = pytest.mark.skipif(
-    cluster_state() is not None,
-    reason=f"SLURM is not running here ({cluster_state()}); tests/slurm/start.sh starts a single-node cluster "
-           f"(root, Debian's slurmctld/slurmd/munge)")
+@pytest.fixture(scope="module")
+def cluster():
+    """A SLURM cluster that answers with an idle node (``missing`` otherwise)."""
+    why = cluster_state()
+    if why is not None:
+        missing("SLURM", f"no cluster answers here ({why})",
+                "tests/slurm/start.sh starts a single-node one: root, Debian's slurmctld/slurmd/munge")
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +75,9 @@ def manifest(folder: Path) -> dict:
         return {}
 
 
-@needs_slurm
-def test_preempted_job_requeues_and_a_resume_gathers_after_the_submitter_died(data_root, tmp_path, capsys):
+@pytest.mark.system
+@pytest.mark.numeric
+def test_preempted_job_requeues_and_a_resume_gathers_after_the_submitter_died(cluster, data_root, tmp_path, capsys):
     """Two points as two jobs. One gets SIGUSR2 (what SLURM sends at the time limit or on preemption): it
     checkpoints, requeues itself and continues where it stopped. The submitting process is then killed with
     SIGKILL (its shell went away); ``--resume COMPARE_DIR`` waits for the jobs still on the cluster and
@@ -113,8 +117,9 @@ def test_preempted_job_requeues_and_a_resume_gathers_after_the_submitter_died(da
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@needs_slurm
-def test_an_unknown_partition_fails_its_point_only_and_a_two_task_point_trains_with_ddp(data_root, tmp_path, capsys):
+@pytest.mark.system
+def test_an_unknown_partition_fails_its_point_only_and_a_two_task_point_trains_with_ddp(cluster, data_root, tmp_path,
+                                                                                       capsys):
     raw = sweep_raw(data_root, tmp_path / "runs", tasks_per_node=2)
     raw["train"]["epochs"] = 2
     raw["sweep"] = {"slurm.partition": ["debug", "no_such_partition"]}

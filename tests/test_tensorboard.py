@@ -55,8 +55,16 @@ def test_off_writes_no_event_files(fmnist_root, tmp_path):
     assert not (run_dir / "tb").exists()
 
 
+@pytest.mark.numeric
 def test_a_resumed_run_drops_what_the_crashed_one_wrote_after_its_checkpoint(fmnist_root, tmp_path, monkeypatch):
     """Crash at global step 13 with a checkpoint at 11: steps 12 and 13 are trained (and logged) again."""
+    from tensorboard.summary.writer import event_file_writer
+    from tensorboard.summary.writer.event_file_writer import AtomicCounter
+
+    # Both event files are made within one second by one process here, so their names differ only in
+    # TensorBoard's per-process writer counter, read in name order: from '.9' to '.10' the resumed file would be
+    # read first. (A real resume is a later process: its name's timestamp sorts after.) Count from 0 instead.
+    monkeypatch.setattr(event_file_writer, "_global_uid", AtomicCounter(0))
     cfg = tiny_config(fmnist_root, tmp_path, epochs=2)
     cfg.output.checkpoint_every_steps = 11
     real, calls = train.engine.train_step, [0]
@@ -72,7 +80,7 @@ def test_a_resumed_run_drops_what_the_crashed_one_wrote_after_its_checkpoint(fmn
     with pytest.raises(RunFailed):
         fit(cfg, run_dir, log=quiet, progress=False)
     assert [s for s, _ in scalars(events(run_dir.path), "train/loss")] == [2, 4, 6, 8, 10, 12]
-    monkeypatch.undo()
+    monkeypatch.setattr(train.engine, "train_step", real)
     r = open_for_resume(run_dir.path, [])
     fit(r.cfg, r.run_dir, resume=r.ckpt, log=quiet, progress=False)
     acc = events(run_dir.path)

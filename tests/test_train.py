@@ -157,6 +157,24 @@ def test_precision_choice(monkeypatch):
     assert Precision.for_device(CPU, "fp16").needs_scaler
 
 
+def test_the_cpu_bf16_override_picks_either_branch_of_auto(monkeypatch):
+    """VITLAB_CPU_BF16 (what .ci/run flips to run the numeric tests down both branches on one machine)."""
+    from train.setup import cpu_has_native_bf16
+
+    for value, has in (("1", True), ("on", True), ("0", False), ("False", False)):
+        monkeypatch.setenv("VITLAB_CPU_BF16", value)
+        assert cpu_has_native_bf16() is has
+        assert str(Precision.for_device(CPU, "auto")) == ("bfloat16" if has else "fp32")
+        assert str(Precision.for_device(CPU, "fp32")) == "fp32"  # an explicit setting wins over the override
+    flags = {w for line in open("/proc/cpuinfo") if line.startswith("flags") for w in line.split(":")[1].split()}
+    for detect in ("auto", ""):  # what the kernel says the CPU has (lscpu's flags)
+        monkeypatch.setenv("VITLAB_CPU_BF16", detect)
+        assert cpu_has_native_bf16() is bool({"amx_bf16", "avx512_bf16"} & flags), sorted(flags)
+    monkeypatch.setenv("VITLAB_CPU_BF16", "maybe")
+    with pytest.raises(UserError, match=r"^VITLAB_CPU_BF16='maybe' is not a setting; valid: 1 .*, 0 .*, auto or unset"):
+        Precision.for_device(CPU, "auto")
+
+
 # ----------------------------------------------------------------------------- steps
 
 
@@ -234,11 +252,11 @@ def test_channels_last_setting_reaches_model_and_batches(fmnist_root, tmp_path, 
 
 def test_fit_writes_everything_and_learns(fmnist_root, tmp_path):
     # No flip: it would move the class-coding square onto another class's place.
-    cfg = tiny_config(fmnist_root, tmp_path / "runs", epochs=4, batch_size=16, schedule="onecycle",
+    cfg = tiny_config(fmnist_root, tmp_path / "runs", epochs=3, batch_size=16, schedule="onecycle",
                       model={"name": "simple_cnn"}, data={"augment": False})
     run_dir, results = run_fit(cfg)
     rows = read_metrics(run_dir)
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
     keys = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s"}
     assert all(keys <= set(r) for r in rows)
     # The fixture's classes are a bright square at a class-specific position: learnable, chance is 10%.
@@ -262,6 +280,7 @@ def test_fit_writes_everything_and_learns(fmnist_root, tmp_path):
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.numeric
 def test_fixed_seed_repeats_exactly_and_another_seed_differs(fmnist_root, tmp_path):
     def first_epoch(seed):
         run_dir, _ = run_fit(tiny_config(fmnist_root, tmp_path / "runs", epochs=1, seed=seed))
@@ -346,39 +365,81 @@ def test_fit_with_the_long_vit_recipe(tmp_path):
     assert results["final_val_top5"] == rows[-1]["val_top5"]
 
 
+def readme_defaults() -> dict[str, dict[str, str]]:
+    """The defaults README.md's "Config reference" states, by section: the `data` and `train` tables (a row may
+    name several keys, `a`, `b` | 1, 2) and the `output` paragraph's "`key` (default `value`" phrases."""
+    import re
+
+    from fixtures import ROOT
+
+    text = (ROOT / "README.md").read_text().split("## Config reference")[1].split("\n## ")[0]
+    found: dict[str, dict[str, str]] = {}
+    for section in ("data", "train"):
+        table = text.split(f"**`{section}`**")[1].split("\n\n**")[0]
+        for line in table.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) < 2 or not cells[0].startswith("`"):
+                continue
+            keys = re.findall(r"`(\w+)`", cells[0])
+            values = [v.strip().strip("`") for v in cells[1].split(",")] if len(keys) > 1 else [cells[1].strip("`")]
+            values = values * len(keys) if len(values) == 1 else values  # one default for all of them
+            assert len(keys) == len(values), line
+            found.setdefault(section, {}).update(zip(keys, values))
+    output = text.split("**`output`**")[1].split("\n\n")[0]
+    found["output"] = dict(re.findall(r"`(\w+)` \(default `([^`]+)`", output))
+    return found
+
+
 def test_config_defaults_are_what_the_readme_says():
+    import yaml
+
     cfg = from_dict({"model": {"name": "simple_cnn"}, "data": {"name": "cifar10"}})
-    assert cfg.train.channels_last is True and cfg.train.compile == "off" and cfg.train.precision == "auto"
+    stated = readme_defaults()
+    assert len(stated["data"]) >= 8 and len(stated["train"]) >= 25 and len(stated["output"]) >= 4, stated
+    for section, keys in stated.items():
+        for key, text in keys.items():
+            if text == "required":
+                continue
+            actual = getattr(getattr(cfg, section), key)
+            value = text if isinstance(actual, str) else yaml.safe_load(text)  # YAML 1.1 reads `off` as false
+            assert actual == (value if value != [] else actual.__class__()), (section, key, text, actual)
+    undocumented = {f"{section}.{f}" for section in ("data", "train") for f in vars(getattr(cfg, section))
+                    if f not in stated[section]}
+    assert not undocumented, f"in the config but not in README's reference: {sorted(undocumented)}"
 
 
 # ----------------------------------------------------------------------------- measurements and the CPU dropout swap
 
 
 class _Counting(torch.nn.Module):
-    def __init__(self, sleep_s: float = 0.0):
+    """A forward that lasts ``sleep_s`` on the fake clock (tests/fixtures.py FakeClock)."""
+
+    def __init__(self, clock, sleep_s: float = 0.0):
         super().__init__()
-        self.calls, self.sleep_s = 0, sleep_s
+        self.calls, self.sleep_s, self.clock = 0, sleep_s, clock
 
     def forward(self, x):
-        import time
-
         self.calls += 1
-        time.sleep(self.sleep_s)
+        self.clock.sleep(self.sleep_s)
         return x
 
 
-def test_latency_warms_up_times_and_respects_its_budget():
+def test_latency_warms_up_times_and_respects_its_budget(monkeypatch):
     """``latency_ms``: ``measure_latency``'s median alone (tests/test_measure.py tests the rest)."""
-    from models.measure import latency_ms
+    from fixtures import FakeClock
+    from models.measure import MIN_SAMPLE_S, latency_ms
 
+    clock = FakeClock(monkeypatch)
     spec = get_spec("mnist")
-    slow = _Counting(0.12)
+    slow = _Counting(clock, 0.12)
     ms = latency_ms(slow, spec, CPU, 2, max_repeats=10, budget_s=0.2)
     assert slow.calls == 1 + 3  # one warm-up (past a quarter of the budget), then the minimum of 3 samples
-    assert ms == pytest.approx(120 / 2, rel=0.5)  # per image
-    fast = _Counting()
+    assert ms == pytest.approx(120 / 2)  # per image
+    fast = _Counting(clock, 0.0003)
     latency_ms(fast, spec, CPU, 4, max_repeats=10)
-    assert fast.calls > 3 + 10 and fast.training  # a sample loops over calls to last 2 ms; the mode is kept
+    # 3 warm-ups; a sample loops over calls to last MIN_SAMPLE_S (2 ms: 7 calls of 0.3 ms); equal samples settle
+    # at the fewest repeats (7), before max_repeats. The model keeps its mode.
+    assert MIN_SAMPLE_S == 0.002 and fast.calls == 3 + 7 * 7 and fast.training
 
 
 def test_cpu_dropout_is_swapped_in_by_prepare_only_for_plain_dropout(fmnist_root, tmp_path):

@@ -1,6 +1,7 @@
 """Where and how a run ran, recorded in results.json: enough to rerun it and to judge its numbers."""
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -60,6 +61,11 @@ PACKAGES = ("numpy", "pyyaml", "torchinfo", "timm", "tensorboard", "matplotlib")
 def versions() -> dict[str, Any]:
     """What this run used: Python, torch and its CUDA/cuDNN, and the installed versions of ``PACKAGES`` (None
     for one that is not installed)."""
+    return dict(_versions())
+
+
+@functools.lru_cache(maxsize=None)  # what is installed does not change while a process runs (a sweep: many runs)
+def _versions() -> dict[str, Any]:
     import torchvision
 
     out = {

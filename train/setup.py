@@ -6,6 +6,7 @@ cuDNN autotuning, the cheaper CPU dropout mask, ``torch.compile``. Model files s
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -45,8 +46,21 @@ def resolve_device(name: str, dist: Dist = Dist()) -> torch.device:
     return torch.device("cuda", dist.local_rank)
 
 
+# Overrides the CPU's detected bf16 units for ``precision: auto``: 1 = behave as on a CPU with them, 0 = as on
+# one without, unset or auto = detect. One machine can so run both branches (the tests do, .ci/run).
+CPU_BF16_ENV = "VITLAB_CPU_BF16"
+_FORCED = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def cpu_has_native_bf16() -> bool:
-    """AMX or AVX512-BF16: bf16 matmuls in hardware, where bf16 autocast pays off for training."""
+    """AMX or AVX512-BF16: bf16 matmuls in hardware, where bf16 autocast pays off for training
+    (``VITLAB_CPU_BF16`` overrides the detection)."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip().lower()
+    if forced in _FORCED:
+        return _FORCED[forced]
+    if forced not in ("", "auto"):
+        raise UserError(f"{CPU_BF16_ENV}={os.environ[CPU_BF16_ENV]!r} is not a setting; valid: 1 (the CPU has bf16 "
+                        f"units), 0 (it has none), auto or unset (detect them)")
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
