@@ -47,7 +47,7 @@ def describe(model: nn.Module, spec, depth: int = 4) -> ModelInfo:
 # ----------------------------------------------------------------------------- FLOPs
 
 
-@dataclass
+@dataclass(frozen=True)
 class Flops:
     """FLOPs per image as ``torch.utils.flop_counter`` counts them: 2 per multiply-add of matmuls,
     convolutions and attention; elementwise work (norms, activations, softmax) is not counted."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from typing import Any, Optional
 
 from plots.runs import Group, Run
@@ -138,8 +139,10 @@ def latency_text(lat: Optional[dict[str, Any]]) -> str:
     noisy to trust is marked, with what flagged it, rather than printed as a clean number."""
     if not lat or lat.get("ms") is None:
         return "–"
-    digits = 3 if lat["ms"] < 1 else 2
-    text = f"{lat['ms']:.{digits}f} (IQR {100 * lat['spread']:.0f}%)"
+    ms = lat["ms"]
+    # 2 decimals from 1 ms up, else at least 3 significant digits (a tiny model's 0.0395 ms is not 0.039).
+    digits = 2 if ms >= 1 else 3 if ms <= 0 else max(3, 2 - math.floor(math.log10(ms)))
+    text = f"{ms:.{digits}f} (IQR {100 * lat['spread']:.0f}%)"
     return f"{text} ⚠ {lat.get('why') or 'unsteady'}" if lat.get("flagged") else text
 
 

@@ -244,6 +244,13 @@ class FakeClock:
         self.now += seconds
 
 
+def auto_cpu_precision() -> str:
+    """What ``train.precision: auto`` is on the CPU here: fp32 or bfloat16, as VITLAB_CPU_BF16 (conftest) says."""
+    from train.setup import cpu_has_native_bf16
+
+    return "bfloat16" if cpu_has_native_bf16() else "fp32"
+
+
 def built_once(tmp_path_factory, name: str, build):
     """``build(folder)``'s result, computed once per test session whichever pytest-xdist worker asks first, and
     read back by the others: the file-lock pattern pytest-xdist documents for an expensive fixture (here, trained
@@ -251,6 +258,7 @@ def built_once(tmp_path_factory, name: str, build):
     the tests only read what it made."""
     import os
     import pickle
+    import shutil
 
     from filelock import FileLock
 
@@ -262,6 +270,7 @@ def built_once(tmp_path_factory, name: str, build):
         if done.is_file():
             return pickle.loads(done.read_bytes())
         folder = base / name
+        shutil.rmtree(folder, ignore_errors=True)  # what a build that failed in another worker left
         folder.mkdir()
         value = build(folder)
         done.write_bytes(pickle.dumps(value))

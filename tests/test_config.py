@@ -189,7 +189,7 @@ def test_aliased_lists_in_a_model_key_are_walked_once():
     start = time.perf_counter()
     assert build(model={"name": "vit", "x": nested("1, 2, 3")}).model.kwargs["x"]
     assert "got inf; must be a finite number" in error_of(build, model={"name": "vit", "x": nested("1, .inf")})
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < 10  # linear: milliseconds; exponential expansion: minutes
 
 
 def test_long_values_are_shortened_in_messages():

@@ -55,7 +55,6 @@ def roots(tmp_path_factory):
 
 
 @pytest.mark.system
-@pytest.mark.numeric
 def test_two_processes_equal_one_process_with_the_global_batch(roots, tmp_path, capsys):
     """2 processes x batch 16 against 1 x 32, augmentation off (it is drawn per process): the same global
     batches, so the same run up to float summation order. Tolerances: the losses are sums of 16 float32
@@ -166,7 +165,6 @@ def test_shards_of_one_epoch_are_the_global_batches_of_one_process():
         assert torch.equal(ys, torch.cat([y0, y1])) and torch.equal(xs, torch.cat([x0, x1]))
 
 
-@pytest.mark.system
 def test_torchrun_environment_is_checked():
     assert from_env({}) == Dist() and not Dist().enabled
     assert from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == Dist(1, 2, 1)

@@ -10,12 +10,11 @@ from PIL import Image
 from core.errors import UserError
 from data import get_spec, load_dataset
 from data.augment import normalize
-from fixtures import (TINY_VIT, built_once, read_metrics, run_fit, tiny_config, write_cifar10, write_imagenette,
-                      write_mnist)
+from fixtures import (TINY_VIT, auto_cpu_precision, built_once, read_metrics, run_fit, tiny_config, write_cifar10,
+                      write_imagenette, write_mnist)
 from plots.confusion import write_confusion
 from train.inference import evaluate_run, format_eval, format_predictions, load_image, predict_images
 from train.resume import load_model, run_config
-from train.setup import cpu_has_native_bf16
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +62,7 @@ def test_best_reproduces_recorded_accuracy_exactly(fmnist_run, fmnist_eval):
     assert r.recorded_acc == results["best_val_acc"] and r.recorded_epoch == results["best_epoch"]
     assert r.matches_record and r.checkpoint == path / "best.pt"
     assert (r.images, r.batch_size, r.channels_last, r.compiled) == (120, 48, True, False)
-    assert r.precision == results["precision"] == ("bfloat16" if cpu_has_native_bf16() else "fp32")  # the run's
+    assert r.precision == results["precision"] == auto_cpu_precision()  # the run's
 
 
 @pytest.mark.numeric

@@ -42,7 +42,8 @@ def test_end_to_end_training_run(tmp_path, fmnist_root, capsys):
     out = tmp_path / "runs"
     args = ["--cfg", ROOT / "configs/fashion_mnist.yaml", "--set", f"data.root={fmnist_root}",
             "--set", "data.download=false", "--set", f"data.cache_dir={tmp_path / 'cache'}",
-            "--set", "train.epochs=2", "--set", "train.batch_size=64", "--set", f"output.dir={out}"]
+            "--set", "train.epochs=2", "--set", "train.batch_size=32", "--set", "data.limit_train=64",
+            "--set", "data.limit_val=64", "--set", f"output.dir={out}"]
     # In-process (a real subprocess of main.py runs in test_faults.py's signal test): same code, no import wait.
     p = call_main(capsys, *args)
     assert p.returncode == 0, p.stderr
@@ -91,6 +92,7 @@ def test_user_errors_are_one_line_exit_2_and_leave_nothing(tmp_path, capsys, ove
     assert not out.exists()
 
 
+@pytest.mark.system
 def test_bad_config_files(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  name: simple_cnn\n data: oops\n")
@@ -101,6 +103,7 @@ def test_bad_config_files(tmp_path, capsys):
     assert p.returncode == 2 and "no such file" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.system
 def test_missing_cfg_flag():
     p = run()
     assert p.returncode == 2 and "--cfg FILE is required" in p.stderr

@@ -146,6 +146,7 @@ def fake_call(tmp_path, monkeypatch, plan: list[str], workers: Workers):
     return outcomes, out.getvalue(), json.loads((tmp_path / "cmp" / "sweep.json").read_text())
 
 
+@pytest.mark.system
 def test_launcher_records_crashed_and_killed_workers_as_failed_and_goes_on(tmp_path, monkeypatch):
     outcomes, out, manifest = fake_call(tmp_path, monkeypatch, ["crash", "kill", "ok", "ok"],
                                         Workers(2, ["3", "5"], threads=4))
@@ -172,6 +173,7 @@ def test_launcher_records_crashed_and_killed_workers_as_failed_and_goes_on(tmp_p
         assert spec["config"]["seed"] == spec["values"]["seed"] and spec["experiment"] == "t-fashion_mnist"
 
 
+@pytest.mark.system
 def test_launcher_passes_a_stop_signal_on_and_starts_nothing_more(tmp_path, monkeypatch):
     handler = signal.getsignal(signal.SIGTERM)
     outcomes, out, _ = fake_call(tmp_path, monkeypatch, ["wait", "ok", "ok"], Workers(1, [], threads=2))

@@ -46,7 +46,7 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def comparison(runs, tmp_path_factory):
     def build(out):
-        return out, compare(runs, out, images=3, latency=True, latency_budget_s=0.3, log=lambda *a: None)
+        return out, compare(runs, out, images=3, latency=True, latency_budget_s=0.1, log=lambda *a: None)
     return built_once(tmp_path_factory, "plots-comparison", build)
 
 
@@ -118,6 +118,8 @@ def test_latency_text_flags_a_noisy_number():
     assert latency_text({"ms": 155.5, "spread": 0.62, "flagged": True, "why": "spread 62% > 10%"}) == \
         "155.50 (IQR 62%) ⚠ spread 62% > 10%"
     assert latency_text(None) == "–"
+    for ms, shown in ((0.5, "0.500"), (0.0395, "0.0395"), (0.001234, "0.00123")):  # 3 significant digits below 1 ms
+        assert latency_text({"ms": ms, "spread": 0.02, "flagged": False}) == f"{shown} (IQR 2%)"
 
 
 def test_folder_of_runs_comes_back_in_sweep_order(runs):
@@ -214,7 +216,7 @@ def t_quantile(df: float, p: float = 0.975) -> float:
 
     def cdf_gap(t):
         return 1 - mpmath.betainc(df / 2, 0.5, 0, df / (df + t * t), regularized=True) / 2 - p
-    return float(mpmath.findroot(cdf_gap, 2.0))
+    return float(mpmath.findroot(cdf_gap, (1.5, 20.0), solver="anderson"))  # the positive root (the gap is even in t)
 
 
 def test_t_quantiles_of_the_noise_rule():
@@ -389,10 +391,8 @@ def test_token_layout_and_rollout():
     assert token_layout(65) == (True, 8) and token_layout(64) == (False, 8) and token_layout(50) == (True, 7)
     with pytest.raises(ValueError):
         token_layout(60)
-    a = torch.softmax(torch.randn(2, 3, 5, 5), -1)
-    one = rollout([a])
-    expected = 0.5 * a.mean(1) + 0.5 * torch.eye(5)
-    assert torch.allclose(one, expected / expected.sum(-1, keepdim=True))
+    a = torch.softmax(torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(0)), -1)
+    assert torch.allclose(rollout([a]).sum(-1), torch.ones(2, 5))  # worked by hand: tests/test_maps.py
     two = rollout([a, a.flip(1)])
     assert torch.allclose(two.sum(-1), torch.ones(2, 5))  # products of row-stochastic maps stay row-stochastic
     last, joint, cls = attention_grids([a, a])

@@ -107,8 +107,8 @@ def test_page_renders_every_image_and_sorts_in_chromium(comparison, sort, key, d
 
 
 @pytest.mark.system
-def test_screenshot_at_laptop_width(comparison):
-    shot = comparison / "screenshot.png"
+def test_screenshot_at_laptop_width(comparison, tmp_path):
+    shot = tmp_path / "screenshot.png"  # not into the comparison other tests read
     browse((comparison / "index.html").as_uri(), f"--screenshot={shot}", "--window-size=1400,3000",
            "--hide-scrollbars")
     from PIL import Image

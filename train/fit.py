@@ -193,10 +193,10 @@ _FLOPS: dict[tuple[str, str], Any] = {}
 def _count_flops(cfg: Config, model, spec, log):
     """``flops_per_image`` (a CPU copy, in a forked RNG), or None with a warning: a count the counter cannot
     make (an op it does not know how to run on the CPU) must not stop the run it only describes."""
-    key = (json.dumps(cfg.to_dict()["model"], sort_keys=True), cfg.data.name)  # all the architecture depends on
-    if key in _FLOPS:
-        return _FLOPS[key]
     try:
+        key = (json.dumps(cfg.model.to_dict(), sort_keys=True, default=str), cfg.data.name)  # all it depends on
+        if key in _FLOPS:
+            return _FLOPS[key]
         _FLOPS[key] = flops_per_image(model, spec)
         return _FLOPS[key]
     except Exception as e:  # noqa: BLE001 - any failure of a by-product
