@@ -52,8 +52,8 @@ def data_root(tmp_path_factory):
     return write_mnist(tmp_path_factory.mktemp("slurm") / "fmnist", n_train=512, n_test=100)
 
 
-def sweep_raw(root: Path, out: Path, **slurm) -> dict:
-    raw = tiny_raw(root, out, name="s", epochs=4, batch_size=16, log_every=1)
+def sweep_raw(root: Path, out: Path, epochs: int = 4, **slurm) -> dict:
+    raw = tiny_raw(root, out, name="s", epochs=epochs, batch_size=16, log_every=1)
     raw["slurm"] = {"partition": "debug", "time_min": 10, **slurm}
     return raw
 
@@ -64,7 +64,7 @@ def wait_for(predicate, timeout: float, what: str):
         value = predicate()
         if value:
             return value
-        time.sleep(0.25)
+        time.sleep(0.05)
     pytest.fail(f"timed out waiting for {what}")
 
 
@@ -81,8 +81,9 @@ def test_preempted_job_requeues_and_a_resume_gathers_after_the_submitter_died(cl
     """Two points as two jobs. One gets SIGUSR2 (what SLURM sends at the time limit or on preemption): it
     checkpoints, requeues itself and continues where it stopped. The submitting process is then killed with
     SIGKILL (its shell went away); ``--resume COMPARE_DIR`` waits for the jobs still on the cluster and
-    writes the comparison. Every number equals the same runs trained here, uninterrupted."""
-    raw = sweep_raw(data_root, tmp_path / "runs")
+    writes the comparison. Every number equals the same runs trained here, uninterrupted. 10 epochs of ~0.3 s:
+    time enough to signal the job after its first, however loaded the machine that waits for it."""
+    raw = sweep_raw(data_root, tmp_path / "runs", epochs=10)
     raw["sweep"] = {"seed": [0, 1]}
     cfg_file = write_yaml(tmp_path / "sweep.yaml", raw)
     folder = tmp_path / "cmp"
@@ -110,7 +111,7 @@ def test_preempted_job_requeues_and_a_resume_gathers_after_the_submitter_died(cl
     assert [a["status"] for a in results["attempts"]] == ["interrupted", "completed"]
     assert "SIGUSR2 received" in (run_dir / "train.log").read_text()  # the job's own log, in its run directory
     for point, seed in zip(manifest(folder)["points"], (0, 1)):
-        ref_dir, _ = run_fit(from_dict({**tiny_raw(data_root, tmp_path / f"ref{seed}", name="s", epochs=4,
+        ref_dir, _ = run_fit(from_dict({**tiny_raw(data_root, tmp_path / f"ref{seed}", name="s", epochs=10,
                                                    batch_size=16, log_every=1), "seed": seed}))
         assert numbers(read_metrics(Path(point["run_dir"]))) == numbers(read_metrics(ref_dir))
         a, b = (torch.load(Path(d) / "last.pt", weights_only=True)["model"] for d in (point["run_dir"], ref_dir))
