@@ -5,8 +5,8 @@ any CPU (with AMX, with AVX512-BF16, without bf16 units) and any core count:
   torchrun's ranks, ``--jobs`` workers, SLURM jobs): a float sum's order, and so its last bits, depends on the
   thread count;
 * the CPU precision branch of ``train.precision: auto`` (``VITLAB_CPU_BF16``): fp32 unless the caller sets it;
-  ``.ci/run`` runs the ``numeric`` tests again with ``VITLAB_CPU_BF16=1`` (the bf16 branch). A test about the
-  bf16 path asks for ``precision: bf16`` itself.
+  ``.ci/run`` runs the ``numeric`` tests again down the other branch. A test about the bf16 path asks for
+  ``precision: bf16`` itself.
 
 Markers (pytest.ini): ``system`` = real process trees (signals, torchrun, ``--jobs``, SLURM, chromium, a tmpfs),
 left out of the default run; ``numeric`` = numbers compared between runs or against a reference.
