@@ -29,6 +29,7 @@ from bench.reference import build_reference, reference_fit, summary
 from config import load_config
 from core.cli import run_cli
 from core.files import atomic_write
+from core.log import all_to_stderr
 from data import load_data
 from train.fit import fit
 from train.rundir import RunDir
@@ -86,7 +87,8 @@ def _main(argv: Optional[list[str]]) -> int:
         print(line, file=sys.stderr, flush=True)
 
     run_dir = RunDir(cfg.output.dir, cfg.run_name)
-    results = fit(cfg, run_dir, log=log, progress=False)  # diverged: one line and exit 1 (core.cli)
+    with all_to_stderr():  # progress on stderr; the table is stdout
+        results = fit(cfg, run_dir, progress=False)  # diverged: one line and exit 1 (core.cli)
     ours = [json.loads(line) for line in (run_dir.path / "metrics.jsonl").read_text().splitlines()]
     data = load_data(cfg.data)  # on the host: the reference's workers read it item by item
     ref = reference_fit(cfg, build_reference(cfg, data, device, args.workers), stop_at=args.target, log=log)

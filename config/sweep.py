@@ -1,7 +1,7 @@
 """Sweeps: a config's ``sweep:`` grid expanded into points (``Point``), one validated ``Config`` each.
 
 No torch here: a typo in a sweep, or any config, is reported before the seconds torch takes to import.
-Running the points is ``train.sweep``.
+Running the points is ``launch``.
 """
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import copy
 import itertools
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import yaml
 from config.loader import Raw, apply_override, from_dict, read_config, set_dotted
 from config.schema import Config, run_name, setting_warnings
 from core.errors import UserError
+from core.log import get_logger
 
 # ----------------------------------------------------------------------------- expansion
 #
@@ -34,6 +34,8 @@ from core.errors import UserError
 # make sense in pairs: ``model: [{cnn_channels: 64, num_heads: 2}, {cnn_channels: 128, num_heads: 4}]``.
 
 MAX_SWEEP_POINTS = 10_000
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -202,7 +204,7 @@ def load_points(paths: list[str | Path], overrides: list[str] = (), warn: bool =
     points = [p for path in paths for p in expand(read_config(path), str(path), overrides)]
     if warn and os.environ.get("RANK", "0") == "0":  # torchrun: every process loads; one of them says it
         for line in point_warnings(points):
-            print(f"warning: {line}", file=sys.stderr)
+            log.warning(f"warning: {line}")
     return points
 
 

@@ -4,16 +4,11 @@ from __future__ import annotations
 import sys
 from typing import Callable, Optional
 
-from core.errors import Interrupted, RunFailed, UserError
+from core.errors import Interrupted, RunFailed, UserError, one_line
 
 EXIT_RUN_FAILED = 1  # training diverged or failed, or some runs of a multi-run call did
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C (SIGTERM: 143, SIGHUP: 129)
-
-
-def one_line(e: BaseException) -> str:
-    """The message on one line, whatever it quotes (a path with a newline in it, say)."""
-    return str(e).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def run_cli(main: Callable[[Optional[list[str]]], int], argv: Optional[list[str]] = None) -> int:

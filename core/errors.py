@@ -24,3 +24,12 @@ class Interrupted(KeyboardInterrupt):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line: a ``UserError``'s or ``RunFailed``'s message (any newline it quotes escaped), any
+    other exception as ``Type: the first line of its message`` (the traceback tells the rest)."""
+    if isinstance(e, (UserError, RunFailed)):
+        return str(e).strip().replace("\r", "\\r").replace("\n", "\\n")
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__

@@ -28,8 +28,8 @@ from core.errors import UserError
 from data import DatasetSpec, get_spec, load_data
 from data.augment import normalize
 from data.datasets import MAX_IMAGE_PIXELS
+from evaluate.model import load_model
 from train.engine import evaluate
-from train.resume import load_model
 from train.rundir import read_results
 from train.setup import Precision, prepare, resolve_device
 

@@ -1,19 +1,18 @@
 """``--jobs N``: up to N points of a multi-run call at once on this machine, each in its own process
-(``python -m train.worker``), with one live status line per point on the console.
+(``python -m launch.worker``), with one live status line per point on the console.
 
 Only this process writes ``sweep.json``: a worker reports its run directory as an event and the launcher
 records it. GPUs are handed out round-robin by slot (``CUDA_VISIBLE_DEVICES``), and the torch threads a
 single run would use here are divided between the workers. A stop signal (Ctrl-C, SIGTERM, SIGHUP) is
 passed on to the running points, which checkpoint and stop; queued points are not started. Workers run in
 their own session, so Ctrl-C in a terminal reaches them once, through the launcher; if the launcher is
-killed, the kernel sends them SIGTERM (train/worker.py: ``die_with_parent``).
+killed, the kernel sends them SIGTERM (launch/worker.py: ``die_with_parent``).
 """
 from __future__ import annotations
 
 import json
 import os
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,12 +27,12 @@ import torch
 
 from core.errors import RunFailed, UserError
 from core.signals import SIGNALS
-from train.fit import eta, format_duration
-from train.sweep import Job, Manifest, Outcome
-from train.worker import job_spec
+from core.text import eta, format_duration
+from launch.board import StatusBoard, outcome_text, status_text
+from launch.plan import Job, Manifest, Outcome
+from launch.worker import job_spec
 
-WORKER = (sys.executable, "-m", "train.worker")
-ROOT = Path(__file__).resolve().parents[1]  # where ``train.worker`` imports from
+WORKER = (sys.executable, "-m", "launch.worker")
 
 
 @dataclass
@@ -89,85 +88,6 @@ def plan_workers(jobs: Optional[int], per_gpu: Optional[int], *, gpus: Optional[
         return None
     threads = torch.get_num_threads() if threads is None else threads
     return Workers(jobs, gpus, max(1, threads // jobs))
-
-
-# ----------------------------------------------------------------------------- the console
-
-
-class StatusBoard:
-    """One status line per point. On a terminal the lines are redrawn in place (notes such as "log in ..."
-    print above them); otherwise each change is one plain line, ``point NAME: TEXT``, for logs and CI."""
-
-    def __init__(self, names: list[str], out: Optional[TextIO] = None, live: Optional[bool] = None):
-        out = sys.stdout if out is None else out  # looked up now: tests and tools replace sys.stdout
-        self.names, self.out = names, out
-        self.live = out.isatty() if live is None else live
-        self.texts = ["queued"] * len(names)
-        self.width = max(map(len, names), default=0)
-        self.drawn = 0  # lines of the board on screen, below the cursor's line
-
-    def update(self, i: int, text: str) -> None:
-        if text == self.texts[i]:
-            return
-        self.texts[i] = text
-        if self.live:
-            self._redraw()
-        else:
-            self._write(f"point {self.names[i]}: {text}\n")
-
-    def note(self, text: str) -> None:
-        """A line that stays (above the board on a terminal)."""
-        if self.live:
-            self._clear()
-            self._write(text + "\n")
-            self._redraw()
-        else:
-            self._write(text + "\n")
-
-    def close(self) -> None:
-        self.drawn = 0  # the last board stays on screen
-
-    def lines(self, rows: int) -> list[str]:
-        lines = [(f"{n:<{self.width}}  {t}", t == "queued") for n, t in zip(self.names, self.texts)]
-        if len(lines) <= rows:
-            return [text for text, _ in lines]
-        queued = sum(q for _, q in lines)
-        shown = [text for text, q in lines if not q][-(rows - 1):]
-        return shown + [f"... and {queued} more queued"]
-
-    def _clear(self) -> None:
-        if self.drawn:
-            self._write(f"\x1b[{self.drawn}F\x1b[J")  # up to the board's first line, erase to the end
-            self.drawn = 0
-
-    def _redraw(self) -> None:
-        size = shutil.get_terminal_size()
-        lines = [line[:size.columns - 1] for line in self.lines(max(2, size.lines - 2))]  # no wrapping
-        self._clear()
-        self._write("".join(line + "\n" for line in lines))
-        self.drawn = len(lines)
-
-    def _write(self, text: str) -> None:
-        self.out.write(text)
-        self.out.flush()
-
-
-def status_text(event: dict[str, Any]) -> str:
-    """A worker's event as its status line."""
-    if event["event"] == "run_dir":
-        done = event.get("epochs_done") or 0
-        return f"epoch {done}/{event['epochs']}" + (" (resumed)" if done else "") + ", running"
-    top5 = f" top-5 {event['val_top5']:.2f}%" if event.get("val_top5") is not None else ""
-    return f"epoch {event['epoch']}/{event['epochs']}  val acc {event['val_acc']:.2f}%{top5}"
-
-
-def outcome_text(o: Outcome) -> str:
-    if o.status == "completed":
-        r = o.results
-        return f"done  best val acc {r['best_val_acc']:.2f}% (epoch {r['best_epoch']}), final {r['final_val_acc']:.2f}%"
-    if o.status == "interrupted":
-        return f"interrupted: {(o.error or '').split('; ')[0]}"
-    return f"{o.status}: {o.error}"
 
 
 # ----------------------------------------------------------------------------- the workers
@@ -263,7 +183,6 @@ class _Launcher:
         gpu = self.workers.gpu(slot)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
         spec = job_spec(job, command=self.command, threads=self.workers.threads)
         # Its own session: Ctrl-C in a terminal signals the launcher's process group only, and the
         # launcher passes it on once (twice would stop the points without their checkpoint).
@@ -373,7 +292,7 @@ def run_parallel(jobs: list[Job], total: int, workers: Workers, *, manifest: Opt
                  command: Optional[str] = None, out: Optional[TextIO] = None, live: Optional[bool] = None,
                  argv: tuple[str, ...] = WORKER) -> list[Outcome]:
     """Run ``jobs`` (of a call of ``total`` points), up to ``workers.count`` at once, each in a worker process
-    (``argv``); returns their outcomes as ``train.sweep.run_jobs`` does."""
+    (``argv``); returns their outcomes as ``launch.run.Sequential`` does."""
     board = StatusBoard([j.point.name for j in jobs], out, live)
     board.note(f"{len(jobs)} of {total} run(s) to run, {workers.describe()}; each run's log goes to train.log "
                f"in its run directory")
@@ -381,3 +300,14 @@ def run_parallel(jobs: list[Job], total: int, workers: Workers, *, manifest: Opt
         return _Launcher(jobs, workers, manifest, command, board, argv).run()
     finally:
         board.close()
+
+
+class Local:
+    """The ``--jobs N`` executor: ``run_parallel`` with this call's ``Workers``."""
+
+    def __init__(self, workers: Workers):
+        self.workers = workers
+
+    def run(self, jobs: list[Job], total: int, manifest: Optional[Manifest] = None,
+            command: Optional[str] = None) -> list[Outcome]:
+        return run_parallel(jobs, total, self.workers, manifest=manifest, command=command)

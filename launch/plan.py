@@ -1,43 +1,36 @@
-"""Running the points of a multi-run call (``config.sweep`` expands them) one after another, or with
-``--jobs N`` up to N at once in worker processes (train/parallel.py, train/worker.py).
+"""The plan of a multi-run call and its data types: a ``Job`` (a point to run, fresh or continued), its
+``Outcome``, and the ``Manifest`` (``sweep.json`` in the comparison directory) that lets ``--resume
+COMPARE_DIR`` finish the call after a crash, SIGKILL or preemption.
 
-A failed, diverged or interrupted point is recorded and the rest go on (Ctrl-C stops the sweep).
-Each point's run directory records its swept values and experiment name in results.json, so the
-comparison (``plots``) groups repeats over seeds without parsing run names.
+Each point's run directory records its swept values and experiment name in results.json, so the comparison
+(``plots``) groups repeats over seeds without parsing run names.
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
-import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
-
-import torch
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 from config import Config, from_dict
 from config.sweep import Point
-from core.errors import Interrupted, RunFailed, UserError
+from core.errors import RunFailed, UserError
 from core.files import atomic_write, strict_json
-from core.signals import GracefulStop
+from core.log import get_logger
 from data import get_spec
 from models import DATASET_KEYS, MODELS
-from train.engine import NonFiniteLoss
-from train.fit import eta, fit, format_duration
+from train.ending import Ending
 from train.resume import anchor_paths, open_for_resume
 from train.rundir import RunDir, is_live, read_results
 
-if TYPE_CHECKING:
-    from train.parallel import Workers
-
-# ----------------------------------------------------------------------------- running
+log = get_logger(__name__)
 
 
 @dataclass
 class Outcome:
+    """How one point of the call ended (``train.ending.Ending``), where, and with which results."""
+
     point: Point
     status: str  # completed | failed | diverged | interrupted
     run_dir: Optional[Path] = None  # None when the point failed before its run directory existed
@@ -47,16 +40,29 @@ class Outcome:
     exit_code: Optional[int] = None  # an interrupted point: the signal's exit code (130 Ctrl-C, 143 SIGTERM)
     skipped: bool = False  # finished before this call (a resumed sweep): not trained again
 
+    @classmethod
+    def ended(cls, point: Point, ending: Ending, run_dir: Optional[Path] = None,
+              results: Optional[dict[str, Any]] = None) -> "Outcome":
+        return cls(point, ending.status, run_dir, results or {}, error=ending.error, traceback=ending.traceback,
+                   exit_code=ending.exit_code)
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (JSON- and pickle-safe): what a worker process hands back (train/worker.py)."""
-        return {"name": self.point.name, "status": self.status,
-                "run_dir": str(self.run_dir) if self.run_dir is not None else None, "results": self.results,
-                "error": self.error, "traceback": self.traceback, "exit_code": self.exit_code}
+        """Plain data (JSON- and pickle-safe): what a worker process hands back (launch/worker.py)."""
+        return outcome_dict(self.point.name, Ending(self.status, self.error, self.traceback, self.exit_code),
+                            self.run_dir, self.results)
 
     @classmethod
     def from_dict(cls, point: Point, d: dict[str, Any]) -> "Outcome":
         return cls(point, d["status"], Path(d["run_dir"]) if d.get("run_dir") else None, d.get("results") or {},
                    error=d.get("error"), traceback=d.get("traceback"), exit_code=d.get("exit_code"))
+
+
+def outcome_dict(name: Optional[str], ending: Ending, run_dir: Optional[str | Path] = None,
+                 results: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """An outcome as plain data; also for a worker that could not make its ``Point`` (a bad spec)."""
+    return {"name": name, "status": ending.status, "run_dir": str(run_dir) if run_dir is not None else None,
+            "results": results or {}, "error": ending.error, "traceback": ending.traceback,
+            "exit_code": ending.exit_code}
 
 
 def check_points(points: list[Point]) -> None:
@@ -84,7 +90,7 @@ class Manifest:
                  cwd: Optional[str] = None, launcher: str = "local", slurm_jobs: Optional[list[Optional[str]]] = None):
         self.folder, self.command, self.points, self.run_dirs = folder, command, points, run_dirs
         self.cwd = cwd or os.getcwd()  # where the call started: its configs' relative paths start there
-        self.launcher = launcher  # local (in this process, or --jobs N) or slurm (train/slurm.py)
+        self.launcher = launcher  # local (in this process, or --jobs N) or slurm (launch/slurm.py)
         self.slurm_jobs = slurm_jobs or [None] * len(points)  # each point's latest SLURM job id
 
     @classmethod
@@ -92,6 +98,11 @@ class Manifest:
         m = cls(folder, command, points, [None] * len(points), launcher=launcher)
         m.save()
         return m
+
+    @classmethod
+    def holds(cls, folder: str | Path) -> bool:
+        """Whether ``folder`` is a multi-run call's comparison directory."""
+        return (Path(folder) / cls.FILE).is_file()
 
     @classmethod
     def load(cls, folder: Path) -> "Manifest":
@@ -138,8 +149,14 @@ class Job:
     cfg: Config
     ckpt: Optional[dict[str, Any]] = None
 
+    def describe(self) -> str:
+        """``name (swept values) [source]``, and ``(resumed)`` for a job continuing its run directory."""
+        swept = ", ".join(f"{k}={v}" for k, v in self.point.values.items())
+        return (f"{self.point.name}{f' ({swept})' if swept else ''} [{self.point.source}]"
+                f"{' (resumed)' if self.run_dir.resuming else ''}")
 
-def plan(manifest: Manifest, *, log=print, attached: frozenset[int] = frozenset()) -> tuple[list[Outcome], list[Job]]:
+
+def plan(manifest: Manifest, *, attached: frozenset[int] = frozenset()) -> tuple[list[Outcome], list[Job]]:
     """What a resumed call still has to do: completed and diverged points are kept as they are (a
     diverged run diverges again with the same seed), interrupted or killed ones continue from their
     last.pt, failed ones and those never started run from scratch. Points in ``attached`` (SLURM jobs
@@ -160,100 +177,25 @@ def plan(manifest: Manifest, *, log=print, attached: frozenset[int] = frozenset(
             r = open_for_resume(folder)
             jobs.append(Job(i, point, r.run_dir, r.cfg, r.ckpt))
         else:  # failed, never started, or killed before it wrote its config: a new run directory
-            jobs.append(Job(i, point, point_run_dir(point, i), point.cfg))
+            jobs.append(Job(i, point, point_run_dir(point, i, manifest), point.cfg))
         if status == "failed":
-            log(f"{point.name}: failed before ({results.get('error')}); running it again")
+            log.info(f"{point.name}: failed before ({results.get('error')}); running it again")
     return done, jobs
 
 
-def point_run_dir(point: Point, index: int) -> RunDir:
+def point_run_dir(point: Point, index: int, manifest: Optional[Manifest] = None, *,
+                  on_create: Sequence[Callable[[Path], None]] = (),
+                  on_epoch: Sequence[Callable[[dict[str, Any]], None]] = ()) -> RunDir:
     """A new run directory for ``point``, the ``index``-th of its call, under its ``output.dir`` (made when its
-    run starts). results.json records the index, so a comparison lists runs in sweep order."""
-    return RunDir(point.cfg.output.dir, point.cfg.run_name, extra={**point.record(), "point": index})
+    run starts; ``manifest`` records where). results.json records the index, so a comparison lists runs in
+    sweep order. ``on_create`` and ``on_epoch``: more listeners (``RunDir``)."""
+    recorded = [] if manifest is None else [lambda path: manifest.set_run_dir(index, path)]
+    return RunDir(point.cfg.output.dir, point.cfg.run_name, extra={**point.record(), "point": index},
+                  on_create=[*recorded, *on_create], on_epoch=on_epoch)
 
 
-def jobs_for(points: list[Point]) -> list[Job]:
-    return [Job(i, p, point_run_dir(p, i), p.cfg) for i, p in enumerate(points)]
-
-
-def run_jobs(jobs: list[Job], total: int, *, manifest: Optional[Manifest] = None, log=print,
-             command: Optional[str] = None, workers: Optional["Workers"] = None, quiet: bool = False) -> list[Outcome]:
-    """Run each job in turn. A failed or diverged point is recorded and the rest go on; a stop signal
-    ends the call after the current point has checkpointed (between points: before the next starts).
-
-    ``workers`` (``train.parallel.Workers``, from ``--jobs N``): run up to N points at once instead, each
-    in its own process (train/parallel.py); None runs them here, one after another, with ``k of n done, ETA``
-    after each. ``quiet``: no model summary on the console (``fit``)."""
-    if workers is not None:
-        from train.parallel import run_parallel
-
-        return run_parallel(jobs, total, workers, manifest=manifest, command=command)
-    with GracefulStop(announce=lambda text: log(text.strip())) as stop:
-        return _run_jobs(jobs, total, manifest, log, command, stop, quiet)
-
-
-def _run_jobs(jobs, total, manifest, log, command, stop: GracefulStop, quiet: bool = False) -> list[Outcome]:
-    outcomes, durations = [], []
-    for n, job in enumerate(jobs, 1):
-        point, run_dir = job.point, job.run_dir
-        if stop.requested:
-            log(f"stopped by {signal.Signals(stop.signum).name} before run {job.index + 1}/{total}; "
-                f"{len(jobs) - n + 1} run(s) not started")
-            outcomes.append(Outcome(point, "interrupted", None, error="not started: the call was stopped",
-                                    exit_code=128 + stop.signum))
-            break
-        log(f"\n=== run {job.index + 1}/{total}: {describe(job)}")
-        if manifest is not None:
-            run_dir.on_create = lambda path, i=job.index: manifest.set_run_dir(i, path)
-        started = time.monotonic()
-        outcomes.append(run_one(job, log=log, command=command, quiet=quiet))
-        durations.append(time.monotonic() - started)
-        last = outcomes[-1]
-        if last.status == "interrupted":
-            log(f"interrupted during run {job.index + 1}/{total} {point.name}; "
-                f"{len(jobs) - n} later run(s) not started")
-            break
-        if last.status != "completed":
-            log(f"run {job.index + 1}/{total} {point.name} {last.status}: {last.error}")
-        left = eta(durations, len(jobs) - n)
-        if left is not None:
-            log(f"{n} of {len(jobs)} runs done, ETA {format_duration(left)} for the other {len(jobs) - n}")
-    return outcomes
-
-
-def describe(job: Job) -> str:
-    """``name (swept values) [source]``, and ``(resumed)`` for a job continuing its run directory."""
-    point = job.point
-    swept = ", ".join(f"{k}={v}" for k, v in point.values.items())
-    return (f"{point.name}{f' ({swept})' if swept else ''} [{point.source}]"
-            f"{' (resumed)' if job.run_dir.resuming else ''}")
-
-
-def run_one(job: Job, *, log=print, command: Optional[str] = None, progress: Optional[bool] = None,
-            dist=None, quiet: bool = False) -> Outcome:
-    """Train one job; every way it can end becomes its Outcome, a stop signal included (``interrupted``, with
-    the signal's exit code), so one broken point never costs the rest of the sweep."""
-    point, run_dir = job.point, job.run_dir
-    try:
-        results = fit(job.cfg, run_dir, log=log, resume=job.ckpt, command=command, progress=progress,
-                      quiet=quiet, **({"dist": dist} if dist is not None else {}))
-        return Outcome(point, "completed", run_dir.path, results)
-    except KeyboardInterrupt as e:
-        code = e.exit_code if isinstance(e, Interrupted) else 130
-        return Outcome(point, "interrupted", run_dir.path, error=run_dir.results.get("error") or "interrupted",
-                       exit_code=code)
-    except NonFiniteLoss as e:
-        return Outcome(point, "diverged", run_dir.path, error=str(e))
-    except (UserError, RunFailed) as e:
-        return Outcome(point, "failed", run_dir.path, error=str(e),
-                       traceback=run_dir.results.get("traceback") if run_dir.path else None)
-    except Exception as e:  # noqa: BLE001 - one broken point must not cost the rest of the sweep
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return Outcome(point, "failed", run_dir.path, error=f"{type(e).__name__}: {first}",
-                       traceback=traceback.format_exc())
-    finally:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # an out-of-memory point should not starve the next one
+def jobs_for(points: list[Point], manifest: Optional[Manifest] = None) -> list[Job]:
+    return [Job(i, p, point_run_dir(p, i, manifest), p.cfg) for i, p in enumerate(points)]
 
 
 def summary(outcomes: list[Outcome]) -> str:
@@ -271,3 +213,11 @@ def summary(outcomes: list[Outcome]) -> str:
         else:
             lines.append(f"  {o.status:<7} {o.point.name}: {o.error}")
     return "\n".join(lines)
+
+
+class Executor(Protocol):
+    """How a call runs its jobs: one after another here (``launch.run.Sequential``), up to N at once in local
+    processes (``launch.local.Local``, ``--jobs N``), or as SLURM jobs (``launch.slurm.Slurm``). Each returns
+    the outcome of every job it ran or knew of; a stop signal ends it early with the outcomes so far."""
+
+    def run(self, jobs: list[Job], total: int, manifest: Manifest, command: str) -> list[Outcome]: ...

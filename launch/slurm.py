@@ -14,7 +14,7 @@ This process records every job id in sweep.json and waits, showing one status li
 the run directories). If it is stopped or its shell goes away, the jobs go on: ``python main.py --resume
 COMPARE_DIR`` waits for those still queued or running, submits again the points that need it, and writes
 the comparison. A point with more than one task (``slurm.nodes`` x ``slurm.tasks_per_node``, which defaults to one per
-GPU) trains with DDP (train/distributed.py), with the environment torchrun would set made from SLURM's.
+GPU) trains with DDP (train/distributed.py), with the environment torchrun would set made from SLURM's by submitit.
 """
 from __future__ import annotations
 
@@ -30,14 +30,16 @@ from typing import Any, Optional, TextIO
 
 from core.errors import UserError
 from core.files import atomic_write
+from core.log import get_logger
 from core.signals import GracefulStop, also_stop_on
-from train.parallel import StatusBoard, outcome_text
-from train.rundir import read_results
-from train.sweep import Job, Manifest, Outcome
-from train.worker import job_spec, run_point
+from launch.board import StatusBoard, outcome_text
+from launch.plan import Job, Manifest, Outcome, point_run_dir
+from launch.worker import job_spec, run_point
+from train.rundir import RunDir, read_results
 
 POLL_S = 2.0
 LOGS = "slurm"  # the comparison directory's folder for submitit's files and logs
+log = get_logger(__name__)
 
 
 # ----------------------------------------------------------------------------- in the job
@@ -78,25 +80,23 @@ class SlurmPoint:
                 job_id = os.environ.get("SLURM_JOB_ID", "")
                 done = subprocess.run(["scontrol", "requeue", job_id], check=False, capture_output=True, text=True)
                 if done.returncode != 0:
-                    print(f"scontrol requeue {job_id} failed: {done.stderr.strip() or done.returncode}; continue "
-                          f"the point with --resume COMPARE_DIR", file=sys.stderr, flush=True)
+                    log.warning(f"scontrol requeue {job_id} failed: {done.stderr.strip() or done.returncode}; "
+                                f"continue the point with --resume COMPARE_DIR")
             sys.exit(code)  # no result: the job is requeued (SLURM, or just above) or was cancelled
         return outcome
 
 
 def _dist_from_slurm():
-    """This task's place among the job's tasks, as torchrun's variables would say it."""
+    """This task's place among the job's tasks: submitit's ``TorchDistributedEnvironment`` exports what torchrun
+    would set (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ...), which ``train.distributed.from_env`` reads."""
     from train.distributed import Dist, from_env
 
-    tasks = int(os.environ.get("SLURM_NTASKS", "1"))
-    if tasks <= 1:
+    if int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
         return Dist()
-    import submitit
+    import submitit.helpers
 
-    env = submitit.JobEnvironment()
-    os.environ.update(RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
-                      LOCAL_WORLD_SIZE=str(env.num_tasks // max(1, env.num_nodes)),
-                      MASTER_ADDR=env.hostnames[0], MASTER_PORT=str(20000 + int(env.job_id.split("_")[0]) % 20000))
+    # Each task sees every GPU of its node and takes cuda:LOCAL_RANK itself (train.distributed).
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     return from_env()
 
 
@@ -251,19 +251,18 @@ def _task0(t: _Tracked):
 
 
 def _from_result(t: _Tracked) -> Outcome:
-    """Task 0's result file, read directly: submitit's own ``result()`` would wait on every task, asking sacct
-    (which clusters without accounting never answer) about those that wrote none."""
-    from submitit.core.utils import pickle_load
-
+    """Task 0's result (its ``result()``, which reads the file it wrote: the job's own ``result()`` would wait on
+    every task, asking sacct, which clusters without accounting never answer, about those that wrote none)."""
     task = _task0(t)
     try:
-        status, result = pickle_load(task.paths.result_pickle)
-    except Exception as e:  # noqa: BLE001 - a damaged result file
-        status, result = "error", f"unreadable result file {task.paths.result_pickle} ({type(e).__name__}: {e})"
-    if status != "success" or not isinstance(result, dict):
+        result = task.result()
+    except Exception as e:  # noqa: BLE001 - the job raised (its trace is in the message) or its file is damaged
         return Outcome(t.job.point, "failed", Path(t.run_dir) if t.run_dir else None,
-                       error=f"job {t.job_id} failed: {_brief(Exception(str(result)))}; its log: {task.paths.stderr}",
-                       traceback=str(result))
+                       error=f"job {t.job_id} failed: {_brief(e)}; its log: {task.paths.stderr}", traceback=str(e))
+    if not isinstance(result, dict):
+        return Outcome(t.job.point, "failed", Path(t.run_dir) if t.run_dir else None,
+                       error=f"job {t.job_id} returned {type(result).__name__}, not an outcome; its log: "
+                             f"{task.paths.stderr}")
     return Outcome.from_dict(t.job.point, result)
 
 
@@ -283,10 +282,7 @@ def _without_result(t: _Tracked) -> Outcome:
                          f"its log: {log}")
 
 
-def _run_dir_of(manifest: Manifest, i: int):
-    from train.rundir import RunDir
-    from train.sweep import point_run_dir
-
+def _run_dir_of(manifest: Manifest, i: int) -> RunDir:
     d = manifest.run_dirs[i]
     return RunDir.existing(d) if d and Path(d).is_dir() else point_run_dir(manifest.points[i], i)
 
@@ -320,3 +316,14 @@ def attached_jobs(manifest: Manifest) -> dict[int, str]:
         raise UserError(f"--resume {manifest.folder}: squeue does not answer, so it cannot tell which of its SLURM "
                         f"jobs still run; try again when it does")
     return {i: j for i, j in ids.items() if j in states}
+
+
+class Slurm:
+    """The ``--launcher slurm`` executor: each job a SLURM job; ``attach``: point index -> the job id of a point
+    already queued or running (a resumed call waits for it)."""
+
+    def __init__(self, attach: Optional[dict[int, str]] = None):
+        self.attach = attach or {}
+
+    def run(self, jobs: list[Job], total: int, manifest: Manifest, command: Optional[str] = None) -> list[Outcome]:
+        return run_slurm(jobs, total, manifest, command=command, attach=self.attach)

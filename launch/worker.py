@@ -1,8 +1,8 @@
 """One sweep point, run by whatever launched it: ``run_point(spec) -> outcome``, both plain dicts (JSON- and
-pickle-safe), so the local ``--jobs N`` launcher (train/parallel.py) and a cluster launcher (submitit) run the
-same code. ``job_spec`` makes a spec from a ``train.sweep.Job``; ``Outcome.from_dict`` reads the outcome.
+pickle-safe), so the local ``--jobs N`` launcher (launch/local.py) and a cluster launcher (launch/slurm.py, submitit)
+run the same code. ``job_spec`` makes a spec from a ``launch.plan.Job``; ``Outcome.from_dict`` reads the outcome.
 
-    python -m train.worker [--parent PID] < spec.json
+    python -m launch.worker [--parent PID] < spec.json
 
 runs one spec in its own process, as the local launcher does: events and then the outcome go to stdout as
 JSON lines (the launcher reads them), and everything the point would have printed goes to ``train.log`` in
@@ -22,7 +22,7 @@ An outcome: ``name``, ``status`` (completed / failed / diverged / interrupted), 
 point stopped before it had one), ``results`` (results.json), ``error`` (one line), ``traceback`` and
 ``exit_code`` (an interrupted point: 128 + the signal). Events: ``{"event": "run_dir", "path", "log",
 "epochs_done", "epochs"}`` once the run directory exists, ``{"event": "epoch", "epochs", **metrics row}``
-after each epoch, and in ``python -m train.worker`` a last ``{"event": "outcome", "outcome": {...}}``.
+after each epoch, and in ``python -m launch.worker`` a last ``{"event": "outcome", "outcome": {...}}``.
 
 Only torch-free modules are imported at the top: the process sets up its signal handling and parent-death
 signal before the seconds torch takes to import.
@@ -38,18 +38,19 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from core.errors import UserError
 from core.files import strict_json
+from core.log import get_logger, to_file
 from core.signals import GracefulStop
 
 LOG_FILE = "train.log"
+log = get_logger(__name__)
 
 Event = Callable[[dict[str, Any]], None]
 
 
 def job_spec(job, *, command: Optional[str] = None, threads: Optional[int] = None,
              cwd: Optional[str] = None) -> dict[str, Any]:
-    """The spec of a ``train.sweep.Job``: a point to start afresh, or one to continue in its run directory."""
+    """The spec of a ``launch.plan.Job``: a point to start afresh, or one to continue in its run directory."""
     p = job.point
     return {"index": job.index, "name": p.name, "values": p.values, "experiment": p.experiment, "source": p.source,
             "config": job.cfg.to_dict(), "cwd": cwd or os.getcwd(),
@@ -63,57 +64,43 @@ def run_point(spec: dict[str, Any], events: Optional[Event] = None, dist=None) -
     Every way the point can end is an outcome, a stop signal included: SIGTERM, SIGINT or SIGHUP before its
     training starts ends it as ``interrupted`` at once; during training, fit checkpoints and stops. ``events``
     is called with each event (run directory made, epoch done); it must not raise. ``dist``: this process's
-    place among several training the point together (a SLURM job with several tasks, train/slurm.py),
+    place among several training the point together (a SLURM job with several tasks, launch/slurm.py),
     already joined; only rank 0 sends events and writes the log.
     """
+    from launch.plan import outcome_dict
     from train.distributed import Dist
+    from train.ending import ending_of
 
     dist = dist or Dist()
     send = events if events is not None and dist.is_main else (lambda event: None)
-    log = RunLog()
-    with GracefulStop(announce=lambda text: log(text.strip())) as stop:
-        try:
-            job = _job(spec)
-        except KeyboardInterrupt as e:  # a second signal while it was being set up
-            return not_started(spec, getattr(e, "signum", signal.SIGINT))
-        except UserError as e:  # e.g. its run directory cannot be resumed
-            return _failed(spec, str(e))
-        except Exception as e:  # noqa: BLE001 - reported as this point's failure, like any error of a run
-            import traceback
+    with to_file(LOG_FILE) as train_log, GracefulStop(announce=lambda text: log.info(text.strip())) as stop:
+        state: dict[str, Any] = {}
 
-            return _failed(spec, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
-                           traceback.format_exc())
+        def created(path: Path) -> None:
+            log_path = train_log.open(path, header=f"=== {state['job'].describe()}: pid {os.getpid()} on "
+                                                   f"{socket.gethostname()}\n{spec.get('command') or ''}")
+            send({"event": "run_dir", "path": str(path), "log": str(log_path),
+                  "epochs_done": state["job"].ckpt["epoch"] if state["job"].ckpt else 0, "epochs": state["epochs"]})
+
+        def epoch(row: dict[str, Any]) -> None:  # fit's run directory calls it once per finished epoch
+            send({"event": "epoch", "epochs": state["epochs"], **row})
+
+        try:
+            job = state["job"] = _job(spec, on_create=[created] if dist.is_main else [], on_epoch=[epoch])
+            state["epochs"] = job.cfg.train.epochs
+        except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001 - a second signal while it was being set
+            # up, a run directory that cannot be resumed, a bug: this point's outcome, like any error of a run
+            ending = ending_of(e)
+            if ending.status == "interrupted":
+                return not_started(spec, getattr(e, "signum", signal.SIGINT))
+            return outcome_dict(spec.get("name"), ending, spec.get("run_dir"))
         dist.barrier()  # every process has read a resumed run's state before rank 0 writes it again
         if dist.any([stop.requested], _cpu())[0]:  # together: no task trains alone
             return not_started(spec, stop.signum or signal.SIGTERM)
 
-        from train.sweep import describe, run_one
+        from launch.run import run_one
 
-        run_dir, epochs = job.run_dir, job.cfg.train.epochs
-
-        def created(path: Path) -> None:
-            log_path = log.open(path, header=f"=== {describe(job)}: pid {os.getpid()} on {socket.gethostname()}"
-                                             f"\n{spec.get('command') or ''}")
-            send({"event": "run_dir", "path": str(path), "log": str(log_path),
-                  "epochs_done": job.ckpt["epoch"] if job.ckpt else 0, "epochs": epochs})
-
-        if not dist.is_main:
-            pass
-        elif run_dir.resuming:
-            created(run_dir.path)
-        else:
-            run_dir.on_create = created
-        record = run_dir.log_epoch
-
-        def log_epoch(row: dict[str, Any]) -> None:  # fit calls it once per finished epoch
-            record(row)
-            send({"event": "epoch", "epochs": epochs, **row})
-
-        run_dir.log_epoch = log_epoch
-        try:
-            outcome = run_one(job, log=log, command=spec.get("command"), progress=False, dist=dist)
-        finally:
-            log.close()
+        outcome = run_one(job, command=spec.get("command"), progress=False, dist=dist)
         with stop.holding():
             return outcome.to_dict()
 
@@ -125,24 +112,22 @@ def _cpu():
 
 
 def not_started(spec: dict[str, Any], signum: int) -> dict[str, Any]:
-    name = signal.Signals(signum).name
-    return {"name": spec.get("name"), "status": "interrupted", "run_dir": spec.get("run_dir"), "results": {},
-            "error": f"stopped by {name} before it started", "traceback": None, "exit_code": 128 + signum}
+    from launch.plan import outcome_dict
+    from train.ending import Ending
+
+    return outcome_dict(spec.get("name"), Ending("interrupted", f"stopped by {signal.Signals(signum).name} before "
+                                                 f"it started", exit_code=128 + signum), spec.get("run_dir"))
 
 
-def _failed(spec: dict[str, Any], error: str, traceback: Optional[str] = None) -> dict[str, Any]:
-    return {"name": spec.get("name"), "status": "failed", "run_dir": spec.get("run_dir"), "results": {},
-            "error": error, "traceback": traceback, "exit_code": None}
-
-
-def _job(spec: dict[str, Any]):
-    """The ``train.sweep.Job`` a spec describes (imports torch)."""
+def _job(spec: dict[str, Any], *, on_create=(), on_epoch=()):
+    """The ``launch.plan.Job`` a spec describes (imports torch), its run directory calling ``on_create`` with
+    its path once it exists (a resumed one: once it is reopened) and ``on_epoch`` with each epoch's row."""
     import torch
 
     from config import from_dict
     from config.sweep import Point
+    from launch.plan import Job, point_run_dir
     from train.resume import anchor_paths, open_for_resume
-    from train.sweep import Job, point_run_dir
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))  # recorded in results.json (provenance: threads)
@@ -150,50 +135,16 @@ def _job(spec: dict[str, Any]):
     if spec.get("cwd") and Path(spec["cwd"]).resolve() != Path.cwd().resolve():
         raw = anchor_paths(raw, spec["cwd"])  # started elsewhere (a cluster node): the call's relative paths
     cfg = from_dict(raw)
+    index = spec.get("index", 0)
     point = Point(spec["name"], dict(spec.get("values") or {}), cfg, spec.get("source", ""),
                   spec.get("experiment", ""))
     if spec.get("run_dir"):
-        r = open_for_resume(spec["run_dir"])
-        return Job(spec.get("index", 0), point, r.run_dir, r.cfg, r.ckpt)
-    return Job(spec.get("index", 0), point, point_run_dir(point, spec.get("index", 0)), cfg)
+        r = open_for_resume(spec["run_dir"], on_create=on_create, on_epoch=on_epoch)
+        return Job(index, point, r.run_dir, r.cfg, r.ckpt)
+    return Job(index, point, point_run_dir(point, index, on_create=on_create, on_epoch=on_epoch), cfg)
 
 
-class RunLog:
-    """fit's ``log``: each line appended to the run directory's train.log. Lines logged before the directory
-    exists are kept and written first. Writing the log never fails a run (a full disk fails its own writes)."""
-
-    def __init__(self) -> None:
-        self.pending: list[str] = []
-        self.file = None
-
-    def __call__(self, text: str) -> None:
-        if self.file is None:
-            self.pending.append(text)
-            return
-        try:
-            self.file.write(text + "\n")
-            self.file.flush()
-        except (OSError, ValueError):
-            pass
-
-    def open(self, folder: Path, header: str = "") -> Path:
-        path = Path(folder) / LOG_FILE
-        try:
-            self.file = open(path, "a", encoding="utf-8")
-        except OSError:
-            return path
-        pending, self.pending = ([header] if header else []) + self.pending, []
-        for text in pending:
-            self(text)
-        return path
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-
-
-# ----------------------------------------------------------------------------- python -m train.worker
+# ----------------------------------------------------------------------------- python -m launch.worker
 
 
 class EventPipe:
@@ -260,7 +211,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     faulthandler.enable()  # a hard crash leaves its stack in train.log (stderr, see output_to)
     # A stop signal before run_point installs its own handling ends the point as not started.
     with GracefulStop(announce=lambda text: None) as early:
-        p = argparse.ArgumentParser(prog="python -m train.worker", description=__doc__.split("\n\n")[0])
+        p = argparse.ArgumentParser(prog="python -m launch.worker", description=__doc__.split("\n\n")[0])
         p.add_argument("--parent", type=int, help="the launcher's pid: stop (SIGTERM) when it dies")
         args = p.parse_args(argv)
         if args.parent is not None:

@@ -1,5 +1,6 @@
-"""Comparisons of finished runs: ``python -m plots RUN_DIR... --out DIR`` (see ``plots.report``)."""
+"""Rendering comparisons of finished runs from their files: ``python -m plots RUN_DIR... --out DIR`` (see
+``plots.report``). Nothing here builds or runs a model; ``evaluate.compare`` measures what needs one."""
 from plots.confusion import write_confusion
-from plots.report import compare
+from plots.report import render
 
-__all__ = ["compare", "write_confusion"]
+__all__ = ["render", "write_confusion"]

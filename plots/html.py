@@ -14,13 +14,11 @@ import html
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from plots import table
+from plots.page import Section
 from plots.runs import Group
-
-if TYPE_CHECKING:
-    from plots.report import Section
 
 
 def escape(value: Any) -> str:

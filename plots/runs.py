@@ -12,6 +12,7 @@ import yaml
 
 from core.errors import UserError
 from core.procs import process_alive
+from core.text import flatten
 
 RUN_FILES = "config.yaml, metrics.jsonl and results.json"
 
@@ -215,15 +216,6 @@ def _experiment_key(config: dict[str, Any]) -> str:
     return json.dumps(c, sort_keys=True)
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(node, dict):
-        return {prefix: node}
-    out: dict[str, Any] = {}
-    for k, v in node.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def group_runs(runs: list[Run]) -> list[Group]:
     """Group repeats over seeds, in order of first appearance. Labels are unique: experiments of one name
     (e.g. a run resumed with more epochs beside the sweep's) are told apart by the settings that differ,
@@ -239,7 +231,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
     for label, same in by_label.items():
         if len(same) < 2:
             continue
-        flats = [_flat(json.loads(key)) for key, _ in same]
+        flats = [flatten(json.loads(key)) for key, _ in same]
         differ = sorted(k for k in set().union(*flats) if len({json.dumps(f.get(k)) for f in flats}) > 1)
         for (_, g), f in zip(same, flats):
             shown = ", ".join(f"{k}={f.get(k)}" for k in differ[:3]) + (", ..." if len(differ) > 3 else "")
@@ -275,3 +267,21 @@ def short_labels(groups: list[Group]) -> dict[str, str]:
     """Each group's label without the prefix all share (``split_prefix``)."""
     labels = [g.label for g in groups]
     return dict(zip(labels, split_prefix(labels)[1]))
+
+
+LATENCY_FILE = "latency.json"  # in a comparison directory: what evaluate.measure timed, by experiment
+
+
+def read_latency(out: Path, groups: list[Group]) -> None:
+    """Give each group the latency ``out/latency.json`` records for its experiment, if any (a comparison
+    rendered again from its files keeps what was measured); an unreadable file is ignored."""
+    try:
+        recorded = json.loads((out / LATENCY_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    experiments = recorded.get("experiments") if isinstance(recorded, dict) else None
+    if not isinstance(experiments, dict):
+        return
+    for g in groups:
+        if isinstance(experiments.get(g.label), dict) and not g.latency:
+            g.latency = dict(experiments[g.label])

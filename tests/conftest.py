@@ -12,18 +12,12 @@ Markers (pytest.ini): ``system`` = real process trees (signals, torchrun, ``--jo
 left out of the default run; ``numeric`` = numbers compared between runs or against a reference.
 """
 import os
-import sys
-from pathlib import Path
 
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("VITLAB_CPU_BF16", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 torch.set_num_threads(1)
 
@@ -48,6 +42,7 @@ def plain_comparisons(monkeypatch):
     most of the comparison's time."""
     import functools
 
-    import plots
+    import launch.call
+    from evaluate import compare
 
-    monkeypatch.setattr(plots, "compare", functools.partial(plots.compare, inspect_models=False))
+    monkeypatch.setattr(launch.call, "compare", functools.partial(compare, inspect_models=False))

@@ -5,11 +5,12 @@ position on a noisy background, so a few epochs of training must beat chance by 
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import pickle
 import struct
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -107,8 +108,28 @@ def missing(component: str, why: str, start: str) -> None:
     pytest.skip(f"{component}: {why}; {start}")
 
 
-def quiet(*args, **kwargs) -> None:
-    """A ``log`` that prints nothing."""
+@contextlib.contextmanager
+def log_lines(callback: Optional[Callable[[str], None]] = None):
+    """The lines the project logs (``core.log``) while inside, as a list; ``callback(line)`` is called on each
+    as it is logged (e.g. to send a signal after an epoch)."""
+    import logging
+
+    from core.log import ROOT, SUMMARY
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+            if callback is not None:
+                callback(lines[-1])
+
+    handler = Collect(SUMMARY)
+    logging.getLogger(ROOT).addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logging.getLogger(ROOT).removeHandler(handler)
 
 
 # A ViT small enough that a test epoch over a fixture takes a fraction of a second on 2 cores.
@@ -163,7 +184,7 @@ def run_fit(cfg, **extra):
     from train.rundir import RunDir
 
     run_dir = RunDir(cfg.output.dir, cfg.run_name, extra=extra or None)
-    results = fit(cfg, run_dir, log=quiet, progress=False)
+    results = fit(cfg, run_dir, progress=False)
     return run_dir.path, results
 
 
@@ -182,14 +203,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def call_main(capsys, *args, module: str = "main"):
-    """``main.main(ARGS)`` (or ``plots.report.main``) in this process: what the script runs, without the
+    """``main.main(ARGS)`` (or ``evaluate.compare.main``) in this process: what the script runs, without the
     seconds a new interpreter spends importing torch. Returns an object like ``run_main``'s."""
     import subprocess
 
     if module == "main":
         from main import main
     else:
-        from plots.report import main
+        from evaluate.compare import main
     capsys.readouterr()  # drop what earlier code printed
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()

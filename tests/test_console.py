@@ -3,12 +3,14 @@ import re
 
 import pytest
 
-import train.sweep
+import launch.run
 from config.sweep import Point
-from fixtures import call_main, read_metrics, tiny_config, tiny_raw, write_yaml
-from train.fit import eta, fit, format_duration
+from core.text import eta, format_duration
+from fixtures import call_main, log_lines, read_metrics, tiny_config, tiny_raw, write_yaml
+from launch.plan import Job, Outcome
+from launch.run import Sequential
+from train.fit import fit
 from train.rundir import RunDir
-from train.sweep import Job, Outcome, run_jobs
 
 ETA = re.compile(r"  ETA (\d+s|\d+m\d\ds|\d+h\d\dm)$")
 
@@ -28,8 +30,8 @@ def test_a_short_epochs_bar_stays_with_its_readout_and_the_epoch_line_has_the_ru
         fmnist_root, tmp_path, capsys):
     """8 steps an epoch, log_every 100: the readout comes from the epoch's last step."""
     cfg = tiny_config(fmnist_root, tmp_path, log_every=100)
-    lines = []
-    fit(cfg, RunDir(cfg.output.dir, cfg.run_name), log=lines.append, progress=True)
+    with log_lines() as lines:
+        fit(cfg, RunDir(cfg.output.dir, cfg.run_name), progress=True)
     err = capsys.readouterr().err
     for n in (1, 2):  # each epoch's bar, finished and left on screen
         assert re.search(rf"epoch {n}/2: 100%\|.*\| 8/8 .*loss=\d\.\d{{4}}, acc=\d+\.\d\d, lr=.*, img/s=\d+\]\n", err)
@@ -42,9 +44,9 @@ def test_a_sequential_sweep_says_how_many_runs_are_done_and_its_eta(fmnist_root,
     cfg = tiny_config(fmnist_root, tmp_path)
     points = [Point(f"t-seed={i}", {"seed": i}, cfg, "x.yaml", "t") for i in range(3)]
     jobs = [Job(i, p, RunDir(tmp_path, p.name), cfg) for i, p in enumerate(points)]
-    monkeypatch.setattr(train.sweep, "run_one", lambda job, **kw: Outcome(job.point, "completed"))
-    lines = []
-    run_jobs(jobs, 3, log=lines.append)
+    monkeypatch.setattr(launch.run, "run_one", lambda job, **kw: Outcome(job.point, "completed"))
+    with log_lines() as lines:
+        Sequential().run(jobs, 3)
     done = [line for line in lines if " runs done" in line]
     assert [d.split(",")[0] for d in done] == ["1 of 3 runs done", "2 of 3 runs done"]
     assert re.fullmatch(r"2 of 3 runs done, ETA \d+s for the other 1", done[1])

@@ -13,8 +13,9 @@ from data.augment import normalize
 from fixtures import (TINY_VIT, auto_cpu_precision, built_once, read_metrics, run_fit, tiny_config, write_cifar10,
                       write_imagenette, write_mnist)
 from plots.confusion import write_confusion
-from train.inference import evaluate_run, format_eval, format_predictions, load_image, predict_images
-from train.resume import load_model, run_config
+from evaluate.inference import evaluate_run, format_eval, format_predictions, load_image, predict_images
+from evaluate.model import load_model
+from train.resume import run_config
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import shutil
 import pytest
 import torch
 
-from fixtures import TINY_VIT, built_once, png_size, run_fit, tiny_config, write_mnist
-from plots.maps import (attention_comparison, attention_share, inspect_groups, load_model, load_pool,
-                        pick_images, stem_signature)
+from fixtures import TINY_VIT, built_once, log_lines, png_size, run_fit, tiny_config, write_mnist
+from evaluate.maps import attention_comparison, attention_share, inspect_groups, load_pool, pick_images, stem_signature
+from evaluate.model import load_model
 from plots.runs import find_runs, group_runs, split_prefix
 
 CNN_TR = {"name": "cnn_transformer", "cnn_channels": 16, "num_layers": 2, "dim_feedforward": 32}
@@ -37,7 +37,7 @@ def groups_of(runs, *labels):
 
 
 def reference(run):
-    """The run's model and its first validation images, rebuilt here without plots.maps."""
+    """The run's model and its first validation images, rebuilt here without evaluate.maps."""
     from config import from_dict
     from data import get_spec, load_data
     from models import build_model
@@ -70,7 +70,7 @@ def test_rollout_of_a_hand_worked_two_layer_example():
     Layer 2, uniform: R2 row 0 = (3/5, 1/10, 1/10, 1/10, 1/10). Row 0 of R2 @ R1 = 3/5 (1/2, 1/2, 0, 0, 0) +
     1/10 (rows 1..4 of R1, summed: (4/10, 9/10, 9/10, 9/10, 9/10)) = (34/100, 39/100, 9/100, 9/100, 9/100).
     The class token's row over the patches, renormalised, times 4: (26/11, 6/11, 6/11, 6/11)."""
-    from plots.maps import attention_share, rollout
+    from evaluate.maps import attention_share, rollout
 
     a1 = torch.full((1, 1, 4, 4), 1 / 4)
     to_first = torch.zeros(4, 4)
@@ -92,8 +92,8 @@ def test_attention_figure_matches_the_checkpoints(runs, tmp_path):
     groups = groups_of(runs, "cnn_tr", "cnn_tr_1layer", "vit")
     first = [g.first for g in groups]
     pool = load_pool(first[0], {})
-    shown, notes = attention_comparison([(g.label, load_model(r)) for g, r in zip(groups, first)], pool, 4,
-                                        tmp_path / "attention.png", log=lambda *a: None)
+    shown, notes = attention_comparison([(g.label, load_model(r.path, None)[1]) for g, r in zip(groups, first)], pool, 4,
+                                        tmp_path / "attention.png")
     assert notes == [] and shown.labels == [g.label for g in groups]
     rows = shown.indices
     assert len(rows) == len(set(rows)) == 4  # one set of images, shown to every model
@@ -157,8 +157,8 @@ def test_stem_signature():
 
 
 def test_inspect_groups_one_attention_figure_and_only_different_stems(runs, tmp_path):
-    logged = []
-    attention, features, notes = inspect_groups(groups_of(runs, *MODELS), tmp_path, 4, logged.append)
+    with log_lines() as logged:
+        attention, features, notes = inspect_groups(groups_of(runs, *MODELS), tmp_path, 4)
     assert [(t, p.name) for t, _, p in attention] == [("Attention maps", "attention.png")]
     assert "The same 4 validation images" in attention[0][1] and "attention rollout" in attention[0][1]
     # cnn_tr, cnn_tr_1layer and simple_cnn share a stem (one block), mnist_cnn has its own; the ViT has none.
@@ -177,7 +177,7 @@ def test_inspect_groups_shared_stem_and_a_run_without_checkpoint(runs, tmp_path)
         (bare / name).unlink()
     groups = group_runs(find_runs([runs["cnn_tr"], runs["cnn_tr_1layer"], bare]))
     (tmp_path / "out").mkdir()
-    attention, features, notes = inspect_groups(groups, tmp_path / "out", 2, lambda *a: None)
+    attention, features, notes = inspect_groups(groups, tmp_path / "out", 2)
     assert [p.name for _, _, p in attention] == ["attention.png"] and features == []
     assert notes == [
         "cmp-fashion_mnist-vit: no checkpoint (output.checkpoints was off or the run stopped before its first "

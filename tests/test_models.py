@@ -504,6 +504,7 @@ def test_timm_is_imported_only_for_a_timm_name_and_listed_in_a_footer():
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1])).stdout
     assert out.strip() == "False"
     assert not any(n.startswith("timm/") for n in list_models())
-    from main import list_models_table
+    from data import get_spec
+    from models.catalog import models_table
 
-    assert "timm/<name>" in list_models_table().splitlines()[-1]
+    assert "timm/<name>" in models_table(get_spec).splitlines()[-1]

@@ -2,7 +2,7 @@
 (at the same thread count), stop signals reach the workers, and a crashed worker is one failed point.
 
 The launcher's bookkeeping is tested with stand-in workers (small scripts speaking the worker's protocol, no
-torch); the real worker (``python -m train.worker``) in three tests, since each process imports torch."""
+torch); the real worker (``python -m launch.worker``) in three tests, since each process imports torch."""
 from __future__ import annotations
 
 import json
@@ -22,10 +22,11 @@ from config.sweep import expand
 from core.errors import UserError
 from fixtures import (ROOT, TINY_VIT, call_main, numbers, read_metrics, run_dirs_at, run_fit, tiny_config, tiny_raw,
                       write_yaml)
-from train.parallel import StatusBoard, Workers, plan_workers, run_parallel
+from launch.board import StatusBoard
+from launch.local import Workers, plan_workers, run_parallel
 from train.rundir import is_live, read_results
-from train.sweep import Manifest, jobs_for
-from train.worker import job_spec
+from launch.plan import Manifest, jobs_for
+from launch.worker import job_spec
 
 # ----------------------------------------------------------------------------- the plan
 
@@ -299,7 +300,7 @@ def gone(pid: int, timeout: float = 60) -> bool:
 # A launcher of one real worker (its events ignored), to be killed while the worker trains.
 ORPHANING = r'''
 import os, subprocess, sys
-worker = subprocess.Popen([sys.executable, "-m", "train.worker", "--parent", str(os.getpid())], stdin=subprocess.PIPE,
+worker = subprocess.Popen([sys.executable, "-m", "launch.worker", "--parent", str(os.getpid())], stdin=subprocess.PIPE,
                           stdout=subprocess.DEVNULL)
 worker.stdin.write(sys.stdin.buffer.read())
 worker.stdin.close()
@@ -322,8 +323,7 @@ def test_sigkill_sigterm_to_a_parallel_sweep_then_resume_exactly(fmnist_root, tm
     output = Lines(call)
     orphan_raw = {**random_raw(fmnist_root, tmp_path / "orphan", epochs=200), "sweep": {"seed": [0]}}
     (job,) = jobs_for(expand(orphan_raw, "orphan.yaml"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = subprocess.Popen([sys.executable, "-c", ORPHANING], stdin=subprocess.PIPE, cwd=ROOT, env=env)
     launcher.stdin.write(json.dumps(job_spec(job, threads=1)).encode())
     launcher.stdin.close()

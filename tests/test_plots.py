@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fixtures import TINY_VIT, built_once, call_main, png_size, run_fit, tiny_config, write_mnist
-from plots import compare
-from plots.maps import attention_grids, first_convs, rollout, token_layout
+from evaluate import compare
+from evaluate.maps import attention_grids, first_convs, rollout, token_layout
 from plots.runs import find_runs, group_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def comparison(runs, tmp_path_factory):
     def build(out):
-        return out, compare(runs, out, images=3, latency=True, latency_budget_s=0.1, log=lambda *a: None)
+        return out, compare(runs, out, images=3, latency=True, latency_budget_s=0.1)
     return built_once(tmp_path_factory, "plots-comparison", build)
 
 
@@ -271,7 +271,7 @@ def test_a_run_that_did_not_complete_is_listed_but_not_averaged(runs, tmp_path):
     lines = (stopped / "metrics.jsonl").read_text().splitlines()[:1]
     (stopped / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "c"
-    compare([*runs[:2], stopped], out, inspect_models=False, log=lambda *a: None)
+    compare([*runs[:2], stopped], out, inspect_models=False)
     rows = read_csv(out / "results.csv")
     assert [(r["status"], r["counted"]) for r in rows] == [("completed", "True"), ("completed", "True"),
                                                              ("interrupted", "False")]
@@ -310,7 +310,7 @@ def test_odd_comparisons_hold_together(runs, tmp_path):
                          results=lambda r: r.update(status="failed", error="RuntimeError: boom", experiment="vit-hot",
                                                     swept={"model.name": "vit", "train.milestones": [1, 2]}))
     out = tmp_path / "c"
-    compare([bare, *runs, other, failed], out, inspect_models=False, log=lambda *a: None)
+    compare([bare, *runs, other, failed], out, inspect_models=False)
     summary = {r["experiment"]: r for r in read_csv(out / "summary.csv")}
     assert summary["cnn_tr"]["params"] == str(run_files(runs[0])[0]["params"])  # from the second run
     assert summary["cnn_tr"]["status"] == "2 completed, 1 incomplete" and summary["cnn_tr"]["counted"] == "2"
@@ -378,7 +378,7 @@ def test_plots_cli_on_a_folder_of_runs(runs, tmp_path, capsys):
     ([".", "--latency-budget", "nan"], "--latency-budget must be a number of seconds in (0, 3600], got nan"),
 ])
 def test_plots_cli_bad_input(tmp_path, capsys, monkeypatch, args, message):
-    from plots.report import main
+    from evaluate.compare import main
 
     monkeypatch.chdir(tmp_path)  # as a user in their own folder would
     assert main([*args, "--out", str(tmp_path / "c")]) == 2

@@ -12,7 +12,8 @@ import subprocess
 import pytest
 
 from fixtures import TINY_VIT, built_once, missing, run_fit, tiny_config, write_mnist
-from plots import compare, write_confusion
+from evaluate import compare
+from plots import write_confusion
 
 HOSTILE = '<script>document.documentElement.dataset.pwned = "yes"</script>'
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -38,7 +39,7 @@ def build_comparison(tmp):
     failures = [{"name": "vit-depth=99", "status": "failed", "traceback": "Traceback ...",
                  "error": f"RuntimeError: <img src=x onerror=\"document.title='pwned'\"> {HOSTILE}"}]
     out = tmp / "cmp"
-    compare(dirs, out, failures=failures, images=2, command="python main.py --cfg sweep.yaml", log=lambda *a: None)
+    compare(dirs, out, failures=failures, images=2, command="python main.py --cfg sweep.yaml")
     return out
 
 

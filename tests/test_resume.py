@@ -16,7 +16,7 @@ import torch
 import train.engine
 import train.fit
 from core.errors import Interrupted, RunFailed
-from fixtures import TINY_VIT, built_once, numbers, quiet, read_metrics, run_fit, tiny_config
+from fixtures import TINY_VIT, built_once, log_lines, numbers, read_metrics, run_fit, tiny_config
 from train.fit import fit
 from train.resume import open_for_resume
 from train.rundir import RunDir
@@ -47,7 +47,7 @@ def assert_like_reference(run_dir, ref):
 
 def resume(run_dir, overrides=()):
     r = open_for_resume(run_dir, list(overrides))
-    return fit(r.cfg, r.run_dir, resume=r.ckpt, log=quiet, progress=False)
+    return fit(r.cfg, r.run_dir, resume=r.ckpt, progress=False)
 
 
 def stop_at_step(monkeypatch, step, action):
@@ -64,10 +64,10 @@ def stop_at_step(monkeypatch, step, action):
     monkeypatch.setattr(train.engine, "train_step", counting)
 
 
-def stopped_run(cfg, log=quiet):
+def stopped_run(cfg, on_line=None):
     run_dir = RunDir(cfg.output.dir, cfg.run_name)
-    with pytest.raises(Interrupted) as e:
-        fit(cfg, run_dir, log=log, progress=False)
+    with pytest.raises(Interrupted) as e, log_lines(on_line):
+        fit(cfg, run_dir, progress=False)
     return run_dir.path, e.value
 
 
@@ -99,7 +99,7 @@ def reference(tmp_path_factory):
 def test_sigterm_after_epoch_1_then_resume_is_bitwise_identical(reference, tmp_path, monkeypatch, precision):
     root, ref = reference
     cfg = config(root, tmp_path, precision)
-    run_dir, stop = stopped_run(cfg, log=sigterm_after_epoch_1)
+    run_dir, stop = stopped_run(cfg, sigterm_after_epoch_1)
     assert stop.signame == "SIGTERM" and stop.exit_code == 143
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "interrupted" and results["epochs_done"] == 1
@@ -125,7 +125,7 @@ def test_crash_mid_epoch_resumes_from_step_checkpoint_bitwise(reference, tmp_pat
     stop_at_step(monkeypatch, 13, crash)
     run_dir = RunDir(cfg.output.dir, cfg.run_name)
     with pytest.raises(RunFailed, match="simulated crash"):
-        fit(cfg, run_dir, log=quiet, progress=False)
+        fit(cfg, run_dir, progress=False)
     results = json.loads((run_dir.path / "results.json").read_text())
     assert results["status"] == "failed" and "RuntimeError: simulated crash" in results["error"]
     ckpt = torch.load(run_dir.path / "last.pt", weights_only=True)

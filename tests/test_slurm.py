@@ -17,8 +17,8 @@ from fixtures import ROOT, call_main, missing, numbers, read_metrics, run_fit, t
 from config import from_dict
 from config.sweep import Point
 from train.rundir import RunDir, read_results
-from train.slurm import parameters
-from train.sweep import Job
+from launch.slurm import parameters
+from launch.plan import Job
 
 
 def cluster_state() -> str | None:

@@ -8,7 +8,7 @@ import yaml
 from core.errors import UserError
 from fixtures import call_main, tiny_raw, write_yaml
 from config.sweep import expand, load_points
-from train.sweep import check_points
+from launch.plan import check_points
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"model": {"name": "cnn_transformer"}, "data": {"name": "fashion_mnist"}}
@@ -115,10 +115,10 @@ def tiny_config(path, root, out, **extra):
 def test_sweep_with_a_failing_point_goes_on_and_compares(plain_comparisons, fmnist_root, tmp_path, capsys, monkeypatch):
     import functools
 
-    import plots
+    import launch.call
 
     # Latency timed for 0.2 s per model instead of 3 s: what is measured and recorded stays the same.
-    monkeypatch.setattr(plots, "compare", functools.partial(plots.compare, latency_budget_s=0.2))
+    monkeypatch.setattr(launch.call, "compare", functools.partial(launch.call.compare, latency_budget_s=0.2))
     # num_heads=3 does not divide the token width 16: that point fails when its model is built.
     cfg = tiny_config(tmp_path / "s.yaml", fmnist_root, tmp_path / "runs", name="tiny",
                       sweep={"model.num_heads": [2, 3], "seed": [0, 1]})

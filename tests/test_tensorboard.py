@@ -9,7 +9,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 import train.engine
 import train.tb
 from core.errors import RunFailed
-from fixtures import quiet, read_metrics, run_fit, tiny_config
+from fixtures import read_metrics, run_fit, tiny_config
 from train.fit import fit
 from train.resume import open_for_resume
 from train.rundir import RunDir
@@ -78,11 +78,11 @@ def test_a_resumed_run_drops_what_the_crashed_one_wrote_after_its_checkpoint(fmn
     monkeypatch.setattr(train.engine, "train_step", crash_at_13)
     run_dir = RunDir(cfg.output.dir, cfg.run_name)
     with pytest.raises(RunFailed):
-        fit(cfg, run_dir, log=quiet, progress=False)
+        fit(cfg, run_dir, progress=False)
     assert [s for s, _ in scalars(events(run_dir.path), "train/loss")] == [2, 4, 6, 8, 10, 12]
     monkeypatch.setattr(train.engine, "train_step", real)
     r = open_for_resume(run_dir.path, [])
-    fit(r.cfg, r.run_dir, resume=r.ckpt, log=quiet, progress=False)
+    fit(r.cfg, r.run_dir, resume=r.ckpt, progress=False)
     acc = events(run_dir.path)
     assert len(list((run_dir.path / "tb").iterdir())) == 2  # the resumed run's file beside the first
     assert [s for s, _ in scalars(acc, "train/loss")] == [2, 4, 6, 8, 10, 12, 14, 16]

@@ -30,6 +30,8 @@ import torch
 
 from config import Config
 from core.errors import UserError
+from core.log import get_logger
+from core.text import flatten
 from models.weights import read
 
 FORMAT = "vitlab-checkpoint-1"
@@ -41,16 +43,7 @@ FREE_KEYS = ("train.log_every", "output.dir", "output.checkpoint_every_steps",
              "output.checkpoint_every_minutes", "output.tensorboard", "output.latency", "output.latency_threads",
              "data.root", "data.download", "data.cache", "data.cache_dir")
 
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
+log = get_logger(__name__)
 
 
 FREE_SECTIONS = ("slurm.",)  # how a cluster runs it: never what it computes
@@ -58,7 +51,7 @@ FREE_SECTIONS = ("slurm.",)  # how a cluster runs it: never what it computes
 
 def math_keys(cfg: Config) -> dict[str, Any]:
     """The resolved config's keys that decide what the run computes (all but ``FREE_KEYS``, epochs)."""
-    flat = _flat(cfg.to_dict())
+    flat = flatten(cfg.to_dict())
     return {k: v for k, v in flat.items()
             if k not in FREE_KEYS and k != "train.epochs" and not k.startswith(FREE_SECTIONS)}
 
@@ -157,7 +150,7 @@ def capture(s, cfg: Config, *, epoch: int, step: int, global_step: int, meter, h
     }
 
 
-def restore(s, ckpt: dict[str, Any], cfg: Config, *, log=print) -> None:
+def restore(s, ckpt: dict[str, Any], cfg: Config) -> None:
     """Put ``ckpt`` back into a freshly prepared setup ``s`` (built from ``cfg``).
 
     With the same ``train.epochs`` everything is restored as saved. A longer run rebuilds the schedule
@@ -171,7 +164,7 @@ def restore(s, ckpt: dict[str, Any], cfg: Config, *, log=print) -> None:
                         f"train.batch_size) and this is {s.dist.world_size}; resume it the way it ran: {how}")
     ckpt = own_state(ckpt, s.dist)
     if ckpt["device"].split(":")[0] != s.device.type or ckpt["precision"] != str(s.precision):
-        log(f"warning: the run trained on {ckpt['device']} ({ckpt['precision']}) and resumes on {s.device} "
+        log.warning(f"warning: the run trained on {ckpt['device']} ({ckpt['precision']}) and resumes on {s.device} "
             f"({s.precision}): numbers will not equal an uninterrupted run bit for bit")
     s.module.load_state_dict(ckpt["model"])
     saved_epochs = ckpt["config"]["train"]["epochs"]

@@ -7,28 +7,33 @@ resumable checkpoint and raise ``Interrupted`` (core/signals.py).
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import statistics
 import sys
 import time
-import traceback
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
 from config import Config, dump_config
-from core.errors import Interrupted, RunFailed, UserError
+from core.errors import Interrupted, RunFailed, UserError, one_line
+from core.log import SUMMARY, get_logger, only_rank0
 from core.signals import GracefulStop
+from core.text import eta, format_duration
 from data import get_spec, load_data
 from models import build_model
 from models.measure import describe, flops_per_image
 from train import checkpoint
 from train.distributed import Dist, PeerLost, launcher
+from train.ending import ending_of
 from train.engine import EpochMeter, NonFiniteLoss, evaluate, train_one_epoch
 from train.provenance import now, provenance
 from train.rundir import RunDir
 from train.setup import Setup, prepare, resolve_device, seed_everything
 from train.tb import Board, hparams_of, open_board
+
+log = get_logger(__name__)
 
 
 def format_epoch(m: dict[str, Any], epochs: int, eta_s: Optional[float] = None) -> str:
@@ -40,148 +45,146 @@ def format_epoch(m: dict[str, Any], epochs: int, eta_s: Optional[float] = None) 
             f"lr {m['lr']:.2e}  {m['epoch_time_s']:.1f}s  {m['images_per_s']:.0f} img/s{eta}")
 
 
-def format_duration(seconds: float) -> str:
-    """``42s``, ``3m12s``, ``2h05m``: as precise as an estimate deserves."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-def eta(durations: list[float], remaining: int) -> Optional[float]:
-    """Remaining items x the mean time of those done; None when nothing remains or nothing is done yet."""
-    return statistics.fmean(durations) * remaining if durations and remaining > 0 else None
-
-
 def resume_command(run_dir: RunDir, dist: Dist = Dist()) -> str:
-    return f"{launcher(dist)} --resume {run_dir.path}"
+    return f"{launcher(dist)} --resume {shlex.quote(str(run_dir.path))}"
 
 
-def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, progress: Optional[bool] = None,
-        resume: Optional[dict[str, Any]] = None, command: Optional[str] = None, dist: Dist = Dist(),
-        quiet: bool = False) -> dict[str, Any]:
+def fit(cfg: Config, run_dir: RunDir, *, progress: Optional[bool] = None, resume: Optional[dict[str, Any]] = None,
+        command: Optional[str] = None, dist: Dist = Dist()) -> dict[str, Any]:
     """Train ``cfg`` end to end into ``run_dir`` (from ``resume``, a loaded last.pt, if given); returns
     results.json's content.
 
     Bad input (unknown model, missing dataset, ...) raises ``UserError`` before the directory exists.
-    Once it exists, every way out records its own status in results.json: ``completed``, ``diverged``
-    (``NonFiniteLoss`` is re-raised), ``interrupted`` (``Interrupted`` / ``KeyboardInterrupt``, re-raised,
-    with a resumable checkpoint when the stop was graceful) or ``failed`` with the error (re-raised; an
-    error that is not the user's becomes ``RunFailed`` with the first line, the traceback in results.json).
+    Once it exists, every way out records its own status in results.json (train/ending.py): ``completed``,
+    ``diverged`` (``NonFiniteLoss`` is re-raised), ``interrupted`` (``Interrupted`` / ``KeyboardInterrupt``,
+    re-raised, with a resumable checkpoint when the stop was graceful) or ``failed`` with the error (re-raised;
+    an error that is not the user's becomes ``RunFailed`` with the first line, the traceback in results.json).
 
     With several processes (``dist``, train/distributed.py) every one calls ``fit``; only rank 0 writes
-    ``run_dir`` (TensorBoard's event files included, train/tb.py) and logs. ``quiet``: the model summary
-    goes to summary.txt only, not to ``log``.
+    ``run_dir`` (TensorBoard's event files included, train/tb.py) and logs.
     """
-    if progress is None:
-        progress = sys.stderr.isatty()
+    progress = (sys.stderr.isatty() if progress is None else progress) and dist.is_main
     if not dist.is_main:
-        log, progress = (lambda text: None), False
-        run_dir.writes = False
-    with GracefulStop(announce=lambda text: log(text.strip())) as stop:
+        run_dir.follow()
+    with only_rank0(dist.is_main), GracefulStop(announce=lambda text: log.info(text.strip())) as stop:
         seed_everything(cfg.seed)  # the one place a run is seeded: initial weights, dropout, MixUp/CutMix
-        device = resolve_device(cfg.train.device, dist)
-        spec = get_spec(cfg.data.name)
-        model = build_model(cfg, spec)  # the same initial weights in every process
-        if dist.rank:
-            torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)  # its own dropout and MixUp/CutMix draws
-        info = describe(model, spec)
-        flops = _count_flops(cfg, model, spec, log) if resume is None else None
-        log(f"loading {cfg.data.name} from {cfg.data.root}")
-        data = load_data(cfg.data)
-        if not dist.enabled:  # several processes: each copies its part to its device (make_loaders)
-            data = data.to(device)
-        s = prepare(cfg, model, data, device, dist)
-        loop = _Loop(cfg, s, run_dir, stop, log, progress)
+        s, info, flops, data = _build(cfg, dist, counted=resume is None)
+        loop = _Loop(cfg, s, run_dir, stop, progress)
         if resume is not None:
-            checkpoint.restore(s, resume, cfg, log=log)
+            checkpoint.restore(s, resume, cfg)
             loop.load(resume)
-
-        if dist.enabled:  # rank 0 makes the directory; a problem with it stops every process the same way
-            try:
-                made, problem = run_dir.create(), None
-            except UserError as e:
-                made, problem = None, str(e)
-            made, problem = dist.broadcast((made, problem))
-            if problem:
-                raise UserError(problem)
-            run_dir.path = made
-        path = run_dir.create() if not dist.enabled else run_dir.path
+        path = _open(run_dir, dist)
         # A resumed run continues the event files from its checkpoint's step (later ones are dropped).
         purge = (loop.global_step + 1 if resume is not None else 0) if run_dir.resuming else None
         loop.tb = open_board(cfg.output.tensorboard and run_dir.writes, path, purge) if path else Board()
         try:
-            attempts = list(run_dir.results.get("attempts", []))
-            for a in attempts:
-                if a.get("status") in (None, "running"):
-                    a["status"] = "killed"  # it ended without a word: SIGKILL, out of memory, a power cut
-            attempts.append({"started": now(), "from": loop.position(), "command": command})
-            if resume is None:
-                run_dir.results.update(model=cfg.model.name, dataset=cfg.data.name, params=info.params,
-                                       mult_adds=info.mult_adds, epochs=cfg.train.epochs,
-                                       **({"flops_inference": flops.inference, "flops_training": flops.training}
-                                          if flops else {}))
-            run_dir.update("running", device=str(device), precision=str(s.precision), epochs=cfg.train.epochs,
-                           processes=dist.world_size, global_batch=cfg.train.batch_size * dist.world_size,
-                           **provenance(device, command), started=run_dir.results.get("started") or now(),
-                           ended=None, error=None, traceback=None, attempts=attempts, **loop.progress())
-            run_dir.write("config.yaml", dump_config(cfg))
-            # The log as the checkpoint knows it (empty for a new run): lines written after it go.
-            run_dir.rewrite_metrics(loop.history)
-            if run_dir.resuming:
-                log(f"resuming {path} {loop.position()}")
-            if resume is None:
-                run_dir.write("summary.txt", info.summary + "\n")
-                loop.tb.text("model", info.summary)
-                loop.tb.text("config", dump_config(cfg))
-                if not quiet:
-                    log(info.summary)
+            _start_attempt(cfg, run_dir, loop, info, flops, command, resumed=resume is not None)
             batch = f", global batch {cfg.train.batch_size * dist.world_size}" if dist.enabled else ""
-            log(f"run dir: {path}\ndevice: {s.describe()}, {len(data.train[1])} train / {len(data.val[1])} val "
-                f"images, {len(s.train_loader)} steps/epoch{batch}")
+            log.info(f"run dir: {path}\ndevice: {s.describe()}, {len(data.train[1])} train / {len(data.val[1])} "
+                     f"val images, {len(s.train_loader)} steps/epoch{batch}")
             loop.run()
             with stop.holding():
                 summary = _summary(cfg, loop.history)
                 loop.tb.hparams(hparams_of(cfg, run_dir.results), {"hparams/best_val_acc": summary["best_val_acc"],
                                 "hparams/final_val_acc": summary["final_val_acc"]}, loop.global_step)
                 return _end(run_dir, "completed", **{**loop.progress(), "resume_command": None, **summary})
-        except NonFiniteLoss as e:
-            with stop.holding():
-                _end(run_dir, "diverged", error=str(e), **loop.progress())
-            raise
-        except KeyboardInterrupt as e:
-            signame = e.signame if isinstance(e, Interrupted) else "SIGINT"
-            saved = loop.saved_at if cfg.output.checkpoints else None
-            how = ("resume with: " + resume_command(run_dir, dist) + f" (continues {saved})") if saved else \
-                "no checkpoint to resume from (output.checkpoints is off or none was written yet)"
-            with stop.holding():
-                _end(run_dir, "interrupted", error=f"stopped by {signame} {loop.position()}; {how}",
-                     resume_command=resume_command(run_dir, dist) if saved else None, **loop.progress(saved=True))
-            log(f"interrupted by {signame} {loop.position()}; {how}")
-            raise
         except BaseException as e:
-            if dist.is_peer_loss(e):  # a collective inside torch (DDP's gradient all-reduce) lost a process
-                e = dist.peer_lost(e)
-            first = (str(e).strip().splitlines() or [""])[0]
-            known = isinstance(e, (UserError, RunFailed))
-            error = first if known else f"{type(e).__name__}: {first}".rstrip(": ")
-            if isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in first:
-                error += " (try a lower train.batch_size or train.eval_batch_size)"
-            # Another process of the run died: this one's checkpoint is good, the run can go on from it.
-            resumable = isinstance(e, PeerLost) and loop.saved_at is not None
             with stop.holding():
-                _end(run_dir, "failed", error=error, traceback=None if known else traceback.format_exc(),
-                     **({"resume_command": resume_command(run_dir, dist)} if resumable else {}),
-                     **loop.progress(saved=True))
-            if resumable:
-                log(f"resume with: {resume_command(run_dir, dist)} (continues {loop.saved_at})")
-            if known:
-                raise e  # (a lost process: as PeerLost)
-            raise RunFailed(f"run failed: {error} (details in {run_dir.file('results.json')})") from e
+                _record_end(e, cfg, run_dir, loop, dist)
+            if isinstance(e, (KeyboardInterrupt, NonFiniteLoss, UserError, RunFailed)):
+                raise
+            if dist.is_peer_loss(e):
+                raise dist.peer_lost(e) from e
+            raise RunFailed(f"run failed: {run_dir.results.get('error')} (details in "
+                            f"{run_dir.file('results.json')})") from e
         finally:
             loop.tb.close()
+
+
+def _build(cfg: Config, dist: Dist, counted: bool):
+    """The run's setup (model, data, optimizer, ... on its device), its description and FLOPs, its data."""
+    device = resolve_device(cfg.train.device, dist)
+    spec = get_spec(cfg.data.name)
+    model = build_model(cfg, spec)  # the same initial weights in every process
+    if dist.rank:
+        torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)  # its own dropout and MixUp/CutMix draws
+    info = describe(model, spec)
+    flops = _count_flops(cfg, model, spec) if counted else None
+    log.info(f"loading {cfg.data.name} from {cfg.data.root}")
+    data = load_data(cfg.data)
+    if not dist.enabled:  # several processes: each copies its part to its device (make_loaders)
+        data = data.to(device)
+    return prepare(cfg, model, data, device, dist), info, flops, data
+
+
+def _open(run_dir: RunDir, dist: Dist):
+    """Make (or reopen) the run directory: rank 0 makes it, and a problem with it stops every process alike."""
+    if not dist.enabled:
+        return run_dir.create()
+    try:
+        made, problem = run_dir.create(), None
+    except UserError as e:
+        made, problem = None, str(e)
+    made, problem = dist.broadcast((made, problem))
+    if problem:
+        raise UserError(problem)
+    run_dir.adopt(made)
+    return made
+
+
+def _start_attempt(cfg: Config, run_dir: RunDir, loop: "_Loop", info, flops, command: Optional[str],
+                   resumed: bool) -> None:
+    """results.json says ``running`` with this attempt (an earlier one that never ended: ``killed``), the
+    config and the metrics the checkpoint knows are written, and a new run writes its summary."""
+    s = loop.s
+    attempts = list(run_dir.results.get("attempts", []))
+    for a in attempts:
+        if a.get("status") in (None, "running"):
+            a["status"] = "killed"  # it ended without a word: SIGKILL, out of memory, a power cut
+    attempts.append({"started": now(), "from": loop.position(), "command": command})
+    if not resumed:
+        run_dir.results.update(model=cfg.model.name, dataset=cfg.data.name, params=info.params,
+                               mult_adds=info.mult_adds, epochs=cfg.train.epochs,
+                               **({"flops_inference": flops.inference, "flops_training": flops.training}
+                                  if flops else {}))
+    run_dir.update("running", device=str(s.device), precision=str(s.precision), epochs=cfg.train.epochs,
+                   processes=s.dist.world_size, global_batch=cfg.train.batch_size * s.dist.world_size,
+                   **provenance(s.device, command), started=run_dir.results.get("started") or now(),
+                   ended=None, error=None, traceback=None, attempts=attempts, **loop.progress())
+    run_dir.write("config.yaml", dump_config(cfg))
+    run_dir.rewrite_metrics(loop.history)  # the log as the checkpoint knows it: lines written after it go
+    if run_dir.resuming:
+        log.info(f"resuming {run_dir.path} {loop.position()}")
+    if not resumed:
+        run_dir.write("summary.txt", info.summary + "\n")
+        loop.tb.text("model", info.summary)
+        loop.tb.text("config", dump_config(cfg))
+        log.log(SUMMARY, info.summary)
+
+
+def _record_end(e: BaseException, cfg: Config, run_dir: RunDir, loop: "_Loop", dist: Dist) -> None:
+    """results.json says how the attempt ended (``ending_of``) and how to go on from there."""
+    if dist.is_peer_loss(e):  # a collective inside torch (DDP's gradient all-reduce) lost a process
+        e = dist.peer_lost(e)
+    ending = ending_of(e)
+    if ending.status == "interrupted":
+        signame = e.signame if isinstance(e, Interrupted) else "SIGINT"
+        saved = loop.saved_at if cfg.output.checkpoints else None
+        how = ("resume with: " + resume_command(run_dir, dist) + f" (continues {saved})") if saved else \
+            "no checkpoint to resume from (output.checkpoints is off or none was written yet)"
+        _end(run_dir, "interrupted", error=f"stopped by {signame} {loop.position()}; {how}",
+             resume_command=resume_command(run_dir, dist) if saved else None, **loop.progress(saved=True))
+        log.info(f"interrupted by {signame} {loop.position()}; {how}")
+        return
+    if ending.status == "diverged":
+        _end(run_dir, "diverged", error=ending.error, **loop.progress())
+        return
+    # Another process of the run died: this one's checkpoint is good, the run can go on from it.
+    resumable = isinstance(e, PeerLost) and loop.saved_at is not None
+    _end(run_dir, "failed", error=ending.error, traceback=ending.traceback,
+         **({"resume_command": resume_command(run_dir, dist)} if resumable else {}), **loop.progress(saved=True))
+    if resumable:
+        log.info(f"resume with: {resume_command(run_dir, dist)} (continues {loop.saved_at})")
 
 
 # FLOPs per image by (model section, dataset): a process that trains several runs of one architecture (a sweep
@@ -190,17 +193,16 @@ def fit(cfg: Config, run_dir: RunDir, *, log: Callable[[str], None] = print, pro
 _FLOPS: dict[tuple[str, str], Any] = {}
 
 
-def _count_flops(cfg: Config, model, spec, log):
+def _count_flops(cfg: Config, model, spec):
     """``flops_per_image`` (a CPU copy, in a forked RNG), or None with a warning: a count the counter cannot
     make (an op it does not know how to run on the CPU) must not stop the run it only describes."""
     try:
         key = (json.dumps(cfg.model.to_dict(), sort_keys=True, default=str), cfg.data.name)  # all it depends on
-        if key in _FLOPS:
-            return _FLOPS[key]
-        _FLOPS[key] = flops_per_image(model, spec)
+        if key not in _FLOPS:
+            _FLOPS[key] = flops_per_image(model, spec)
         return _FLOPS[key]
     except Exception as e:  # noqa: BLE001 - any failure of a by-product
-        log(f"warning: FLOPs not counted ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]})")
+        log.warning(f"warning: FLOPs not counted ({one_line(e)})")
         return None
 
 
@@ -212,7 +214,7 @@ def _end(run_dir: RunDir, status: str, **fields: Any) -> dict[str, Any]:
     try:
         return run_dir.update(status, ended=now(), attempts=attempts, **fields)
     except RunFailed as e:
-        print(f"warning: could not record status {status!r}: {e}", file=sys.stderr)
+        log.warning(f"warning: could not record status {status!r}: {e}")
         return run_dir.results
 
 
@@ -234,8 +236,8 @@ class _Loop:
     """The epoch loop with its position (``epoch`` finished epochs, ``step`` steps into the next), so that
     it can checkpoint and stop anywhere and continue from there."""
 
-    def __init__(self, cfg: Config, s: Setup, run_dir: RunDir, stop: GracefulStop, log, progress: bool):
-        self.cfg, self.s, self.run_dir, self.stop, self.log, self.bar = cfg, s, run_dir, stop, log, progress
+    def __init__(self, cfg: Config, s: Setup, run_dir: RunDir, stop: GracefulStop, progress: bool):
+        self.cfg, self.s, self.run_dir, self.stop, self.bar = cfg, s, run_dir, stop, progress
         self.epoch = 0  # finished epochs
         self.step = 0  # optimizer steps into epoch + 1
         self.global_step = 0
@@ -350,7 +352,7 @@ class _Loop:
             self.save()
             self.run_dir.log_epoch(row)
             self.run_dir.update("running", **self.progress())
-            self.log(format_epoch(row, total, eta([r["epoch_time_s"] for r in self.history], total - n)))
+            log.info(format_epoch(row, total, eta([r["epoch_time_s"] for r in self.history], total - n)))
             if self._stop_requested():
                 raise Interrupted(self.stop.signum or signal.SIGTERM)
 

@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 import torch
 
+from core.machine import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,13 +47,7 @@ def git_state(root: Path = ROOT) -> Optional[dict[str, Any]]:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_name()
 
 
 # The other packages that can change what a run computes or records (requirements.txt).

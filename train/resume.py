@@ -1,5 +1,6 @@
-"""Opening a run directory written before: to continue it (``--resume``) or to use its model (``--eval``,
-``--predict``). Everything read here is treated as untrusted and fails with one line."""
+"""Opening a run directory written before to continue it (``--resume``); its config is also what
+``evaluate`` rebuilds the run's model from. Everything read here is treated as untrusted and fails with one
+line."""
 from __future__ import annotations
 
 import copy
@@ -7,13 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import torch.nn as nn
-
 from config import Config, apply_override, from_dict, read_yaml
 from core.errors import UserError
-from data import get_spec
-from models import build_model
-from models.weights import load_weights
 from train import checkpoint
 from train.rundir import RunDir, is_live, read_results
 
@@ -54,10 +50,11 @@ class Resumption:
     done: bool  # completed and not extended: nothing to train
 
 
-def open_for_resume(path: str | Path, overrides: list[str] = ()) -> Resumption:
-    """Check that the run in ``path`` can continue with ``overrides`` and load its last.pt."""
+def open_for_resume(path: str | Path, overrides: list[str] = (), **listeners) -> Resumption:
+    """Check that the run in ``path`` can continue with ``overrides`` and load its last.pt; ``listeners``:
+    ``on_create`` and ``on_epoch`` of its ``RunDir``."""
     path = Path(path).expanduser()
-    run_dir = RunDir.existing(path)
+    run_dir = RunDir.existing(path, **listeners)
     results = run_dir.results
     if is_live(results):
         raise UserError(f"--resume {path}: still running (pid {results.get('pid')} on this host); "
@@ -77,19 +74,3 @@ def open_for_resume(path: str | Path, overrides: list[str] = ()) -> Resumption:
     checkpoint.check_resumable(saved, cfg, ckpt["epoch"], str(path))
     done = ckpt["epoch"] >= cfg.train.epochs and results.get("status") == "completed"
     return Resumption(cfg, run_dir, ckpt, done)
-
-
-def load_model(path: str | Path, which: str = "best") -> tuple[Config, nn.Module, Path]:
-    """The run's model (built from its config.yaml) with ``best.pt`` or ``last.pt`` loaded, in eval mode."""
-    path = Path(path).expanduser()
-    if not path.is_dir():
-        raise UserError(f"{path}: no such run directory")
-    cfg = run_config(path)
-    file = path / f"{which}.pt"
-    if not file.exists():
-        raise UserError(f"{file}: not found (the run wrote no checkpoints, or was stopped before its "
-                        f"first epoch ended)")
-    spec = get_spec(cfg.data.name)
-    model = build_model(cfg, spec)
-    load_weights(model, file, f"{cfg.model.name} on {cfg.data.name}")
-    return cfg, model.eval(), file

@@ -22,7 +22,7 @@ import io
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -70,42 +70,60 @@ def is_live(results: dict[str, Any]) -> Optional[bool]:
 class RunDir:
     """A run's directory. Made by ``create()`` (``fit`` calls it once the run can start), so a run that
     fails on bad input before that leaves nothing behind; ``path`` is None until then. ``RunDir.existing``
-    opens one to resume it."""
+    opens one to resume it.
 
-    def __init__(self, root: str | Path, name: str, *, extra: Optional[dict[str, Any]] = None):
+    Listeners are declared when it is made: ``on_create(path)`` once the directory exists (or, resumed, once
+    it is reopened), e.g. a sweep recording where its point runs; ``on_epoch(row)`` after each epoch's row is
+    in metrics.jsonl, e.g. a ``--jobs`` worker reporting progress to its launcher.
+    """
+
+    def __init__(self, root: str | Path, name: str, *, extra: Optional[dict[str, Any]] = None,
+                 on_create: Sequence[Callable[[Path], None]] = (),
+                 on_epoch: Sequence[Callable[[dict[str, Any]], None]] = ()):
         self.root, self.name = Path(root), name
         self.path: Optional[Path] = None
         self.results: dict[str, Any] = {"name": name, **(extra or {})}
         self.resuming = False
-        self.on_create: Optional[Callable[[Path], None]] = None  # e.g. a sweep recording where its point runs
-        # False in the processes of a several-process run other than rank 0: they write nothing (``path``
-        # is then rank 0's, set by ``fit``).
+        self.on_create, self.on_epoch = tuple(on_create), tuple(on_epoch)
+        # False in the processes of a several-process run other than rank 0 (``follow``): they write nothing.
         self.writes = True
 
     @classmethod
-    def existing(cls, path: str | Path) -> "RunDir":
+    def existing(cls, path: str | Path, *, on_create: Sequence[Callable[[Path], None]] = (),
+                 on_epoch: Sequence[Callable[[dict[str, Any]], None]] = ()) -> "RunDir":
         """A run directory written before, to continue in place (``--resume``)."""
         path = Path(path).expanduser()
         if not path.is_dir():
             raise UserError(f"--resume {path}: no such directory")
         results = read_results(path) or {}  # missing or unreadable: the run rewrites it
-        run = cls(path.parent, results.get("name") or path.name)
+        run = cls(path.parent, results.get("name") or path.name, on_create=on_create, on_epoch=on_epoch)
         run.path, run.resuming = path, True
         run.results.update(results)
         return run
 
-    def create(self) -> Path:
-        """Make the directory (a new run), or clean an existing one up for its resumed run."""
+    def follow(self) -> None:
+        """This process is not rank 0 of a several-process run: it writes nothing and takes rank 0's path
+        (``adopt``)."""
+        self.writes = False
+
+    def adopt(self, path: Optional[Path]) -> None:
+        """The directory rank 0 made (a several-process run)."""
+        self.path = path
+
+    def create(self) -> Optional[Path]:
+        """Make the directory (a new run), or clean an existing one up for its resumed run; then tell the
+        ``on_create`` listeners."""
         if self.resuming:
             if self.writes:
                 remove_stale_temporaries(self.path)
-            return self.path
-        assert self.path is None, "a RunDir is created once"
-        if not self.writes:
-            return None
-        self.path = new_dir(self.root, self.name)
-        if self.on_create is not None:
-            self.on_create(self.path)
+        else:
+            assert self.path is None, "a RunDir is created once"
+            if not self.writes:
+                return None
+            self.path = new_dir(self.root, self.name)
+        if self.writes:
+            for listener in self.on_create:
+                listener(self.path)
         return self.path
 
     def write(self, filename: str, text: str) -> Path:
@@ -117,6 +135,8 @@ class RunDir:
             with open(p, "a") as f:
                 f.write(strict_json(row) + "\n")
         self._guard("metrics.jsonl", append)
+        for listener in self.on_epoch:
+            listener(row)
 
     def rewrite_metrics(self, rows: list[dict[str, Any]]) -> None:
         """metrics.jsonl as exactly ``rows`` (a resumed run's history, from its checkpoint)."""

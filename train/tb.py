@@ -18,12 +18,14 @@ that checkpoint (it is trained again), so no step appears twice. Only rank 0 wri
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from core.log import get_logger
+
 FOLDER = "tb"
 _warned = False
+log = get_logger(__name__)
 
 
 class Board:
@@ -86,8 +88,8 @@ def open_board(enabled: bool, run_path: Path, purge_step: Optional[int] = None) 
     except ImportError as e:
         if not _warned:
             _warned = True
-            print(f"warning: no TensorBoard event files ({e}); pip install tensorboard, or set "
-                  f"output.tensorboard: false", file=sys.stderr)
+            log.warning(f"warning: no TensorBoard event files ({e}); pip install tensorboard, or set "
+                        f"output.tensorboard: false")
         return Board()
     # flush_secs: a run killed without a word loses at most this much of its step scalars (each epoch's
     # row is flushed at once); the event file format stays readable up to the last whole record.

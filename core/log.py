@@ -1,0 +1,129 @@
+"""Everything a run or a call says goes through the ``vitlab`` logger (``log = get_logger(__name__)``).
+
+The console shows what users have always seen: INFO lines on stdout as plain text, warnings and errors on
+stderr. ``quiet()`` raises the console's level above ``SUMMARY`` (the model summary table), which is what
+``--quiet`` means; a process that is not rank 0 of a several-process run is silenced by ``only_rank0``; a
+``--jobs`` worker sends its lines to the run's ``train.log`` instead (``to_file``, with what was logged
+before the file existed buffered and written first).
+"""
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+from typing import Optional
+
+ROOT = "vitlab"
+SUMMARY = logging.INFO - 5  # the torchinfo table: on the console unless --quiet, always in summary.txt
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The project's logger for module ``name`` (a child of ``vitlab``)."""
+    return logging.getLogger(f"{ROOT}.{name}")
+
+
+class _Console(logging.Handler):
+    """Plain lines to the stream ``sys.stdout`` or ``sys.stderr`` is *now* (tests and tools replace them)."""
+
+    def __init__(self, stream: str, test) -> None:
+        super().__init__(SUMMARY)
+        self.stream_name = stream
+        self.addFilter(lambda record: test(record.levelno))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = getattr(sys, self.stream_name)
+            stream.write(record.getMessage() + "\n")
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken console must not stop a run
+            pass
+
+
+_root = logging.getLogger(ROOT)
+_root.setLevel(SUMMARY)
+_root.propagate = False
+CONSOLE = (_Console("stdout", lambda level: level < logging.WARNING),
+           _Console("stderr", lambda level: level >= logging.WARNING))
+for _h in CONSOLE:
+    _root.addHandler(_h)
+
+
+def quiet(on: bool = True) -> None:
+    """``--quiet``: no model summary on the console (it is still written to summary.txt)."""
+    for h in CONSOLE:
+        h.setLevel(logging.INFO if on else SUMMARY)
+
+
+class only_rank0:
+    """Inside, only rank 0 of a several-process run logs (``with only_rank0(dist.is_main): ...``)."""
+
+    def __init__(self, is_main: bool) -> None:
+        self.is_main = is_main
+
+    def _filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+    def __enter__(self) -> "only_rank0":
+        if not self.is_main:
+            _root.addFilter(self._filter)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _root.removeFilter(self._filter)
+
+
+class to_file:
+    """Inside, this process's log goes to a file instead of the console (a ``--jobs`` or SLURM worker's
+    ``train.log``). Lines logged before ``open(folder)`` are held and written first; writing the log never
+    fails a run (a full disk fails the run's own writes)."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.held = logging.handlers.MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1)
+        self.held.setLevel(SUMMARY)
+        self.file: Optional[logging.FileHandler] = None
+
+    def open(self, folder: Path, header: str = "") -> Path:
+        path = Path(folder) / self.filename
+        try:
+            self.file = logging.FileHandler(path, encoding="utf-8")
+        except OSError:
+            return path
+        self.file.setLevel(SUMMARY)
+        self.file.handleError = lambda record: None  # a full disk: the line is lost, the run goes on
+        if header:
+            self.file.handle(logging.makeLogRecord({"msg": header, "levelno": logging.INFO}))
+        self.held.setTarget(self.file)
+        self.held.flush()
+        _root.addHandler(self.file)
+        _root.removeHandler(self.held)
+        return path
+
+    def __enter__(self) -> "to_file":
+        self.console = [h for h in _root.handlers if h in CONSOLE]
+        for h in self.console:
+            _root.removeHandler(h)
+        _root.addHandler(self.held)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in (self.held, self.file):
+            if h is not None:
+                _root.removeHandler(h)
+                h.close()
+        for h in self.console:
+            _root.addHandler(h)
+
+
+class all_to_stderr:
+    """Inside, every console line goes to stderr (a tool whose stdout is its result, such as a benchmark's
+    table)."""
+
+    def __enter__(self) -> "all_to_stderr":
+        self.stdout = CONSOLE[0].stream_name
+        CONSOLE[0].stream_name = "stderr"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        CONSOLE[0].stream_name = self.stdout

@@ -1,0 +1,112 @@
+"""A multi-run call from start to comparison: ``run_call`` (several configs, or a sweep) and ``resume_call``
+(``--resume COMPARE_DIR``) pick an executor, run the points and end with the comparison.
+
+The comparison directory is made first and holds sweep.json, so ``--resume`` on it finishes the call if it is
+stopped or killed.
+"""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Optional
+
+from config.sweep import Point
+from core.cli import EXIT_INTERRUPTED, EXIT_RUN_FAILED
+from core.errors import UserError
+from core.log import get_logger
+from evaluate.compare import compare
+from launch.local import Local, plan_workers
+from launch.plan import Executor, Job, Manifest, Outcome, check_points, jobs_for, plan, summary
+from launch.run import Sequential
+from train.rundir import new_dir
+
+log = get_logger(__name__)
+
+
+def resume_hint(folder: Path) -> str:
+    return f"python main.py --resume {shlex.quote(str(folder))}"
+
+
+def run_call(points: list[Point], out: Optional[str], command: str, jobs: Optional[int] = None,
+             jobs_per_gpu: Optional[int] = None, launcher: str = "local") -> int:
+    """Several runs, then their comparison in ``out`` (default: a new ``compare-DATE-TIME`` directory under the
+    first point's ``output.dir``)."""
+    check_points(points)
+    workers = plan_workers(jobs, jobs_per_gpu)  # None: one after another, in this process
+    if launcher == "slurm":
+        from launch.slurm import Slurm, check_available
+
+        check_available()
+        executor: Executor = Slurm()
+    else:
+        executor = Sequential() if workers is None else Local(workers)
+    out_dir = _comparison_dir(out, points)
+    manifest = Manifest.start(out_dir, points, command, launcher)
+    log.info(f"comparison directory: {out_dir} (if this call stops: {resume_hint(out_dir)})")
+    return _finish(manifest, [], jobs_for(points, manifest), executor, command)
+
+
+def resume_call(folder: Path, overrides: list[str], command: str, jobs: Optional[int] = None,
+                jobs_per_gpu: Optional[int] = None) -> int:
+    """``--resume COMPARE_DIR``: the points still to run (``launch.plan.plan``), then the comparison."""
+    if overrides:
+        raise UserError(f"--set: not used when resuming the multi-run call in {folder}; its points keep their "
+                        f"configs (extend a single run with --resume RUN_DIR --set train.epochs=N)")
+    workers = plan_workers(jobs, jobs_per_gpu)
+    manifest = Manifest.load(folder)
+    attach: dict[int, str] = {}
+    if manifest.launcher == "slurm":
+        from launch.slurm import Slurm, attached_jobs, record_run_dirs
+
+        if workers is not None:
+            raise UserError(f"--jobs: {folder} is a SLURM call; its points run as SLURM jobs")
+        record_run_dirs(manifest)  # jobs that started (or ended) while nobody watched
+        attach = attached_jobs(manifest)  # still queued or running: wait for them
+        executor: Executor = Slurm(attach)
+    else:
+        executor = Sequential() if workers is None else Local(workers)
+    done, todo = plan(manifest, attached=frozenset(attach))
+    log.info(f"{folder}: {len(done)} of {len(manifest.points)} runs already finished; "
+             + (f"{len(attach)} still queued or running on SLURM; " if attach else "")
+             + f"{len(todo)} to run or continue")
+    return _finish(manifest, done, todo, executor, command)
+
+
+def _comparison_dir(out: Optional[str], points: list[Point]) -> Path:
+    if out is None:
+        return new_dir(points[0].cfg.output.dir, "compare")
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    if Manifest.holds(out_dir):
+        raise UserError(f"--out {out}: already holds a multi-run call; continue it with --resume {out}, "
+                        f"or pick another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create ({e.strerror})") from None
+    return out_dir
+
+
+def _finish(manifest: Manifest, done: list[Outcome], todo: list[Job], executor: Executor, command: str) -> int:
+    """Run ``todo``, then write the comparison of every point (``done`` finished before this call)."""
+    outcomes = done + executor.run(todo, len(manifest.points), manifest, command)
+    outcomes.sort(key=lambda o: manifest.points.index(o.point))
+    log.info("\n" + summary(outcomes))
+    failures = [{"name": o.point.name, "status": o.status, "error": o.error, "traceback": o.traceback}
+                for o in outcomes if o.status != "completed"]
+    started = {o.point.name for o in outcomes}
+    failures += [{"name": p.name, "status": "not started", "error": "the call stopped before it", "traceback": None}
+                 for p in manifest.points if p.name not in started]
+    # A run that failed before writing its config (e.g. a full disk) is listed among the failures only.
+    run_dirs = [o.run_dir for o in outcomes if o.run_dir is not None and (o.run_dir / "config.yaml").is_file()]
+    first = manifest.points[0].cfg.output
+    index = compare(run_dirs, manifest.folder, failures=failures, command=command, latency=first.latency,
+                    latency_threads=first.latency_threads)
+    page = Path(index).with_name("index.html")
+    log.info(f"comparison: {index}" + (f" (in a browser: {page})" if page.is_file() else ""))
+    stopped = [o for o in outcomes if o.status == "interrupted"]
+    if stopped:
+        log.info(f"to finish the remaining runs: {resume_hint(manifest.folder)}")
+        return stopped[0].exit_code or EXIT_INTERRUPTED
+    return EXIT_RUN_FAILED if failures else 0
