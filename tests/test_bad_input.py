@@ -430,17 +430,17 @@ def test_cache_dir_below_a_file_warns_and_trains(tmp_path, capsys):
 
 
 def test_unwritable_cache_dir_warns_and_trains(tmp_path, capsys, monkeypatch):
-    import data.datasets as ds
+    import data.cache
 
     def refuse(path, data):  # what mkstemp raises in a read-only folder (the tests may run as root)
         raise PermissionError(errno.EACCES, "Permission denied", str(path.parent))
 
-    monkeypatch.setattr(ds, "atomic_write", refuse)
+    monkeypatch.setattr(data.cache, "atomic_write", refuse)
     assert_trained_with_one_warning(cache_run(tmp_path, tmp_path / "cache", capsys), "Permission denied")
 
 
 def test_full_disk_while_writing_the_cache_warns_and_trains(tmp_path, capsys, monkeypatch):
-    import data.datasets as ds
+    import data.cache
     from core.files import atomic_write
 
     def full(path, data):  # the real writer, on a disk that fills up mid-write
@@ -449,19 +449,19 @@ def test_full_disk_while_writing_the_cache_warns_and_trains(tmp_path, capsys, mo
             raise OSError(errno.ENOSPC, "No space left on device")
         return atomic_write(path, write)
 
-    monkeypatch.setattr(ds, "atomic_write", full)
+    monkeypatch.setattr(data.cache, "atomic_write", full)
     cache = tmp_path / "cache"
     assert_trained_with_one_warning(cache_run(tmp_path, cache, capsys), "No space left on device")
     assert list(cache.iterdir()) == []  # no half-written cache and no temporary file left behind
 
 
 def test_torch_save_runtime_error_while_writing_the_cache_warns_and_trains(tmp_path, capsys, monkeypatch):
-    import data.datasets as ds
+    import data.cache
 
     def failing(path, train, val):  # torch.save reports some write errors as RuntimeError
         raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
 
-    monkeypatch.setattr(ds, "_write_cache", failing)
+    monkeypatch.setattr(data.cache, "write_cache", failing)
     assert_trained_with_one_warning(cache_run(tmp_path, tmp_path / "cache", capsys), "RuntimeError")
 
 
@@ -521,7 +521,7 @@ def test_corrupted_cache_file_warns_and_the_run_trains(tmp_path, capsys):
 
 
 def test_bad_cache_file_in_an_unwritable_cache_dir_is_one_warning(tmp_path, capsys, monkeypatch):
-    import data.datasets as ds
+    import data.cache
     from data import load_dataset
 
     folder, cache = write_mnist(tmp_path / "data", n_train=32, n_test=16), tmp_path / "cache"
@@ -531,7 +531,7 @@ def test_bad_cache_file_in_an_unwritable_cache_dir_is_one_warning(tmp_path, caps
     def read_only(path, data):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(ds, "atomic_write", read_only)
+    monkeypatch.setattr(data.cache, "atomic_write", read_only)
     capsys.readouterr()
     assert len(load_dataset("fashion_mnist", folder, cache_dir=cache).train[1]) == 32
     (line,) = capsys.readouterr().err.splitlines()

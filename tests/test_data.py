@@ -98,13 +98,13 @@ def test_missing_files_say_what_and_where(tmp_path):
 def test_failed_download_is_a_user_error(tmp_path, monkeypatch):
     import dataclasses
 
-    import data.datasets as ds
+    from data.catalog import DATASETS, get_spec
 
     def offline(root):
         raise OSError("network unreachable")
 
-    patched = dataclasses.replace(ds.get_spec("mnist"), download=offline)  # specs are frozen: swap the entry
-    monkeypatch.setitem(ds.DATASETS._entries, "mnist", patched)
+    patched = dataclasses.replace(get_spec("mnist"), download=offline)  # specs are frozen: swap the entry
+    monkeypatch.setitem(DATASETS._entries, "mnist", patched)
     with pytest.raises(UserError, match="download failed .*network unreachable.*expected the four idx files"):
         load_dataset("mnist", tmp_path, download=True)
 
@@ -204,7 +204,7 @@ def test_cifar_pickle_naming_numpy1_modules_loads(tmp_path):
 def test_read_idx_refuses_a_huge_header_without_reading(tmp_path, monkeypatch):
     import struct
 
-    from data.datasets import read_idx
+    from data.formats import read_idx
 
     path = tmp_path / "x-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(struct.pack(">BBBB3I", 0, 0, 8, 3, 2 ** 31, 28, 28) + bytes(1000)))
@@ -235,7 +235,8 @@ def test_download_has_a_socket_timeout_and_restores_it(tmp_path, monkeypatch):
     import dataclasses
     import socket
 
-    import data.datasets as ds
+    from data.catalog import DATASETS, get_spec
+    from data.download import DOWNLOAD_TIMEOUT_S
 
     seen = []
 
@@ -243,21 +244,21 @@ def test_download_has_a_socket_timeout_and_restores_it(tmp_path, monkeypatch):
         seen.append(socket.getdefaulttimeout())
         raise TimeoutError("timed out")
 
-    monkeypatch.setitem(ds.DATASETS._entries, "mnist", dataclasses.replace(ds.get_spec("mnist"), download=stalled))
+    monkeypatch.setitem(DATASETS._entries, "mnist", dataclasses.replace(get_spec("mnist"), download=stalled))
     with pytest.raises(UserError, match=r"download failed \(TimeoutError: timed out\)"):
         load_dataset("mnist", tmp_path, download=True)
-    assert seen == [ds.DOWNLOAD_TIMEOUT_S] and socket.getdefaulttimeout() is None
+    assert seen == [DOWNLOAD_TIMEOUT_S] and socket.getdefaulttimeout() is None
 
 
 # ----------------------------------------------------------------------------- where datasets are looked for
 
 
 def test_a_system_copy_is_used_when_data_root_has_none(tmp_path, monkeypatch, capsys):
-    import data.datasets as ds
+    from data.locate import SYSTEM_DATASETS_ENV, system_dir
 
     system = tmp_path / "usr-share-datasets"
-    monkeypatch.setenv(ds.SYSTEM_DATASETS_ENV, str(system))
-    assert ds.system_dir("fashion_mnist") == system / "fashion-mnist"  # Debian's dataset-fashion-mnist layout
+    monkeypatch.setenv(SYSTEM_DATASETS_ENV, str(system))
+    assert system_dir("fashion_mnist") == system / "fashion-mnist"  # Debian's dataset-fashion-mnist layout
     write_mnist(system / "fashion-mnist", n_train=32, n_test=16)
     capsys.readouterr()
     d = load_dataset("fashion_mnist", tmp_path / "empty-root", download=True)  # found: nothing downloaded
@@ -267,22 +268,23 @@ def test_a_system_copy_is_used_when_data_root_has_none(tmp_path, monkeypatch, ca
 
 
 def test_data_root_wins_over_the_system_copy_and_its_torchvision_layout_is_found(tmp_path, monkeypatch, capsys):
-    import data.datasets as ds
+    from data.catalog import get_spec
+    from data.locate import SYSTEM_DATASETS_ENV, locate
 
-    monkeypatch.setenv(ds.SYSTEM_DATASETS_ENV, str(tmp_path / "system"))
+    monkeypatch.setenv(SYSTEM_DATASETS_ENV, str(tmp_path / "system"))
     write_mnist(tmp_path / "system" / "fashion-mnist", n_train=32, n_test=16)
     write_mnist(tmp_path / "root" / "FashionMNIST" / "raw", n_train=48, n_test=16, gz=False)  # torchvision's
     capsys.readouterr()
-    files, found_in, looked = ds.locate(ds.get_spec("fashion_mnist"), tmp_path / "root")
+    files, found_in, looked = locate(get_spec("fashion_mnist"), tmp_path / "root")
     assert found_in == tmp_path / "root" and looked == [] and files[0].parent.name == "raw"
     assert len(load_dataset("fashion_mnist", tmp_path / "root").train[1]) == 48
     assert capsys.readouterr().err == ""  # found where the config says: nothing to say
 
 
 def test_not_found_names_every_place_looked(tmp_path, monkeypatch):
-    import data.datasets as ds
+    from data.locate import SYSTEM_DATASETS_ENV
 
-    monkeypatch.setenv(ds.SYSTEM_DATASETS_ENV, str(tmp_path / "system"))
+    monkeypatch.setenv(SYSTEM_DATASETS_ENV, str(tmp_path / "system"))
     with pytest.raises(UserError) as info:
         load_dataset("fashion_mnist", tmp_path / "root", download=False)
     msg = str(info.value)

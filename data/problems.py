@@ -1,0 +1,45 @@
+"""How data problems are said: one line each, naming the file and what to do about it.
+
+Dataset files are untrusted input: a corrupted byte, a truncated download or a header claiming 2**31 images
+is a one-line ``UserError`` (``corrupt``), never a traceback. A problem that costs speed, not the run (an
+unusable cache) is one ``warn`` line on stderr.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from core.errors import UserError
+
+REFETCH = "delete it and run again with data.download: true to fetch a fresh copy"
+
+
+def corrupt(path: Path, problem: str) -> UserError:
+    """The error for a damaged dataset file: its path, the problem, and how to get a fresh copy."""
+    return UserError(f"{path}: {problem}; {REFETCH}")
+
+
+def brief(e: BaseException, path: Optional[Path] = None) -> str:
+    """An exception as a short clause for a one-line message: its type and the start of its first line."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    if path is not None:
+        text = text.replace(f"'{path}'", "it").replace(str(path), "it")
+    if len(text) > 120:
+        text = text[:120].rsplit(" ", 1)[0] + " ..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def describe(value) -> str:
+    """What a value read from a file is, for a message: 'uint8 array (10, 3072)', 'list', ..."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return f"{str(value.dtype).replace('torch.', '')} array {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def warn(message: str) -> None:
+    """One line on stderr: something went wrong that costs speed, not the run."""
+    print(f"warning: {message}", file=sys.stderr)
