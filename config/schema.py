@@ -178,7 +178,7 @@ class Config:
         self.train.check()
 
 
-# The datasets of data/datasets.py (a test keeps the two lists equal): config/ imports no torch.
+# The datasets of data/catalog.py (a test keeps the two lists equal): config/ imports no torch.
 DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "imagenette")
 
 

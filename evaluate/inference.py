@@ -9,7 +9,7 @@ trained with ``torch.compile`` is evaluated in eager mode, whose last bits may d
 ``predict_images`` prepares an image file as the dataset's own images are: the dataset's channels
 (grayscale or RGB; transparency composited over black, the background of MNIST and Fashion-MNIST),
 the shorter side resized to the dataset's size (bilinear) and centre-cropped, the way Imagenette's images
-are stored (``data/datasets.py``), then normalised with the dataset's mean and std.
+are stored (``data.formats.resize_crop``), then normalised with the dataset's mean and std.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from config import Config
 from core.errors import UserError
 from data import DatasetSpec, get_spec, load_data
 from data.augment import normalize
-from data.datasets import MAX_IMAGE_PIXELS
+from data.formats import MAX_IMAGE_PIXELS, chw_array, resize_crop
 from evaluate.model import load_model
 from train.engine import evaluate
 from train.rundir import read_results
@@ -195,18 +195,6 @@ def _convert(im, mode: str):
     return im if im.mode == mode else im.convert(mode)
 
 
-def _resize_crop(im, size: int):
-    """Shorter side to ``size``, bilinear, then the centre ``size`` x ``size``: the method of
-    ``data.datasets._load_image``, which stores Imagenette's images."""
-    from PIL import Image
-
-    scale = size / min(im.size)
-    w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
-    im = im.resize((w, h), Image.BILINEAR, reducing_gap=None)
-    left, top = (w - size) // 2, (h - size) // 2
-    return im.crop((left, top, left + size, top + size))
-
-
 def load_image(path: str | Path, spec: DatasetSpec) -> torch.Tensor:
     """An image file (PNG, JPEG, ... of any size and mode) as one of ``spec``'s images: uint8
     (in_chans, image_size, image_size). Anything unreadable is a one-line ``UserError`` naming the file."""
@@ -224,8 +212,7 @@ def load_image(path: str | Path, spec: DatasetSpec) -> torch.Tensor:
                 if im.width * im.height > MAX_IMAGE_PIXELS:  # checked before decoding allocates it
                     raise UserError(f"{path}: {im.width}x{im.height} pixels; at most {MAX_IMAGE_PIXELS:,} are read")
                 im = ImageOps.exif_transpose(im)  # photos stored sideways with an orientation tag
-                im = _resize_crop(_convert(im, "L" if spec.in_chans == 1 else "RGB"), spec.image_size)
-                pixels = np.array(im, dtype=np.uint8)  # a writable copy
+                pixels = chw_array(resize_crop(_convert(im, "L" if spec.in_chans == 1 else "RGB"), spec.image_size))
     except UserError:
         raise
     except UnidentifiedImageError:
@@ -233,8 +220,7 @@ def load_image(path: str | Path, spec: DatasetSpec) -> torch.Tensor:
     except Exception as e:  # noqa: BLE001 - PIL fails on damaged files with OSError, SyntaxError, ValueError, ...
         first = (str(e).strip().splitlines() or [""])[0][:150]
         raise UserError(f"{path}: cannot decode image ({type(e).__name__}: {first})") from None
-    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # (C, S, S)
-    return torch.from_numpy(np.ascontiguousarray(pixels))
+    return torch.from_numpy(np.ascontiguousarray(pixels))  # (C, S, S)
 
 
 @torch.inference_mode()

@@ -6,7 +6,6 @@ stopped or killed.
 """
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -21,10 +20,6 @@ from launch.run import Sequential
 from train.rundir import new_dir
 
 log = get_logger(__name__)
-
-
-def resume_hint(folder: Path) -> str:
-    return f"python main.py --resume {shlex.quote(str(folder))}"
 
 
 def run_call(points: list[Point], out: Optional[str], command: str, jobs: Optional[int] = None,
@@ -42,7 +37,7 @@ def run_call(points: list[Point], out: Optional[str], command: str, jobs: Option
         executor = Sequential() if workers is None else Local(workers)
     out_dir = _comparison_dir(out, points)
     manifest = Manifest.start(out_dir, points, command, launcher)
-    log.info(f"comparison directory: {out_dir} (if this call stops: {resume_hint(out_dir)})")
+    log.info(f"comparison directory: {out_dir} (if this call stops: {manifest.resume_command()})")
     return _finish(manifest, [], jobs_for(points, manifest), executor, command)
 
 
@@ -107,6 +102,6 @@ def _finish(manifest: Manifest, done: list[Outcome], todo: list[Job], executor: 
     log.info(f"comparison: {index}" + (f" (in a browser: {page})" if page.is_file() else ""))
     stopped = [o for o in outcomes if o.status == "interrupted"]
     if stopped:
-        log.info(f"to finish the remaining runs: {resume_hint(manifest.folder)}")
+        log.info(f"to finish the remaining runs: {manifest.resume_command()}")
         return stopped[0].exit_code or EXIT_INTERRUPTED
     return EXIT_RUN_FAILED if failures else 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
@@ -119,6 +120,10 @@ class Manifest:
         except UserError as e:
             raise UserError(f"{path}: a point's config is not valid here ({e})") from None
         return cls(folder, command, points, run_dirs, cwd, launcher, slurm_jobs)
+
+    def resume_command(self) -> str:
+        """The command that finishes this call (quoted: it runs as printed)."""
+        return f"python main.py --resume {shlex.quote(str(self.folder))}"
 
     def set_run_dir(self, i: int, path: Path) -> None:
         self.run_dirs[i] = str(Path(path).resolve())  # absolute: a resume may start in another directory

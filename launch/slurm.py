@@ -3,7 +3,7 @@ library DeiT's ``run_with_submitit.py`` uses), then gathered into the comparison
 
     python main.py --cfg configs/sweeps/fmnist_sizes.yaml --launcher slurm --set slurm.partition=gpu
 
-A job runs ``SlurmPoint``, which runs the point as ``--jobs`` workers do (``train.worker.run_point``), with
+A job runs ``SlurmPoint``, which runs the point as ``--jobs`` workers do (``launch.worker.run_point``), with
 SIGUSR2 as one more stop signal: submitit asks SLURM for it 90 s before the time limit, and a cluster set to
 signal preempted jobs sends it too. On it (or on SIGTERM) the run writes a resumable checkpoint at the
 next step; after SIGUSR2 the job requeues itself (``scontrol requeue``), and a requeued job continues from
@@ -190,14 +190,14 @@ def run_slurm(jobs: list[Job], total: int, manifest: Manifest, *, command: Optio
             tracked[job.index] = _Tracked(job, handle.job_id, handle)
             board.update(row[job.index], f"submitted as job {handle.job_id}, queued")
         board.note(f"{len(tracked)} SLURM job(s); logs in {folder}. If this call stops, the jobs go on: "
-                   f"python main.py --resume {manifest.folder} waits for them and writes the comparison")
+                   f"{manifest.resume_command()} waits for them and writes the comparison")
         try:
             _wait(tracked, outcomes, manifest, board, row, stop)
         finally:
             board.close()
     if tracked:  # stopped while waiting: the jobs still run on the cluster
         how = f"still queued or running on SLURM when this call stopped waiting; gather it with " \
-              f"python main.py --resume {manifest.folder}"
+              f"{manifest.resume_command()}"
         for i, t in tracked.items():
             outcomes[i] = Outcome(t.job.point, "interrupted", Path(t.run_dir) if t.run_dir else None,
                                   error=f"job {t.job_id} {how}", exit_code=128 + (stop.signum or signal.SIGINT))

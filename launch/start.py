@@ -145,7 +145,8 @@ def _dry_run(points: list[Point]) -> int:
 
 def _run_facts(cfg) -> str:
     """What --dry-run adds after the summary: where and how the run would train, and whether its data is here."""
-    from data.datasets import get_spec, locate
+    from data import get_spec
+    from data.locate import locate
     from train.setup import Precision, resolve_device
 
     try:

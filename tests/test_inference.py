@@ -1,4 +1,4 @@
-"""--eval and --predict backends (train/inference.py) and the confusion matrix files (plots/confusion.py), on
+"""--eval and --predict backends (evaluate/inference.py) and the confusion matrix files (plots/confusion.py), on
 tiny runs trained in this process."""
 import shutil
 

@@ -119,3 +119,35 @@ def test_a_diverged_run_exits_1_with_one_line_and_says_so_in_its_directory(tmp_p
         p.stderr.count("\n") == 1
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert json.loads((run_dir / "results.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.system
+def test_the_printed_resume_command_runs_as_printed_with_spaces_in_its_paths(tmp_path, fmnist_root, capsys):
+    """A run named 'a b' under an output folder with a space, stopped after its first epoch: the command its
+    console line and results.json give runs in a shell exactly as written and finishes the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from fixtures import log_lines, tiny_raw, write_yaml
+
+    def stop_after_epoch_1(line):
+        if line.startswith("epoch 1/"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg = write_yaml(tmp_path / "c.yaml", tiny_raw(fmnist_root, tmp_path / "my runs", name="a b"))
+    with log_lines(stop_after_epoch_1) as lines:
+        assert call_main(capsys, "--cfg", cfg).returncode == 143
+    (run_dir,) = (tmp_path / "my runs").iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    printed = next(line for line in lines if line.startswith("interrupted by SIGTERM"))
+    command = results["resume_command"]
+    assert f"resume with: {command} (continues" in printed and "'" in command
+    recorded = results["attempts"][0]["command"]
+    assert recorded.startswith("python main.py --cfg ") and str(cfg) in recorded
+    # "python" is this environment's interpreter, as on the user's PATH after activating it.
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    p = subprocess.run(command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
