@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.optim import lr_scheduler
 
-from config import TrainConfig, from_dict
+from config import TrainConfig
 from core.errors import RunFailed, UserError
 from data import TensorLoader, get_spec, load_data
 from fixtures import quiet, read_metrics, run_fit, tiny_config
@@ -363,49 +363,6 @@ def test_fit_with_the_long_vit_recipe(tmp_path):
     for row in rows:
         assert math.isfinite(row["train_loss"]) and row["val_acc"] <= row["val_top5"] <= 100
     assert results["final_val_top5"] == rows[-1]["val_top5"]
-
-
-def readme_defaults() -> dict[str, dict[str, str]]:
-    """The defaults README.md's "Config reference" states, by section: the `data` and `train` tables (a row may
-    name several keys, `a`, `b` | 1, 2) and the `output` paragraph's "`key` (default `value`" phrases."""
-    import re
-
-    from fixtures import ROOT
-
-    text = (ROOT / "README.md").read_text().split("## Config reference")[1].split("\n## ")[0]
-    found: dict[str, dict[str, str]] = {}
-    for section in ("data", "train"):
-        table = text.split(f"**`{section}`**")[1].split("\n\n**")[0]
-        for line in table.splitlines():
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if len(cells) < 2 or not cells[0].startswith("`"):
-                continue
-            keys = re.findall(r"`(\w+)`", cells[0])
-            values = [v.strip().strip("`") for v in cells[1].split(",")] if len(keys) > 1 else [cells[1].strip("`")]
-            values = values * len(keys) if len(values) == 1 else values  # one default for all of them
-            assert len(keys) == len(values), line
-            found.setdefault(section, {}).update(zip(keys, values))
-    output = text.split("**`output`**")[1].split("\n\n")[0]
-    found["output"] = dict(re.findall(r"`(\w+)` \(default `([^`]+)`", output))
-    return found
-
-
-def test_config_defaults_are_what_the_readme_says():
-    import yaml
-
-    cfg = from_dict({"model": {"name": "simple_cnn"}, "data": {"name": "cifar10"}})
-    stated = readme_defaults()
-    assert len(stated["data"]) >= 8 and len(stated["train"]) >= 25 and len(stated["output"]) >= 4, stated
-    for section, keys in stated.items():
-        for key, text in keys.items():
-            if text == "required":
-                continue
-            actual = getattr(getattr(cfg, section), key)
-            value = text if isinstance(actual, str) else yaml.safe_load(text)  # YAML 1.1 reads `off` as false
-            assert actual == (value if value != [] else actual.__class__()), (section, key, text, actual)
-    undocumented = {f"{section}.{f}" for section in ("data", "train") for f in vars(getattr(cfg, section))
-                    if f not in stated[section]}
-    assert not undocumented, f"in the config but not in README's reference: {sorted(undocumented)}"
 
 
 # ----------------------------------------------------------------------------- measurements and the CPU dropout swap
