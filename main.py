@@ -32,7 +32,7 @@ ONLY_WITH = {"--set": ("overrides", ("cfg", "resume")), "--jobs": ("jobs", ("cfg
              "--launcher": ("launcher", ("cfg",)), "--out": ("out", ("cfg", "compare"))}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="main.py",
         description="Train one model on one dataset as described by a YAML config; each run writes config.yaml, "
@@ -82,6 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     use.add_argument("--ckpt", choices=("best", "last"), default="best",
                      help="the checkpoint --eval and --predict use (default: best)")
     use.add_argument("--top", type=int, default=5, metavar="K", help="classes --predict prints per image (default 5)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     args.mode = next((m for m in MODES if getattr(args, m) not in (None, False)), None)
     if args.mode is None:

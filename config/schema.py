@@ -69,7 +69,7 @@ class DataConfig:
     download: bool = True
     limit_train: Optional[int] = num(None, ge=1, le=MAX_SAMPLES, null_ok=True)  # first N training samples
     limit_val: Optional[int] = num(None, ge=1, le=MAX_SAMPLES, null_ok=True)
-    augment: bool = True  # the dataset's standard batched augmentation (see README)
+    augment: bool = True  # the dataset's standard batched augmentation (docs/datasets.md)
     auto_augment: Literal["none", "trivialaugment"] = "none"  # after the standard augmentation
     random_erasing: float = num(0.0, ge=0, le=1)  # probability per image of erasing one box (timm's reprob)
     cache: bool = True  # keep decoded uint8 tensors so the next run starts fast

@@ -35,6 +35,6 @@ def fetch(spec: DatasetSpec, root: Path, looked: list[str]) -> None:
         spec.download(root)
     except Exception as e:  # network, disk, checksum: all the user can act on
         raise UserError(f"data.root: {spec.name} not found and the download failed ({brief(e)}); "
-                        f"expected {'; or '.join(looked)}; see README 'Datasets offline'") from None
+                        f"expected {'; or '.join(looked)}; see docs/datasets.md, 'Datasets offline'") from None
     finally:
         socket.setdefaulttimeout(previous)

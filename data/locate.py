@@ -4,16 +4,18 @@ them when missing and allowed, decode them (or read the cache), and cap the spli
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
 from core.errors import UserError
+from core.log import get_logger
 from data.cache import cache_folder, decode_cached, default_cache_dir
 from data.catalog import get_spec
 from data.download import fetch
 from data.problems import warn
 from data.specs import DatasetSpec, ImageData
+
+log = get_logger(__name__)
 
 # Where distributions install datasets: Debian's dataset-fashion-mnist package puts the four idx files in
 # /usr/share/datasets/fashion-mnist. Other datasets follow the same rule, <name with - for _>, should a package
@@ -75,15 +77,15 @@ def load_dataset(
         raise UserError(f"data.root: {root}: {e}") from None
     files, found_in, looked = locate(spec, root)
     if files is not None and found_in != root:
-        print(f"data: {name} not in data.root {root}; using the copy in {found_in}", file=sys.stderr)
+        log.warning(f"data: {name} not in data.root {root}; using the copy in {found_in}")
     if files is None and download:
         fetch(spec, root, looked)
         files = spec.find(root)
         if files is not None:
-            print(f"data: {name} downloaded into {root}", file=sys.stderr)
+            log.warning(f"data: {name} downloaded into {root}")
     if files is None:
-        hint = "set data.download: true to fetch it, or see README 'Datasets offline'" if not download \
-            else "see README 'Datasets offline'"
+        hint = "set data.download: true to fetch it, or see docs/datasets.md, 'Datasets offline'" if not download \
+            else "see docs/datasets.md, 'Datasets offline'"
         raise UserError(f"data.root: {name} not found: expected {'; or '.join(looked)}; {hint}")
     train, val = decode_cached(spec, files, cache_folder(cache_dir))
     if limit_train is not None:

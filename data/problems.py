@@ -6,7 +6,6 @@ unusable cache) is one ``warn`` line on stderr.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +13,9 @@ import numpy as np
 import torch
 
 from core.errors import UserError
+from core.log import get_logger
+
+log = get_logger(__name__)
 
 REFETCH = "delete it and run again with data.download: true to fetch a fresh copy"
 
@@ -41,5 +43,5 @@ def describe(value) -> str:
 
 
 def warn(message: str) -> None:
-    """One line on stderr: something went wrong that costs speed, not the run."""
-    print(f"warning: {message}", file=sys.stderr)
+    """One line on stderr (a logged warning): something went wrong that costs speed, not the run."""
+    log.warning(f"warning: {message}")

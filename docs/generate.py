@@ -191,23 +191,11 @@ def render_config() -> str:
 
 def model_rows() -> list[tuple[str, str, str, str, str]]:
     """(name, parameters, default dataset, model.* keys, description) for every registered model."""
-    import torch
-
     from data import get_spec
-    from models import DATASET_KEYS, MODELS, create_model
+    from models.catalog import catalog
 
-    rows = []
-    for name in MODELS.names():
-        spec = get_spec(MODELS.meta(name).get("default_dataset", "cifar10"))
-        with torch.device("meta"):  # shapes only: no memory, no initialisation
-            model = create_model(name, num_classes=spec.num_classes, in_chans=spec.in_chans,
-                                 image_size=spec.image_size)
-        params = sum(p.numel() for p in model.parameters())
-        keys = [p for p in MODELS.parameters(name) if p not in DATASET_KEYS]
-        doc = (MODELS.get(name).__doc__ or "").strip().splitlines()
-        rows.append((_code(name), f"{params:,}", _code(spec.name), ", ".join(_code(k) for k in keys) or "none",
-                     doc[0].strip() if doc else ""))
-    return rows
+    return [(_code(e.name), f"{e.params:,}", _code(e.dataset), ", ".join(_code(k) for k in e.keys) or "none", e.doc)
+            for e in catalog(get_spec)]
 
 
 def render_models() -> str:

@@ -14,10 +14,16 @@ DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 PAGES = [README, *sorted(DOCS.glob("*.md"))]
 
-# main.py's flags, listed here rather than read from `main.py --help` (a subprocess costs seconds); tests/test_main.py
-# and friends test the flags themselves. A flag added to main.py and named in the README is added here too.
-MAIN_FLAGS = {"--cfg", "--set", "--out", "--jobs", "--jobs-per-gpu", "--launcher", "--dry-run", "--quiet",
-              "--list-models", "--resume", "--eval", "--predict", "--ckpt", "--top", "--help"}
+
+# The flags main.py has are read from its parser (main.build_parser), so a new flag needs no change here.
+def parser_flags() -> set[str]:
+    """Every flag main.py's parser knows, read from its --help text."""
+    from main import build_parser
+
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", build_parser().format_help()))
+
+
+MAIN_FLAGS = parser_flags()
 
 
 def load_generator():

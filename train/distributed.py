@@ -7,7 +7,7 @@ reads them, ``start`` joins the process group (NCCL for CUDA tensors, gloo for C
 code runs on a GPU box and in CI on a CPU). Without them (or with WORLD_SIZE=1) ``Dist()`` is the single
 process and every method here is a no-op that costs nothing.
 
-What a run does with several processes (README "Scaling out"):
+What a run does with several processes (docs/scaling.md):
   * ``train.batch_size`` is per process (as in timm): the global batch is batch_size x world size;
   * every process draws the same per-epoch order of the whole training set and keeps on its device only
     its slice of each global batch (``data.loader.TensorLoader(shard=...)``), so the global batches are the
@@ -141,11 +141,11 @@ def from_env(environ=os.environ) -> Dist:
             values[key] = int(text)
         except ValueError:
             raise UserError(f"environment: {key}={text!r} is not an integer; start several processes with "
-                            f"torchrun (README 'Scaling out')") from None
+                            f"torchrun (docs/scaling.md)") from None
     rank, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
     if world < 1 or not 0 <= rank < world or local < 0:
         raise UserError(f"environment: RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local} do not fit "
-                        f"together; start several processes with torchrun (README 'Scaling out')")
+                        f"together; start several processes with torchrun (docs/scaling.md)")
     return Dist(rank, world, local)
 
 
@@ -169,7 +169,7 @@ def start(d: Dist, timeout_min: float = 30.0) -> None:
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise UserError(f"environment: WORLD_SIZE={d.world_size} but {', '.join(missing)} not set; start several "
-                        f"processes with torchrun (README 'Scaling out')")
+                        f"processes with torchrun (docs/scaling.md)")
     try:
         tdist.init_process_group(backend, rank=d.rank, world_size=d.world_size,
                                  timeout=datetime.timedelta(minutes=timeout_min))
