@@ -9,7 +9,7 @@ from torch.optim import lr_scheduler
 from config import TrainConfig
 from core.errors import RunFailed, UserError
 from data import TensorLoader, get_spec, load_data
-from fixtures import quiet, read_metrics, run_fit, tiny_config
+from fixtures import read_metrics, run_fit, tiny_config
 from models import build_model
 from train.engine import NonFiniteLoss, evaluate, train_one_epoch, train_step
 from train.fit import fit
@@ -296,7 +296,7 @@ def test_bad_input_leaves_no_run_directory(tmp_path):
     cfg = tiny_config(tmp_path / "nowhere", tmp_path / "runs")
     run_dir = RunDir(cfg.output.dir, cfg.run_name)
     with pytest.raises(UserError, match="fashion_mnist not found"):
-        fit(cfg, run_dir, log=quiet, progress=False)
+        fit(cfg, run_dir, progress=False)
     assert run_dir.path is None and not (tmp_path / "runs").exists()
 
 
