@@ -19,6 +19,7 @@ from config.loader import Raw, apply_override, from_dict, read_config, set_dotte
 from config.schema import Config, run_name, setting_warnings
 from core.errors import UserError
 from core.log import get_logger
+from core.text import flatten
 
 # ----------------------------------------------------------------------------- expansion
 #
@@ -54,15 +55,10 @@ class Point:
 
 
 def _flatten_axes(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    axes = {}
-    for k, v in node.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            if not v:
-                raise UserError(f"sweep.{key}: empty section; expected lists of values below it")
-            axes.update(_flatten_axes(v, key))
-        else:
-            axes[key] = v
+    axes = flatten(node, f"{prefix}." if prefix else "", keep_empty=True)
+    for key, v in axes.items():
+        if v == {}:
+            raise UserError(f"sweep.{key}: empty section; expected lists of values below it")
     return axes
 
 

@@ -26,10 +26,13 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
-def one_line(e: BaseException) -> str:
+def one_line(e: BaseException, limit: int = 0) -> str:
     """An error as one line: a ``UserError``'s or ``RunFailed``'s message (any newline it quotes escaped), any
-    other exception as ``Type: the first line of its message`` (the traceback tells the rest)."""
+    other exception as ``Type: the first line of its message`` (the traceback tells the rest), that first line
+    cut at a word to about ``limit`` characters when ``limit`` is given (a library's message can be a page)."""
     if isinstance(e, (UserError, RunFailed)):
         return str(e).strip().replace("\r", "\\r").replace("\n", "\\n")
     first = (str(e).strip().splitlines() or [""])[0]
+    if limit and len(first) > limit:
+        first = first[:limit].rsplit(" ", 1)[0] + " ..."
     return f"{type(e).__name__}: {first}" if first else type(e).__name__

@@ -23,6 +23,13 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"{ROOT}.{name}")
 
 
+_muted = [False]  # set by only_rank0 in the processes of a several-process run other than rank 0
+
+
+def _unmuted(record: logging.LogRecord) -> bool:
+    return not _muted[0]
+
+
 class _Console(logging.Handler):
     """Plain lines to the stream ``sys.stdout`` or ``sys.stderr`` is *now* (tests and tools replace them)."""
 
@@ -30,6 +37,7 @@ class _Console(logging.Handler):
         super().__init__(SUMMARY)
         self.stream_name = stream
         self.addFilter(lambda record: test(record.levelno))
+        self.addFilter(_unmuted)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -56,21 +64,18 @@ def quiet(on: bool = True) -> None:
 
 
 class only_rank0:
-    """Inside, only rank 0 of a several-process run logs (``with only_rank0(dist.is_main): ...``)."""
+    """Inside, only rank 0 of a several-process run logs (``with only_rank0(dist.is_main): ...``): a filter on
+    every handler of the project's logger (a logger's own filters would not see its children's records)."""
 
     def __init__(self, is_main: bool) -> None:
         self.is_main = is_main
 
-    def _filter(self, record: logging.LogRecord) -> bool:
-        return False
-
     def __enter__(self) -> "only_rank0":
-        if not self.is_main:
-            _root.addFilter(self._filter)
+        self.before, _muted[0] = _muted[0], _muted[0] or not self.is_main
         return self
 
     def __exit__(self, *exc) -> None:
-        _root.removeFilter(self._filter)
+        _muted[0] = self.before
 
 
 class to_file:
@@ -82,6 +87,7 @@ class to_file:
         self.filename = filename
         self.held = logging.handlers.MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1)
         self.held.setLevel(SUMMARY)
+        self.held.addFilter(_unmuted)
         self.file: Optional[logging.FileHandler] = None
 
     def open(self, folder: Path, header: str = "") -> Path:
@@ -91,6 +97,7 @@ class to_file:
         except OSError:
             return path
         self.file.setLevel(SUMMARY)
+        self.file.addFilter(_unmuted)
         self.file.handleError = lambda record: None  # a full disk: the line is lost, the run goes on
         if header:
             self.file.handle(logging.makeLogRecord({"msg": header, "levelno": logging.INFO}))

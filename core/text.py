@@ -20,13 +20,13 @@ def eta(durations: list[float], remaining: int) -> Optional[float]:
     return statistics.fmean(durations) * remaining if durations and remaining > 0 else None
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested dict as one level of dotted keys: ``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``; an empty
-    section has no keys, so it leaves none."""
+def flatten(tree: dict[str, Any], prefix: str = "", keep_empty: bool = False) -> dict[str, Any]:
+    """A nested dict as one level of dotted keys: ``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``. An empty
+    section has no keys, so it leaves none; ``keep_empty``: it stays, as ``{}`` at its dotted key."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
+        if isinstance(value, dict) and (value or not keep_empty):
+            flat.update(flatten(value, f"{prefix}{key}.", keep_empty))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from config import Config
-from core.errors import UserError
+from core.errors import UserError, one_line
 from data import DatasetSpec, get_spec, load_data
 from data.augment import normalize
 from data.formats import MAX_IMAGE_PIXELS, chw_array, resize_crop
@@ -218,8 +218,7 @@ def load_image(path: str | Path, spec: DatasetSpec) -> torch.Tensor:
     except UnidentifiedImageError:
         raise UserError(f"{path}: not an image file (or a format PIL cannot read)") from None
     except Exception as e:  # noqa: BLE001 - PIL fails on damaged files with OSError, SyntaxError, ValueError, ...
-        first = (str(e).strip().splitlines() or [""])[0][:150]
-        raise UserError(f"{path}: cannot decode image ({type(e).__name__}: {first})") from None
+        raise UserError(f"{path}: cannot decode image ({one_line(e, limit=150)})") from None
     return torch.from_numpy(np.ascontiguousarray(pixels))  # (C, S, S)
 
 

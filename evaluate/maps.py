@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from core.errors import UserError
+from core.errors import UserError, one_line
 from core.log import get_logger
 from data import DatasetSpec, TensorLoader, load_data
 from evaluate.model import load_model
@@ -214,7 +214,7 @@ def attention_comparison(columns: list[tuple[str, nn.Module]], pool: Sample, ima
 
 
 def _skipped(label: str, what: str, e: Exception) -> str:
-    return f"{label}: {what} skipped ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]})"
+    return f"{label}: {what} skipped ({type(e).__name__ + ': ' if isinstance(e, UserError) else ''}{one_line(e)})"
 
 
 def _describe(m: nn.Module) -> str:

@@ -63,8 +63,8 @@ def create_model(name: str, *, num_classes: int, in_chans: int, image_size: int,
     except ValueError as e:  # architecture checks in __init__ (shapes, divisibility)
         raise UserError(f"model '{name}': {e}") from None
     except (TypeError, RuntimeError) as e:  # arguments no check above caught (torch refusing a shape, ...)
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise UserError(f"model '{name}': cannot build with {kwargs or 'its defaults'}: {first}") from None
+        raise UserError(f"model '{name}': cannot build with {kwargs or 'its defaults'}: "
+                        f"{(str(e).strip().splitlines() or [''])[0]}") from None
 
 
 def build_model(cfg, spec) -> nn.Module:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn as nn
 
-from core.errors import UserError
+from core.errors import UserError, one_line
 
 PREFIX = "timm/"
 
@@ -76,7 +76,7 @@ def _create(timm, name: str, arch: str, num_classes: int, in_chans: int, image_s
                 raise
             model = timm.create_model(arch, **common)  # a CNN: no img_size, it adapts to any input size
     except Exception as e:  # noqa: BLE001 - whatever timm raises while building comes from the arguments
-        raise UserError(f"model '{name}': cannot build with {kwargs or 'its defaults'}: {_first_line(e)}") from None
+        raise UserError(f"model '{name}': cannot build with {kwargs or 'its defaults'}: {one_line(e, limit=160)}") from None
     _check_input(model, name, in_chans, image_size, kwargs)
     return model
 
@@ -94,15 +94,8 @@ def _check_input(model: nn.Module, name: str, in_chans: int, image_size: int, kw
     except (RuntimeError, AssertionError, ValueError, TypeError, IndexError, ArithmeticError) as e:
         size = f"{in_chans}x{image_size}x{image_size}"
         raise UserError(
-            f"model '{name}': cannot take this dataset's {size} images ({_first_line(e)}); try a model that "
+            f"model '{name}': cannot take this dataset's {size} images ({one_line(e, limit=160)}); try a model that "
             f"adapts to the size (a CNN such as timm/resnet18), or model arguments that fit {image_size}x"
             f"{image_size} (e.g. patch_size, window_size, fewer stages)") from None
     finally:
         model.train(was_training)
-
-
-def _first_line(e: BaseException) -> str:
-    text = (str(e).strip().splitlines() or [""])[0]
-    if len(text) > 160:
-        text = text[:160].rsplit(" ", 1)[0] + " ..."
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
