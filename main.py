@@ -1,21 +1,6 @@
-"""Train and compare CNNs, vision transformers and hybrids from YAML configs (after ``pip install -e .``, the
-``vitlab`` command is the same as ``python main.py``).
-
-    python main.py --cfg configs/cnn_tr_medium.yaml
-    python main.py --cfg configs/cnn_tr_medium.yaml --set train.epochs=5 --set data.name=fashion_mnist
-    python main.py --cfg configs/cnn_tr_small.yaml configs/cnn_tr_medium.yaml   # several runs + a comparison
-    python main.py --cfg configs/sweeps/fmnist_sizes.yaml                      # a sweep: grid of runs + a comparison
-    python main.py --cfg configs/cnn_tr_medium.yaml --dry-run
-    python main.py --resume runs/cnn_tr_medium-cifar10-20261126-101500            # continue a stopped run
-    python main.py --eval runs/cnn_tr_medium-cifar10-20261126-101500 [--ckpt last]
-    python main.py --predict runs/cnn_tr_medium-cifar10-20261126-101500 cat.jpg dog.png
-    python main.py --compare runs/simple_cnn-* runs/vit-* --out comparisons/mine
-    python main.py --list-models
-    torchrun --nproc_per_node=4 main.py --cfg configs/cnn_tr_medium.yaml   # one run on 4 processes (DDP)
-
-This file parses the command line and hands it to the package that does the work: ``launch`` (a run or many),
-``evaluate`` (a checkpoint at work, comparisons), ``models`` (the list).
-"""
+"""vitlab's command line (``python main.py`` or, after ``pip install -e .``, ``vitlab``): it parses and hands the
+call to the package that does the work: ``launch`` (one run or many), ``evaluate`` (a checkpoint at work, a
+comparison), ``models.catalog`` (the list). Examples: README.md; every option: ``python main.py --help``."""
 from __future__ import annotations
 
 import argparse
