@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from core.cli import run_cli
@@ -101,11 +102,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     from core.log import quiet
-    from train.provenance import command_line
 
     args = parse_args(argv)
-    quiet(args.quiet)
-    command = command_line(["main.py", *(sys.argv[1:] if argv is None else argv)])
+    with quiet(args.quiet):
+        return _dispatch(args, shlex.join(["python", "main.py", *(sys.argv[1:] if argv is None else argv)]))
+
+
+def _dispatch(args: argparse.Namespace, command: str) -> int:
+    """Hand the call on; nothing imports torch before the config is read (a typo costs no wait)."""
     if os.environ.get("WORLD_SIZE", "1") != "1":  # started by torchrun (the check imports no torch)
         from launch.start import distributed
 

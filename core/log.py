@@ -57,10 +57,21 @@ for _h in CONSOLE:
     _root.addHandler(_h)
 
 
-def quiet(on: bool = True) -> None:
-    """``--quiet``: no model summary on the console (it is still written to summary.txt)."""
-    for h in CONSOLE:
-        h.setLevel(logging.INFO if on else SUMMARY)
+class quiet:
+    """Inside, with ``on`` (``--quiet``): no model summary on the console (it is still written to summary.txt)."""
+
+    def __init__(self, on: bool = True) -> None:
+        self.on = on
+
+    def __enter__(self) -> "quiet":
+        self.before = [h.level for h in CONSOLE]
+        for h in CONSOLE:
+            h.setLevel(logging.INFO if self.on else SUMMARY)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h, level in zip(CONSOLE, self.before):
+            h.setLevel(level)
 
 
 class only_rank0:
@@ -80,8 +91,9 @@ class only_rank0:
 
 class to_file:
     """Inside, this process's log goes to a file instead of the console (a ``--jobs`` or SLURM worker's
-    ``train.log``). Lines logged before ``open(folder)`` are held and written first; writing the log never
-    fails a run (a full disk fails the run's own writes)."""
+    ``train.log``). Lines logged before ``open(folder)`` are held and written first, and warnings before it
+    also reach stderr (the launcher shows them); writing the log never fails a run (a full disk fails the
+    run's own writes)."""
 
     def __init__(self, filename: str) -> None:
         self.filename = filename
@@ -104,13 +116,13 @@ class to_file:
         self.held.setTarget(self.file)
         self.held.flush()
         _root.addHandler(self.file)
-        _root.removeHandler(self.held)
+        for h in (self.held, *self.console):
+            _root.removeHandler(h)
         return path
 
     def __enter__(self) -> "to_file":
         self.console = [h for h in _root.handlers if h in CONSOLE]
-        for h in self.console:
-            _root.removeHandler(h)
+        _root.removeHandler(CONSOLE[0])  # INFO lines wait for the file; warnings go to stderr until it opens
         _root.addHandler(self.held)
         return self
 
@@ -120,7 +132,8 @@ class to_file:
                 _root.removeHandler(h)
                 h.close()
         for h in self.console:
-            _root.addHandler(h)
+            if h not in _root.handlers:
+                _root.addHandler(h)
 
 
 class all_to_stderr:

@@ -29,9 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs"
-if str(ROOT) not in sys.path:  # run as `python docs/generate.py`: the project's packages are in the repo root
-    sys.path.insert(0, str(ROOT))
+DOCS = ROOT / "docs"  # the project's packages import as installed (pip install -e .)
 
 BEGIN = "<!-- generated: {name} -->"
 END = "<!-- end generated -->"

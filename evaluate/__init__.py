@@ -1,6 +1,3 @@
 """Using a run's checkpoint: ``--eval`` and ``--predict`` (evaluate/inference.py), attention and feature maps
 (evaluate/maps.py), latency and FLOPs (evaluate/measure.py), and the comparison that measures them before
-``plots`` renders it (evaluate/compare.py)."""
-from evaluate.compare import compare
-
-__all__ = ["compare"]
+``plots`` renders it (evaluate/compare.py, also ``python -m evaluate.compare``)."""

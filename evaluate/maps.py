@@ -199,7 +199,7 @@ def attention_comparison(columns: list[tuple[str, nn.Module]], pool: Sample, ima
             seen.append((label, attend(model, pool.images)))
         except MODEL_ERRORS as e:
             notes.append(_skipped(label, "attention maps", e))
-            log.warning(f"warning: {notes[-1]}")
+            log.info(f"warning: {notes[-1]}")
     if not seen:
         return None, notes
     right, missed = pick_images(pool.labels, [a.preds for _, a in seen], images)
@@ -277,7 +277,7 @@ def inspect_groups(groups: list[Group], out: Path, images: int
             load_pool(run, cache)
         except MODEL_ERRORS as e:
             notes.append(_skipped(g.label, "attention/feature maps", e))
-            log.warning(f"warning: {notes[-1]}")
+            log.info(f"warning: {notes[-1]}")
             continue
         by_dataset.setdefault(run.dataset, []).append((g.label, run, model))
     attention, features = [], []
@@ -322,6 +322,6 @@ def _features(entries: list[tuple[str, Run, nn.Module]], pool: Sample, path: Pat
         figure = stem_figure(shown, sample.display[0], sample.name(sample.labels[0]), path)
     except MODEL_ERRORS as e:
         note = _skipped(", ".join(models[0][0] for models in stems.values()), "feature maps", e)
-        log.warning(f"warning: {note}")
+        log.info(f"warning: {note}")
         return None, [note]
     return (stems_caption(len(stems), sum(map(len, stems.values())), sample.indices[0], patchify), figure), []

@@ -71,7 +71,7 @@ def measure_latencies(groups: list[Group], out: Path, threads: int, budget_s: fl
                 measured = measure_latency(chosen, spec, batch=batch, threads=threads, budget_s=budget_s * len(chosen))
             except (RuntimeError, MemoryError, ValueError) as e:  # e.g. out of memory at batch 64
                 notes.append(f"{dataset}: latency at batch {batch} not measured ({one_line(e)})")
-                log.warning(f"warning: {notes[-1]}")
+                log.info(f"warning: {notes[-1]}")
                 continue
             for label, lat in measured.items():
                 by_label[label].latency[which] = lat.to_dict()

@@ -14,7 +14,7 @@ from core.cli import EXIT_INTERRUPTED, EXIT_RUN_FAILED
 from core.errors import UserError
 from core.log import get_logger
 from evaluate.compare import compare
-from launch.local import Local, plan_workers
+from launch.local import Local, check_worker_imports, plan_workers
 from launch.plan import Executor, Job, Manifest, Outcome, check_points, jobs_for, plan, summary
 from launch.run import Sequential
 from train.rundir import new_dir
@@ -35,6 +35,8 @@ def run_call(points: list[Point], out: Optional[str], command: str, jobs: Option
         executor: Executor = Slurm()
     else:
         executor = Sequential() if workers is None else Local(workers)
+    if workers is not None:
+        check_worker_imports()  # before anything is made
     out_dir = _comparison_dir(out, points)
     manifest = Manifest.start(out_dir, points, command, launcher)
     log.info(f"comparison directory: {out_dir} (if this call stops: {manifest.resume_command()})")
@@ -60,6 +62,8 @@ def resume_call(folder: Path, overrides: list[str], command: str, jobs: Optional
         executor: Executor = Slurm(attach)
     else:
         executor = Sequential() if workers is None else Local(workers)
+        if workers is not None:
+            check_worker_imports()
     done, todo = plan(manifest, attached=frozenset(attach))
     log.info(f"{folder}: {len(done)} of {len(manifest.points)} runs already finished; "
              + (f"{len(attach)} still queued or running on SLURM; " if attach else "")

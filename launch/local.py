@@ -21,7 +21,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, TextIO
+from typing import Optional, TextIO
 
 import torch
 
@@ -300,6 +300,19 @@ def run_parallel(jobs: list[Job], total: int, workers: Workers, *, manifest: Opt
         return _Launcher(jobs, workers, manifest, command, board, argv).run()
     finally:
         board.close()
+
+
+def check_worker_imports() -> None:
+    """A worker (``python -m launch.worker``, started in this directory) imports ``launch`` from here or from the
+    installed package: one line if that would not be this code (not installed, or another copy installed)."""
+    here = Path(__file__).resolve().parent
+    probe = subprocess.run([sys.executable, "-c", "import launch, sys; sys.stdout.write(launch.__file__)"],
+                           capture_output=True, text=True, timeout=120)
+    found = Path(probe.stdout).resolve().parent if probe.returncode == 0 and probe.stdout else None
+    if found != here:
+        where = f"they would import {found}" if found else "they would not find the launch package"
+        raise UserError(f"--jobs: worker processes started in {Path.cwd()} would not run this code ({where}); "
+                        f"install it with pip install -e {here.parent} (README 'Install')")
 
 
 class Local:

@@ -95,6 +95,9 @@ def _dist_from_slurm():
         return Dist()
     import submitit.helpers
 
+    # The port comes from the job id (submitit's choice) unless MASTER_PORT is set, and sbatch copies the
+    # submitting shell's environment: without this, every job would take that one port.
+    os.environ.pop("MASTER_PORT", None)
     # Each task sees every GPU of its node and takes cuda:LOCAL_RANK itself (train.distributed).
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     return from_env()
@@ -257,8 +260,12 @@ def _from_result(t: _Tracked) -> Outcome:
     try:
         result = task.result()
     except Exception as e:  # noqa: BLE001 - the job raised (its trace is in the message) or its file is damaged
+        # submitit's message: a header, the job's trace between two lines of dashes, then where its logs are.
+        parts = str(e).split("-" * 22)
+        trace = parts[1].strip() if len(parts) >= 3 else str(e)
         return Outcome(t.job.point, "failed", Path(t.run_dir) if t.run_dir else None,
-                       error=f"job {t.job_id} failed: {_brief(e)}; its log: {task.paths.stderr}", traceback=str(e))
+                       error=f"job {t.job_id} failed: {_brief(Exception(trace))}; its log: {task.paths.stderr}",
+                       traceback=trace)
     if not isinstance(result, dict):
         return Outcome(t.job.point, "failed", Path(t.run_dir) if t.run_dir else None,
                        error=f"job {t.job_id} returned {type(result).__name__}, not an outcome; its log: "

@@ -10,7 +10,6 @@ from config.sweep import Point, load_points
 from core.cli import EXIT_USER_ERROR
 from core.errors import UserError
 from core.log import get_logger
-from launch.plan import Manifest
 
 log = get_logger(__name__)
 
@@ -40,6 +39,8 @@ def train(cfg_files: list[str], overrides: list[str], command: str, *, out: Opti
 
 def resume(path: str, overrides: list[str], command: str, jobs: Optional[int] = None,
            jobs_per_gpu: Optional[int] = None) -> int:
+    from launch.plan import Manifest
+
     if Manifest.holds(path):
         from launch.call import resume_call
 
@@ -64,6 +65,7 @@ def distributed(cfg_files: Optional[list[str]], resume_dir: Optional[str], overr
                 other: bool) -> Optional[int]:
     """One run on several processes, started by torchrun: ``--cfg`` with one config, or ``--resume RUN_DIR``;
     ``other``: the command line asked for something else. None when the environment names one process."""
+    from launch.plan import Manifest
     from train import distributed as d
     from train.fit import fit
     from train.resume import open_for_resume

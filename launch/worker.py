@@ -88,6 +88,8 @@ def run_point(spec: dict[str, Any], events: Optional[Event] = None, dist=None) -
         try:
             job = state["job"] = _job(spec, on_create=[created] if dist.is_main else [], on_epoch=[epoch])
             state["epochs"] = job.cfg.train.epochs
+            if job.run_dir.resuming and dist.is_main:  # its directory exists already: its log starts now
+                created(job.run_dir.path)
         except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001 - a second signal while it was being set
             # up, a run directory that cannot be resumed, a bug: this point's outcome, like any error of a run
             ending = ending_of(e)
@@ -121,7 +123,7 @@ def not_started(spec: dict[str, Any], signum: int) -> dict[str, Any]:
 
 def _job(spec: dict[str, Any], *, on_create=(), on_epoch=()):
     """The ``launch.plan.Job`` a spec describes (imports torch), its run directory calling ``on_create`` with
-    its path once it exists (a resumed one: once it is reopened) and ``on_epoch`` with each epoch's row."""
+    its path once a new one exists and ``on_epoch`` with each epoch's row."""
     import torch
 
     from config import from_dict
@@ -139,7 +141,7 @@ def _job(spec: dict[str, Any], *, on_create=(), on_epoch=()):
     point = Point(spec["name"], dict(spec.get("values") or {}), cfg, spec.get("source", ""),
                   spec.get("experiment", ""))
     if spec.get("run_dir"):
-        r = open_for_resume(spec["run_dir"], on_create=on_create, on_epoch=on_epoch)
+        r = open_for_resume(spec["run_dir"], on_epoch=on_epoch)
         return Job(index, point, r.run_dir, r.cfg, r.ckpt)
     return Job(index, point, point_run_dir(point, index, on_create=on_create, on_epoch=on_epoch), cfg)
 

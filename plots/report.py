@@ -57,8 +57,7 @@ TABLE_NOTE = ("Accuracies are top-1 on the validation split, in %; over several 
 
 def collect(run_dirs: list[str | Path], out: str | Path, failures: list[dict[str, Any]] = ()
             ) -> tuple[Path, list[Run], list[Group]]:
-    """The runs in ``run_dirs`` (run directories or folders of them) grouped by experiment, each group with the
-    latency ``out/latency.json`` holds for it; ``out`` made."""
+    """The runs in ``run_dirs`` (run directories or folders of them) grouped by experiment; ``out`` made."""
     runs = find_runs(run_dirs) if run_dirs else []
     if not runs and not failures:
         raise UserError("nothing to compare: give run directories written by main.py")
@@ -67,9 +66,7 @@ def collect(run_dirs: list[str | Path], out: str | Path, failures: list[dict[str
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {out}: cannot create ({e.strerror})") from None
-    groups = group_runs(runs)
-    read_latency(out, groups)
-    return out, runs, groups
+    return out, runs, group_runs(runs)
 
 
 def render(out: Path, runs: list[Run], groups: list[Group], *, failures: Optional[list[dict[str, Any]]] = None,
@@ -220,6 +217,7 @@ def _main(argv: Optional[list[str]]) -> int:
     p.add_argument("--out", required=True, metavar="DIR", help="where to write the figures, tables and index.md")
     args = p.parse_args(argv)
     out, runs, groups = collect(args.runs, args.out)
+    read_latency(out, groups)  # what an earlier comparison into DIR measured
     index = render(out, runs, groups, command=shlex.join(["python", "-m", "plots",
                                                           *(sys.argv[1:] if argv is None else argv)]))
     print(f"comparison: {index}")

@@ -43,6 +43,6 @@ def plain_comparisons(monkeypatch):
     import functools
 
     import launch.call
-    from evaluate import compare
+    from evaluate.compare import compare
 
     monkeypatch.setattr(launch.call, "compare", functools.partial(compare, inspect_models=False))

@@ -86,3 +86,34 @@ def test_run_cli_turns_user_errors_and_ctrl_c_into_exit_codes(capsys):
     assert capsys.readouterr().err == "error: cannot write /tmp/a\\nb/last.pt: No space left on device\n"
     with pytest.raises(ZeroDivisionError):  # a bug is not a user error: its traceback stays
         run_cli(lambda argv: 1 / 0, [])
+
+
+def test_logging_quiet_hides_only_the_summary_and_is_undone_after(capsys):
+    from core.log import SUMMARY, get_logger, quiet
+
+    log = get_logger("test")
+    with quiet():
+        log.log(SUMMARY, "table")
+        log.info("epoch line")
+    log.log(SUMMARY, "table again")
+    assert capsys.readouterr().out == "epoch line\ntable again\n"
+
+
+def test_logging_to_a_runs_file_holds_early_lines_and_shows_early_warnings(tmp_path, capsys):
+    """A worker's train.log: lines before its directory exists are written first, after the header; warnings
+    before then also reach stderr (the launcher shows them); the console is back afterwards."""
+    from core.log import get_logger, only_rank0, to_file
+
+    log = get_logger("test")
+    with to_file("train.log") as f:
+        log.info("loading")
+        log.warning("warning: early")
+        assert f.open(tmp_path, header="=== header") == tmp_path / "train.log"
+        log.info("epoch 1")
+        log.warning("warning: late")
+        with only_rank0(False):
+            log.info("rank 1 says this")
+    log.info("back on the console")
+    assert (tmp_path / "train.log").read_text() == "=== header\nloading\nwarning: early\nepoch 1\nwarning: late\n"
+    out, err = capsys.readouterr()
+    assert out == "back on the console\n" and err == "warning: early\n"

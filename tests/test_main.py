@@ -151,3 +151,18 @@ def test_the_printed_resume_command_runs_as_printed_with_spaces_in_its_paths(tmp
     p = subprocess.run(command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.system
+def test_a_config_mistake_is_reported_before_torch_is_imported(tmp_path):
+    """A typo costs no wait: main.py reads and checks the config before anything imports torch (seconds)."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  name: simple_cnn\ndata:\n  name: fashion_mnist\ntrain:\n  epochs: many\n")
+    code = ("import sys, main; code = main.main(['--cfg', sys.argv[1]]); "
+            "print(code, 'torch' in sys.modules, file=sys.stderr)")
+    p = subprocess.run([sys.executable, "-c", code, str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    first, *_, last = p.stderr.splitlines()
+    assert first.startswith("error: ") and "train.epochs" in first and last == "2 False", p.stderr

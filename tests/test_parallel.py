@@ -372,3 +372,22 @@ def test_sigkill_sigterm_to_a_parallel_sweep_then_resume_exactly(fmnist_root, tm
         assert results["status"] == "completed" and [a["status"] for a in results["attempts"]] == [first, "completed"]
         assert_like(d, refs[results["name"]])
         assert (d / "train.log").read_text().count("=== t-fashion_mnist-seed=") == 2  # one header per attempt, appended
+
+
+def test_jobs_check_that_their_workers_import_this_code(monkeypatch):
+    """The real probe (a short subprocess that imports no torch) finds this checkout, installed with pip install -e;
+    one that finds no launch package, or another copy, is one line before anything starts."""
+    import subprocess as sp
+
+    import launch.local
+    from launch.local import check_worker_imports
+
+    check_worker_imports()
+    monkeypatch.setattr(launch.local.subprocess, "run", lambda *a, **k: sp.CompletedProcess(a, 1, "", "no module"))
+    with pytest.raises(UserError, match=r"^--jobs: worker processes started in .* would not run this code \(they "
+                                        r"would not find the launch package\); install it with pip install -e "):
+        check_worker_imports()
+    monkeypatch.setattr(launch.local.subprocess, "run",
+                        lambda *a, **k: sp.CompletedProcess(a, 0, "/elsewhere/launch/__init__.py", ""))
+    with pytest.raises(UserError, match="they would import /elsewhere/launch"):
+        check_worker_imports()

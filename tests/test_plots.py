@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fixtures import TINY_VIT, built_once, call_main, png_size, run_fit, tiny_config, write_mnist
-from evaluate import compare
+from evaluate.compare import compare
 from evaluate.maps import attention_grids, first_convs, rollout, token_layout
 from plots.runs import find_runs, group_runs
 

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from fixtures import TINY_VIT, built_once, missing, run_fit, tiny_config, write_mnist
-from evaluate import compare
+from evaluate.compare import compare
 from plots import write_confusion
 
 HOSTILE = '<script>document.documentElement.dataset.pwned = "yes"</script>'

@@ -164,7 +164,7 @@ def restore(s, ckpt: dict[str, Any], cfg: Config) -> None:
                         f"train.batch_size) and this is {s.dist.world_size}; resume it the way it ran: {how}")
     ckpt = own_state(ckpt, s.dist)
     if ckpt["device"].split(":")[0] != s.device.type or ckpt["precision"] != str(s.precision):
-        log.warning(f"warning: the run trained on {ckpt['device']} ({ckpt['precision']}) and resumes on {s.device} "
+        log.info(f"warning: the run trained on {ckpt['device']} ({ckpt['precision']}) and resumes on {s.device} "
             f"({s.precision}): numbers will not equal an uninterrupted run bit for bit")
     s.module.load_state_dict(ckpt["model"])
     saved_epochs = ckpt["config"]["train"]["epochs"]

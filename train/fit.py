@@ -202,7 +202,7 @@ def _count_flops(cfg: Config, model, spec):
             _FLOPS[key] = flops_per_image(model, spec)
         return _FLOPS[key]
     except Exception as e:  # noqa: BLE001 - any failure of a by-product
-        log.warning(f"warning: FLOPs not counted ({one_line(e)})")
+        log.info(f"warning: FLOPs not counted ({one_line(e)})")
         return None
 
 

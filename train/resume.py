@@ -50,11 +50,11 @@ class Resumption:
     done: bool  # completed and not extended: nothing to train
 
 
-def open_for_resume(path: str | Path, overrides: list[str] = (), **listeners) -> Resumption:
-    """Check that the run in ``path`` can continue with ``overrides`` and load its last.pt; ``listeners``:
-    ``on_create`` and ``on_epoch`` of its ``RunDir``."""
+def open_for_resume(path: str | Path, overrides: list[str] = (), on_epoch=()) -> Resumption:
+    """Check that the run in ``path`` can continue with ``overrides`` and load its last.pt; ``on_epoch``:
+    listeners of its ``RunDir``."""
     path = Path(path).expanduser()
-    run_dir = RunDir.existing(path, **listeners)
+    run_dir = RunDir.existing(path, on_epoch=on_epoch)
     results = run_dir.results
     if is_live(results):
         raise UserError(f"--resume {path}: still running (pid {results.get('pid')} on this host); "

@@ -72,9 +72,9 @@ class RunDir:
     fails on bad input before that leaves nothing behind; ``path`` is None until then. ``RunDir.existing``
     opens one to resume it.
 
-    Listeners are declared when it is made: ``on_create(path)`` once the directory exists (or, resumed, once
-    it is reopened), e.g. a sweep recording where its point runs; ``on_epoch(row)`` after each epoch's row is
-    in metrics.jsonl, e.g. a ``--jobs`` worker reporting progress to its launcher.
+    Listeners are declared when it is made: ``on_create(path)`` once a new directory exists, e.g. a sweep
+    recording where its point runs; ``on_epoch(row)`` after each epoch's row is in metrics.jsonl, e.g. a
+    ``--jobs`` worker reporting progress to its launcher.
     """
 
     def __init__(self, root: str | Path, name: str, *, extra: Optional[dict[str, Any]] = None,
@@ -89,14 +89,13 @@ class RunDir:
         self.writes = True
 
     @classmethod
-    def existing(cls, path: str | Path, *, on_create: Sequence[Callable[[Path], None]] = (),
-                 on_epoch: Sequence[Callable[[dict[str, Any]], None]] = ()) -> "RunDir":
+    def existing(cls, path: str | Path, *, on_epoch: Sequence[Callable[[dict[str, Any]], None]] = ()) -> "RunDir":
         """A run directory written before, to continue in place (``--resume``)."""
         path = Path(path).expanduser()
         if not path.is_dir():
             raise UserError(f"--resume {path}: no such directory")
         results = read_results(path) or {}  # missing or unreadable: the run rewrites it
-        run = cls(path.parent, results.get("name") or path.name, on_create=on_create, on_epoch=on_epoch)
+        run = cls(path.parent, results.get("name") or path.name, on_epoch=on_epoch)
         run.path, run.resuming = path, True
         run.results.update(results)
         return run
@@ -111,19 +110,18 @@ class RunDir:
         self.path = path
 
     def create(self) -> Optional[Path]:
-        """Make the directory (a new run), or clean an existing one up for its resumed run; then tell the
-        ``on_create`` listeners."""
+        """Make the directory (a new run; the ``on_create`` listeners are told), or clean an existing one up for
+        its resumed run."""
         if self.resuming:
             if self.writes:
                 remove_stale_temporaries(self.path)
-        else:
-            assert self.path is None, "a RunDir is created once"
-            if not self.writes:
-                return None
-            self.path = new_dir(self.root, self.name)
-        if self.writes:
-            for listener in self.on_create:
-                listener(self.path)
+            return self.path
+        assert self.path is None, "a RunDir is created once"
+        if not self.writes:
+            return None
+        self.path = new_dir(self.root, self.name)
+        for listener in self.on_create:
+            listener(self.path)
         return self.path
 
     def write(self, filename: str, text: str) -> Path:
