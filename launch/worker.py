@@ -74,22 +74,12 @@ def run_point(spec: dict[str, Any], events: Optional[Event] = None, dist=None) -
     dist = dist or Dist()
     send = events if events is not None and dist.is_main else (lambda event: None)
     with to_file(LOG_FILE) as train_log, GracefulStop(announce=lambda text: log.info(text.strip())) as stop:
-        state: dict[str, Any] = {}
-
-        def created(path: Path) -> None:
-            log_path = train_log.open(path, header=f"=== {state['job'].describe()}: pid {os.getpid()} on "
-                                                   f"{socket.gethostname()}\n{spec.get('command') or ''}")
-            send({"event": "run_dir", "path": str(path), "log": str(log_path),
-                  "epochs_done": state["job"].ckpt["epoch"] if state["job"].ckpt else 0, "epochs": state["epochs"]})
-
-        def epoch(row: dict[str, Any]) -> None:  # fit's run directory calls it once per finished epoch
-            send({"event": "epoch", "epochs": state["epochs"], **row})
-
+        progress = _Progress(spec, send, train_log)
         try:
-            job = state["job"] = _job(spec, on_create=[created] if dist.is_main else [], on_epoch=[epoch])
-            state["epochs"] = job.cfg.train.epochs
+            job = progress.job = _job(spec, on_create=[progress.created] if dist.is_main else [],
+                                      on_epoch=[progress.epoch])
             if job.run_dir.resuming and dist.is_main:  # its directory exists already: its log starts now
-                created(job.run_dir.path)
+                progress.created(job.run_dir.path)
         except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001 - a second signal while it was being set
             # up, a run directory that cannot be resumed, a bug: this point's outcome, like any error of a run
             ending = ending_of(e)
@@ -105,6 +95,24 @@ def run_point(spec: dict[str, Any], events: Optional[Event] = None, dist=None) -
         outcome = run_one(job, command=spec.get("command"), progress=False, dist=dist)
         with stop.holding():
             return outcome.to_dict()
+
+
+class _Progress:
+    """What a point tells its launcher, as its run directory's listeners: where it runs and logs (once the
+    directory exists; its train.log starts there), then each finished epoch's row."""
+
+    def __init__(self, spec: dict[str, Any], send: Event, train_log: to_file):
+        self.spec, self.send, self.train_log = spec, send, train_log
+        self.job = None  # the launch.plan.Job, once made
+
+    def created(self, path: Path) -> None:
+        header = (f"=== {self.job.describe()}: pid {os.getpid()} on {socket.gethostname()}\n"
+                  f"{self.spec.get('command') or ''}")
+        self.send({"event": "run_dir", "path": str(path), "log": str(self.train_log.open(path, header=header)),
+                   "epochs_done": self.job.ckpt["epoch"] if self.job.ckpt else 0, "epochs": self.job.cfg.train.epochs})
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        self.send({"event": "epoch", "epochs": self.job.cfg.train.epochs, **row})
 
 
 def _cpu():
