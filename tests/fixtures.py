@@ -203,14 +203,13 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def call_main(capsys, *args, module: str = "main"):
-    """``main.main(ARGS)`` (or ``evaluate.compare.main``) in this process: what the script runs, without the
-    seconds a new interpreter spends importing torch. Returns an object like ``run_main``'s."""
+    """``main.main(ARGS)`` (or ``python -m MODULE``'s: ``plots``, ``evaluate.compare``) in this process: what the
+    script runs, without the seconds a new interpreter spends importing torch. Returns an object like
+    ``run_main``'s."""
+    import importlib
     import subprocess
 
-    if module == "main":
-        from main import main
-    else:
-        from evaluate.compare import main
+    main = importlib.import_module({"main": "main", "plots": "plots.report"}.get(module, module)).main
     capsys.readouterr()  # drop what earlier code printed
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()

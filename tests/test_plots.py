@@ -364,11 +364,27 @@ def test_every_figure_is_a_sensible_png_and_linked_from_the_index(comparison):
     assert not list(out.glob(".*tmp*"))  # no temporary files left behind
 
 
-def test_plots_cli_on_a_folder_of_runs(runs, tmp_path, capsys):
-    p = call_main(capsys, runs[0].parent, "--out", tmp_path / "c", "--no-maps", "--no-latency", module="plots")
+def test_compare_cli_on_a_folder_of_runs(runs, tmp_path, capsys):
+    p = call_main(capsys, runs[0].parent, "--out", tmp_path / "c", "--no-maps", "--no-latency",
+                  module="evaluate.compare")
     assert p.returncode == 0, p.stderr
     assert [r["run"] for r in read_csv(tmp_path / "c" / "results.csv")] == [run_files(d)[0]["name"] for d in runs]
     assert not list((tmp_path / "c").glob("attention*.png")) and not (tmp_path / "c" / "latency.json").exists()
+
+
+def test_plots_cli_renders_from_files_with_the_latency_its_out_holds(runs, tmp_path, capsys):
+    """python -m plots runs no model: the page from the run files, and the latency an earlier comparison into
+    the same --out measured (latency.json), for the experiments it names."""
+    label = group_runs(find_runs(runs))[0].label
+    from models.measure import Latency
+
+    timed = Latency(ms=7.25, p25_ms=7.2, p75_ms=7.345, spread=0.02, repeats=40, threads=1, batch=1, flagged=False,
+                    reference=label).to_dict()
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "latency.json").write_text(json.dumps({"experiments": {label: {"batch1": timed}}}))
+    p = call_main(capsys, *runs, "--out", tmp_path / "c", module="plots")
+    assert p.returncode == 0, p.stderr
+    assert "7.25 (IQR 2%)" in (tmp_path / "c" / "results.md").read_text()
 
 
 @pytest.mark.parametrize("args, message", [
