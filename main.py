@@ -15,7 +15,8 @@ MODES = ("cfg", "resume", "eval", "predict", "compare", "list_models")
 # Options that only mean something in some modes: option -> (its dest, the modes that use it).
 ONLY_WITH = {"--set": ("overrides", ("cfg", "resume")), "--jobs": ("jobs", ("cfg", "resume")),
              "--jobs-per-gpu": ("jobs_per_gpu", ("cfg", "resume")), "--dry-run": ("dry_run", ("cfg",)),
-             "--launcher": ("launcher", ("cfg",)), "--out": ("out", ("cfg", "compare"))}
+             "--launcher": ("launcher", ("cfg",)), "--out": ("out", ("cfg", "compare")),
+             "--allow-data-change": ("allow_data_change", ("resume",))}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="print the resolved config and the model summary (for several runs: each run's name, "
                           "swept values and parameter count), then exit without training")
+    run.add_argument("--allow-data-change", action="store_true",
+                     help="--resume RUN_DIR on data other than the run trained on (other files, other sizes); "
+                          "without it such a resume is refused")
     run.add_argument("--quiet", action="store_true",
                      help="leave the model summary table off the console (it is still written to summary.txt)")
     many = p.add_argument_group("several runs (several --cfg files, a sweep: section, or --resume COMPARE_DIR)")
@@ -114,7 +118,7 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         from launch.start import distributed
 
         code = distributed(args.cfg, args.resume, args.overrides, command, other=args.mode not in ("cfg", "resume")
-                           or args.dry_run or args.out is not None)
+                           or args.dry_run or args.out is not None, allow_data_change=args.allow_data_change)
         if code is not None:
             return code
     if args.mode == "list_models":
@@ -134,7 +138,8 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
     from launch.start import resume, train
 
     if args.mode == "resume":
-        return resume(args.resume, args.overrides, command, args.jobs, args.jobs_per_gpu)
+        return resume(args.resume, args.overrides, command, args.jobs, args.jobs_per_gpu,
+                      allow_data_change=args.allow_data_change)
     return train(args.cfg, args.overrides, command, out=args.out, jobs=args.jobs, jobs_per_gpu=args.jobs_per_gpu,
                  launcher=args.launcher, dry_run=args.dry_run)
 

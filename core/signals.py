@@ -75,3 +75,22 @@ class GracefulStop:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+@contextlib.contextmanager
+def stop_at_once():
+    """Inside, a stop signal raises ``Interrupted`` at once: for work with nothing to checkpoint, which whoever
+    continues simply does again (writing a comparison). Outside the main thread it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame) -> None:
+        raise Interrupted(signum, immediate=True)
+
+    previous = {sig: signal.signal(sig, handle) for sig in SIGNALS + tuple(_extra)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -11,8 +11,10 @@ from typing import Optional
 
 from config.sweep import Point
 from core.cli import EXIT_INTERRUPTED, EXIT_RUN_FAILED
-from core.errors import UserError
+from core.errors import Interrupted, UserError
+from core.lock import DirLock
 from core.log import get_logger
+from core.signals import stop_at_once
 from evaluate.compare import compare
 from launch.local import Local, check_worker_imports, plan_workers
 from launch.plan import Executor, Job, Manifest, Outcome, check_points, jobs_for, plan, summary
@@ -37,10 +39,11 @@ def run_call(points: list[Point], out: Optional[str], command: str, jobs: Option
         executor = Sequential() if workers is None else Local(workers)
     if workers is not None:
         check_worker_imports()  # before anything is made
-    out_dir = _comparison_dir(out, points)
-    manifest = Manifest.start(out_dir, points, command, launcher)
-    log.info(f"comparison directory: {out_dir} (if this call stops: {manifest.resume_command()})")
-    return _finish(manifest, [], jobs_for(points, manifest), executor, command)
+    out_dir, lock = _comparison_dir(out, points)
+    with lock:
+        manifest = Manifest.start(out_dir, points, command, launcher)
+        log.info(f"comparison directory: {out_dir} (if this call stops: {manifest.resume_command()})")
+        return _finish(manifest, [], jobs_for(points, manifest), executor, command)
 
 
 def resume_call(folder: Path, overrides: list[str], command: str, jobs: Optional[int] = None,
@@ -50,6 +53,11 @@ def resume_call(folder: Path, overrides: list[str], command: str, jobs: Optional
         raise UserError(f"--set: not used when resuming the multi-run call in {folder}; its points keep their "
                         f"configs (extend a single run with --resume RUN_DIR --set train.epochs=N)")
     workers = plan_workers(jobs, jobs_per_gpu)
+    with DirLock(folder, "comparison directory"):  # one call finishes it; a second one at once is refused
+        return _resume(folder, command, workers)
+
+
+def _resume(folder: Path, command: str, workers) -> int:
     manifest = Manifest.load(folder)
     attach: dict[int, str] = {}
     if manifest.launcher == "slurm":
@@ -71,20 +79,25 @@ def resume_call(folder: Path, overrides: list[str], command: str, jobs: Optional
     return _finish(manifest, done, todo, executor, command)
 
 
-def _comparison_dir(out: Optional[str], points: list[Point]) -> Path:
+def _comparison_dir(out: Optional[str], points: list[Point]) -> tuple[Path, DirLock]:
+    """The call's comparison directory, and its lock, already held: two calls given one ``--out`` at once
+    cannot both start there (the second is refused before it writes anything)."""
     if out is None:
-        return new_dir(points[0].cfg.output.dir, "compare")
+        out_dir = new_dir(points[0].cfg.output.dir, "compare")
+        return out_dir, DirLock(out_dir, "comparison directory").acquire()
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
-    if Manifest.holds(out_dir):
-        raise UserError(f"--out {out}: already holds a multi-run call; continue it with --resume {out}, "
-                        f"or pick another --out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {out}: cannot create ({e.strerror})") from None
-    return out_dir
+    lock = DirLock(out_dir, "comparison directory").acquire()
+    if Manifest.holds(out_dir):
+        lock.release()
+        raise UserError(f"--out {out}: already holds a multi-run call; continue it with --resume {out}, "
+                        f"or pick another --out")
+    return out_dir, lock
 
 
 def _finish(manifest: Manifest, done: list[Outcome], todo: list[Job], executor: Executor, command: str) -> int:
@@ -100,8 +113,14 @@ def _finish(manifest: Manifest, done: list[Outcome], todo: list[Job], executor: 
     # A run that failed before writing its config (e.g. a full disk) is listed among the failures only.
     run_dirs = [o.run_dir for o in outcomes if o.run_dir is not None and (o.run_dir / "config.yaml").is_file()]
     first = manifest.points[0].cfg.output
-    index = compare(run_dirs, manifest.folder, failures=failures, command=command, latency=first.latency,
-                    latency_threads=first.latency_threads)
+    try:
+        with stop_at_once():  # nothing to checkpoint: the resume writes the comparison again
+            index = compare(run_dirs, manifest.folder, failures=failures, command=command, latency=first.latency,
+                            latency_threads=first.latency_threads)
+    except Interrupted as e:
+        log.warning(f"stopped by {e.signame} while writing the comparison; every run is saved, and "
+                    f"{manifest.resume_command()} writes it")
+        return e.exit_code
     page = Path(index).with_name("index.html")
     log.info(f"comparison: {index}" + (f" (in a browser: {page})" if page.is_file() else ""))
     stopped = [o for o in outcomes if o.status == "interrupted"]

@@ -172,14 +172,14 @@ def plan(manifest: Manifest, *, attached: frozenset[int] = frozenset()) -> tuple
             continue
         results = read_results(folder) if folder else None
         status = (results or {}).get("status")
-        if status == "running" and is_live(results):
+        if folder and is_live(results or {}, folder):
             raise UserError(f"--resume {manifest.folder}: point {point.name} is still running "
-                            f"(pid {results.get('pid')}, {folder}); stop it first")
+                            f"(pid {(results or {}).get('pid')}, {folder}); stop it first")
         started = folder is not None and (Path(folder) / "config.yaml").is_file()
         if status in ("completed", "diverged"):
             done.append(Outcome(point, status, Path(folder), results, error=results.get("error"), skipped=True))
         elif started and status != "failed":  # interrupted, or killed ("running" with its process gone)
-            r = open_for_resume(folder)
+            r = open_for_resume(folder, claim=False)  # its lock is taken where it runs (a --jobs worker)
             jobs.append(Job(i, point, r.run_dir, r.cfg, r.ckpt))
         else:  # failed, never started, or killed before it wrote its config: a new run directory
             jobs.append(Job(i, point, point_run_dir(point, i, manifest), point.cfg))

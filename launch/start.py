@@ -38,34 +38,44 @@ def train(cfg_files: list[str], overrides: list[str], command: str, *, out: Opti
 
 
 def resume(path: str, overrides: list[str], command: str, jobs: Optional[int] = None,
-           jobs_per_gpu: Optional[int] = None) -> int:
+           jobs_per_gpu: Optional[int] = None, *, allow_data_change: bool = False) -> int:
     from launch.plan import Manifest
 
     if Manifest.holds(path):
         from launch.call import resume_call
+
+        if allow_data_change:
+            raise UserError(f"--allow-data-change: {path} is a multi-run call; resume the point whose data changed "
+                            f"by its run directory (--resume RUN_DIR --allow-data-change), then this call")
 
         return resume_call(Path(path), overrides, command, jobs, jobs_per_gpu)
     _single_run_note(jobs, jobs_per_gpu)
     from train.fit import fit
     from train.resume import open_for_resume
 
-    r = open_for_resume(path, overrides)
-    if r.done:
-        log.info(f"{path}: already completed all {r.cfg.train.epochs} epochs; to train longer: "
-                 f"python main.py --resume {shlex.quote(str(path))} --set train.epochs=N")
-        return 0
-    if r.ckpt is None:
-        log.info(f"{path}: no last.pt yet (stopped before its first checkpoint): starting it over in place")
-    results = fit(r.cfg, r.run_dir, resume=r.ckpt, command=command)
+    r = open_for_resume(path, overrides)  # holds the run's lock until fit ends
+    try:
+        _allow_data_change(r, allow_data_change)
+        if r.done:
+            log.info(f"{path}: already completed all {r.cfg.train.epochs} epochs; to train longer: "
+                     f"python main.py --resume {shlex.quote(str(path))} --set train.epochs=N")
+            return 0
+        if r.ckpt is None:
+            log.info(f"{path}: no last.pt yet (stopped before its first checkpoint): starting it over in place")
+        results = fit(r.cfg, r.run_dir, resume=r.ckpt, command=command)
+    finally:
+        r.run_dir.release()
     _print_done(results, r.run_dir.path)
     return 0
 
 
 def distributed(cfg_files: Optional[list[str]], resume_dir: Optional[str], overrides: list[str], command: str,
-                other: bool) -> Optional[int]:
+                other: bool, allow_data_change: bool = False) -> Optional[int]:
     """One run on several processes, started by torchrun: ``--cfg`` with one config, or ``--resume RUN_DIR``;
     ``other``: the command line asked for something else. None when the environment names one process."""
     from launch.plan import Manifest
+    import torch
+
     from train import distributed as d
     from train.fit import fit
     from train.resume import open_for_resume
@@ -91,9 +101,16 @@ def distributed(cfg_files: Optional[list[str]], resume_dir: Optional[str], overr
             cfg = points[0].cfg
             run_dir = RunDir(cfg.output.dir, cfg.run_name)
         else:
-            r = open_for_resume(resume_dir, overrides)
-            dist.barrier()  # every process has read the run's state before rank 0 writes it again
+            try:
+                r, problem = open_for_resume(resume_dir, overrides, claim=dist.is_main), None
+            except UserError as e:  # e.g. held by another process: rank 0 alone can tell
+                r, problem = None, str(e)
+            # Together: every process has read the run's state before rank 0 writes it again, and stops alike.
+            if dist.any([problem is not None], torch.device("cpu"))[0]:
+                raise UserError(dist.broadcast(problem) or problem or "another process could not open the run")
+            _allow_data_change(r, allow_data_change)
             if r.done:
+                r.run_dir.release()
                 if dist.is_main:
                     log.info(f"{resume_dir}: already completed all {r.cfg.train.epochs} epochs")
                 return 0
@@ -104,6 +121,15 @@ def distributed(cfg_files: Optional[list[str]], resume_dir: Optional[str], overr
         return 0
     finally:
         d.stop()
+
+
+def _allow_data_change(r, allowed: bool) -> None:
+    """``--allow-data-change``: the run continues on whatever data its config now finds (its checkpoint's record
+    of the data it trained on is dropped, so the next checkpoint records the new data)."""
+    if allowed and r.ckpt is not None and r.ckpt.get("data") is not None:
+        r.ckpt["data"] = None
+        log.warning("note: --allow-data-change: the run continues on the data it finds now, even if it differs "
+                    "from what it trained on")
 
 
 def _single_run_note(jobs: Optional[int], jobs_per_gpu: Optional[int]) -> None:

@@ -90,15 +90,32 @@ def test_sigterm_and_sigkill_to_real_runs_then_resume_exactly(data_root, tmp_pat
                                                       torch.load(ref_dir / "best.pt").values()))
 
 
-def test_resume_refuses_a_live_run_but_not_its_own_reused_pid(data_root, tmp_path, capsys):
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process that holds ``folder``'s lock (core/lock.py) until it is killed."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from core.lock import DirLock; "
+                               "DirLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)", str(folder)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_resume_refuses_a_held_run_but_not_a_reused_pid(data_root, tmp_path, capsys):
     run_dir, _ = run_fit(from_dict(tiny_raw(data_root, tmp_path)))
     results = json.loads((run_dir / "results.json").read_text())
-    live = os.getppid()  # a process that runs, and is not this one
-    (run_dir / "results.json").write_text(json.dumps({**results, "status": "running", "pid": live}))
-    r = call_main(capsys, "--resume", run_dir)
-    assert r.returncode == 2 and "still running" in r.stderr and len(r.stderr.splitlines()) == 1
-    # A restarted container may give the resuming process the dead writer's pid: that is not "alive".
-    (run_dir / "results.json").write_text(json.dumps({**results, "status": "running", "pid": os.getpid()}))
+    holder = hold_lock(run_dir)
+    try:
+        r = call_main(capsys, "--resume", run_dir)
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+        assert f"in use by pid {holder.pid} on " in r.stderr and "one process writes a run directory at a time" in r.stderr
+        assert read_results(run_dir) == results  # nothing changed
+    finally:
+        holder.kill()
+        holder.wait()
+    # A killed run's pid now names another live process (here: this test's parent), and nobody holds the lock:
+    # not "running". The same with the pid of the resuming process itself (a restarted container).
+    for pid in (os.getppid(), os.getpid()):
+        (run_dir / "results.json").write_text(json.dumps({**results, "status": "running", "pid": pid}))
+        assert is_live(read_results(run_dir), run_dir) is False
     r = call_main(capsys, "--resume", run_dir)
     assert r.returncode == 0, r.stderr
     assert read_results(run_dir)["status"] == "completed"

@@ -8,6 +8,7 @@ from torch.optim import lr_scheduler
 
 from config import TrainConfig
 from core.errors import RunFailed, UserError
+from core.files import TEMP_PREFIX
 from data import TensorLoader, get_spec, load_data
 from fixtures import read_metrics, run_fit, tiny_config
 from models import build_model
@@ -277,7 +278,7 @@ def test_fit_writes_everything_and_learns(fmnist_root, tmp_path):
     model.load_state_dict(best_state)  # a plain state dict for the registered model
     assert set(best_state) == set(last["model"]) and last["epoch"] == len(rows) and last["history"] == rows
     assert (run_dir / "config.yaml").is_file() and "Total params" in (run_dir / "summary.txt").read_text()
-    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(TEMP_PREFIX)]  # no temporary files left
 
 
 @pytest.mark.numeric

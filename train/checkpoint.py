@@ -13,8 +13,12 @@ bit for bit where the run stopped (an epoch's end, or mid-epoch: ``output.checkp
                                         (the top-level ones are rank 0's); a resume needs the same count
   history, best_acc, best_epoch         metrics.jsonl's rows so far: the log is rebuilt from them on resume
   config, fingerprint                   the resolved config and a hash of every key that changes the math
+  data                                  each split's size and a hash of its images (a resume on other data
+                                        is refused: ``check_data``)
+  threads                               torch's thread count (a resume uses it: ``use_threads``)
+  run_id, results                       the run it belongs to, and its results.json when saved (to rebuild it)
 
-``best.pt`` stays a plain ``state_dict``. Every read goes through ``torch.load(weights_only=True)``
+``best.pt`` stays a plain ``state_dict`` (its metadata names its run: ``train.rundir.weights_run_id``). Every read goes through ``torch.load(weights_only=True)``
 (tensors and plain containers only, no code) and a damaged or foreign file is a one-line ``UserError``.
 """
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 
 from config import Config
 from core.errors import UserError
+from core.files import strict_json
 from core.log import get_logger
 from core.text import flatten
 from models.weights import read
@@ -125,10 +130,12 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
 
 
 def capture(s, cfg: Config, *, epoch: int, step: int, global_step: int, meter, history: list[dict[str, Any]],
-            best_acc: float, best_epoch: int) -> Optional[dict[str, Any]]:
+            best_acc: float, best_epoch: int, run: Optional[dict[str, Any]] = None,
+            data: Optional[dict[str, Any]] = None) -> Optional[dict[str, Any]]:
     """The training state after ``epoch`` finished epochs and ``step`` steps into the next (all on the CPU).
-    With several processes every one must call it (it gathers their own states); rank 0 gets the
-    checkpoint, the others None."""
+    ``run``: results.json's content (its ``run_id`` names the run; the rest rebuilds a lost results.json);
+    ``data``: the data's fingerprint (``ImageData.fingerprint``). With several processes every one must call
+    it (it gathers their own states); rank 0 gets the checkpoint, the others None."""
     own = {"meter": meter.state_dict() if step else None, "loader": s.train_loader.state_dict(), "rng": rng_state()}
     ranks = s.dist.gather(own)
     if ranks is None:
@@ -147,7 +154,37 @@ def capture(s, cfg: Config, *, epoch: int, step: int, global_step: int, meter, h
         **({"ranks": ranks} if s.dist.enabled else {}),
         "history": list(history), "best_acc": best_acc, "best_epoch": best_epoch,
         "device": str(s.device), "precision": str(s.precision), "torch": str(torch.__version__),
+        "threads": torch.get_num_threads(),
+        "run_id": (run or {}).get("run_id"), "results": json.loads(strict_json(run or {})), "data": data,
     }
+
+
+def use_threads(ckpt: dict[str, Any]) -> Optional[int]:
+    """Train with the torch threads the run used (a thread count changes the order of a CPU's reductions, so
+    the numbers): returns the count this process had, to put back when the run ends (None: unchanged)."""
+    saved, here = ckpt.get("threads"), torch.get_num_threads()
+    if not isinstance(saved, int) or saved < 1 or saved == here:
+        return None
+    torch.set_num_threads(saved)
+    log.info(f"threads: {saved}, as the run used (this process would use {here}); the numbers continue the run's")
+    return here
+
+
+def check_data(ckpt: dict[str, Any], now: dict[str, Any], where: str) -> None:
+    """Refuse to continue a run on other data than it trained on (``ImageData.fingerprint``)."""
+    saved = ckpt.get("data")
+    if not isinstance(saved, dict) or saved == now:
+        return
+    changes = []
+    for split in ("train", "val"):
+        old, new = saved.get(split) or {}, now.get(split) or {}
+        if old.get("images") != new.get("images"):
+            changes.append(f"{split}: {new.get('images')} images, the run had {old.get('images')}")
+        elif old.get("hash") != new.get("hash"):
+            changes.append(f"{split}: other images or labels")
+    raise UserError(f"--resume {where}: the data differs from what the run trained on ({'; '.join(changes)}); "
+                    f"check data.root (and data.limit_train / data.limit_val), or add --allow-data-change to "
+                    f"continue on this data anyway")
 
 
 def restore(s, ckpt: dict[str, Any], cfg: Config) -> None:

@@ -29,7 +29,7 @@ from train.distributed import Dist, PeerLost, launcher
 from train.ending import ending_of
 from train.engine import EpochMeter, NonFiniteLoss, evaluate, train_one_epoch
 from train.provenance import now, provenance
-from train.rundir import RunDir
+from train.rundir import RunDir, config_text
 from train.setup import Setup, prepare, resolve_device, seed_everything
 from train.tb import Board, hparams_of, open_board
 
@@ -66,11 +66,24 @@ def fit(cfg: Config, run_dir: RunDir, *, progress: Optional[bool] = None, resume
     progress = (sys.stderr.isatty() if progress is None else progress) and dist.is_main
     if not dist.is_main:
         run_dir.follow()
+    threads = checkpoint.use_threads(resume) if resume is not None else None
+    try:
+        return _fit(cfg, run_dir, progress, resume, command, dist)
+    finally:
+        run_dir.release()  # the directory's lock (held since it was made, or opened for --resume)
+        if threads is not None:
+            torch.set_num_threads(threads)  # this process's next run (a multi-run call) starts as it would have
+
+
+def _fit(cfg: Config, run_dir: RunDir, progress: bool, resume: Optional[dict[str, Any]], command: Optional[str],
+         dist: Dist) -> dict[str, Any]:
     with only_rank0(dist.is_main), GracefulStop(announce=lambda text: log.info(text.strip())) as stop:
         seed_everything(cfg.seed)  # the one place a run is seeded: initial weights, dropout, MixUp/CutMix
         s, info, flops, data = _build(cfg, dist, counted=resume is None)
         loop = _Loop(cfg, s, run_dir, stop, progress)
+        loop.data = data.fingerprint()
         if resume is not None:
+            checkpoint.check_data(resume, loop.data, str(run_dir.path))
             checkpoint.restore(s, resume, cfg)
             loop.load(resume)
         path = _open(run_dir, dist)
@@ -151,7 +164,7 @@ def _start_attempt(cfg: Config, run_dir: RunDir, loop: "_Loop", info, flops, com
                    processes=s.dist.world_size, global_batch=cfg.train.batch_size * s.dist.world_size,
                    **provenance(s.device, command), started=run_dir.results.get("started") or now(),
                    ended=None, error=None, traceback=None, attempts=attempts, **loop.progress())
-    run_dir.write("config.yaml", dump_config(cfg))
+    run_dir.write("config.yaml", config_text(dump_config(cfg), run_dir.results.get("run_id")))
     run_dir.rewrite_metrics(loop.history)  # the log as the checkpoint knows it: lines written after it go
     if run_dir.resuming:
         log.info(f"resuming {run_dir.path} {loop.position()}")
@@ -247,6 +260,7 @@ class _Loop:
         self.saved_at: Optional[str] = None  # the position of the last checkpoint written, in words
         self.last_save = time.monotonic()
         self.tb = Board()  # TensorBoard's writer, opened once the run directory exists
+        self.data: Optional[dict[str, Any]] = None  # the data's fingerprint, recorded in every checkpoint
 
     def load(self, ckpt: dict[str, Any]) -> None:
         ckpt = checkpoint.own_state(ckpt, self.s.dist)
@@ -275,7 +289,8 @@ class _Loop:
             return
         state = checkpoint.capture(  # several processes: all gather, rank 0 writes
             self.s, self.cfg, epoch=self.epoch, step=self.step, global_step=self.global_step, meter=self.meter,
-            history=self.history, best_acc=self.best_acc, best_epoch=self.best_epoch)
+            history=self.history, best_acc=self.best_acc, best_epoch=self.best_epoch, run=self.run_dir.results,
+            data=self.data)
         if state is not None:
             self.run_dir.save_state(state)
         self.saved_at = self.position()

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 
 from core.machine import cpu_name
+from core.procs import process_start
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,4 +88,5 @@ def provenance(device: torch.device, command: Optional[str] = None) -> dict[str,
         "threads": torch.get_num_threads(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "pid_started": process_start(os.getpid()),  # with the pid, names this process (core/procs.py)
     }

@@ -10,8 +10,11 @@ from typing import Any, Optional
 
 from config import Config, apply_override, from_dict, read_yaml
 from core.errors import UserError
+from core.log import get_logger
 from train import checkpoint
-from train.rundir import RunDir, is_live, read_results
+from train.rundir import RunDir, config_run_id, is_live, read_results
+
+log = get_logger(__name__)
 
 
 def anchor_paths(config: dict[str, Any], cwd: Optional[str]) -> dict[str, Any]:
@@ -42,6 +45,17 @@ def run_config(path: Path, overrides: list[str] = ()) -> Config:
         raise UserError(f"{file}: {e}") from None
 
 
+def _run_id(path: Path, results: dict[str, Any]) -> Optional[str]:
+    """The run this directory belongs to, as results.json and config.yaml say (None: a run from before run ids);
+    both must agree."""
+    recorded = results.get("run_id")
+    named = config_run_id(path / "config.yaml")
+    if recorded and named and recorded != named:
+        raise UserError(f"{path}: results.json names run {recorded} and config.yaml run {named}; one of them was "
+                        f"copied from another run: put back this run's own file")
+    return recorded or named
+
+
 @dataclass
 class Resumption:
     cfg: Config
@@ -50,23 +64,45 @@ class Resumption:
     done: bool  # completed and not extended: nothing to train
 
 
-def open_for_resume(path: str | Path, overrides: list[str] = (), on_epoch=()) -> Resumption:
+def open_for_resume(path: str | Path, overrides: list[str] = (), on_epoch=(), *, claim: bool = True) -> Resumption:
     """Check that the run in ``path`` can continue with ``overrides`` and load its last.pt; ``on_epoch``:
-    listeners of its ``RunDir``."""
+    listeners of its ``RunDir``; ``claim``: hold the run's lock from now on (``RunDir.existing``; a process
+    that writes it already is a one-line error)."""
     path = Path(path).expanduser()
-    run_dir = RunDir.existing(path, on_epoch=on_epoch)
+    run_dir = RunDir.existing(path, on_epoch=on_epoch, claim=claim)
+    try:
+        return _open(path, run_dir, overrides)
+    except BaseException:
+        run_dir.release()
+        raise
+
+
+def _open(path: Path, run_dir: RunDir, overrides: list[str]) -> Resumption:
     results = run_dir.results
-    if is_live(results):
-        raise UserError(f"--resume {path}: still running (pid {results.get('pid')} on this host); "
+    if not run_dir.lock and is_live(results, path):
+        raise UserError(f"--resume {path}: still running (pid {results.get('pid')} on {results.get('host')}); "
                         f"stop it first (kill -TERM {results.get('pid')} writes a resumable checkpoint)")
     cfg = run_config(path, overrides)
+    own = _run_id(path, results)
     last = path / "last.pt"
     if not last.exists():
         if results.get("status") == "completed":
             raise UserError(f"--resume {path}: completed without a last.pt (output.checkpoints was off); "
                             f"nothing to continue from")
+        if own:
+            results["run_id"] = own
         return Resumption(cfg, run_dir, None, done=False)
     ckpt = checkpoint.load_training_state(last)
+    if ckpt.get("run_id") != own:
+        theirs = f"run {ckpt['run_id']}" if ckpt.get("run_id") else "no run"
+        raise UserError(f"{last}: names {theirs}, not this directory's run {own or '(unnamed)'}: a checkpoint "
+                        f"copied from another run is not continued; put back this run's own last.pt, or remove it "
+                        f"to train the run again from epoch 1")
+    if "status" not in results and ckpt.get("results"):  # results.json deleted or unreadable: rebuilt whole
+        run_dir.results = results = {**ckpt["results"], "status": "interrupted"}
+        run_dir.name = results.get("name") or run_dir.name
+        log.warning(f"warning: {path / 'results.json'} was missing or unreadable; rebuilt from last.pt "
+                    f"({checkpoint.describe_position(ckpt['epoch'], ckpt['step'])})")
     try:
         saved = from_dict(ckpt["config"])
     except UserError as e:

@@ -12,14 +12,24 @@
   best.pt          the best epoch's model state dict (``torch.load`` + ``load_state_dict`` into
                    ``models.create_model``)
 
+  .lock            held (flock, core/lock.py) by the one process that writes the run: a second one
+                   (two --resume at once) is refused in one line naming the holder
+
+Every file names the run it belongs to (``run_id``: results.json, config.yaml's first line, last.pt, best.pt's
+metadata), so a file copied in from another run is refused rather than adopted.
+
 A run killed with SIGKILL leaves results.json saying ``running`` with a pid and host that no longer
-run it (``is_live`` tells), every other file whole, and at worst a temporary ``.tmp-*`` file that the
-next ``--resume`` removes.
+run it (``is_live`` tells: nobody holds its lock), every other file whole, and at worst a temporary
+``.tmp-*`` file that the next ``--resume`` removes.
 """
 from __future__ import annotations
 
 import io
 import json
+import secrets
+import socket
+import re
+from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -29,7 +39,11 @@ import torch.nn as nn
 
 from core.errors import RunFailed, UserError
 from core.files import atomic_write, remove_stale_temporaries, strict_json
+from core.lock import LOCK_FILE, DirLock, holder
 from core.procs import process_alive
+
+RUN_ID_KEY = "vitlab"  # the entry of a best.pt's state-dict metadata that names its run (no module has this name)
+CONFIG_HEADER = "# run_id: "  # config.yaml's first line names its run
 
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 
@@ -59,12 +73,39 @@ def read_results(path: str | Path) -> Optional[dict[str, Any]]:
     return data if isinstance(data, dict) else None
 
 
-def is_live(results: dict[str, Any]) -> Optional[bool]:
-    """Whether a ``running`` run's process still runs: False for one killed without a word (SIGKILL, a
-    power cut), None when that cannot be told from here (another host)."""
+def is_live(results: dict[str, Any], path: Optional[str | Path] = None) -> Optional[bool]:
+    """Whether a run's process still runs: True while a process holds its directory ``path`` (core/lock.py);
+    otherwise False for one killed without a word (SIGKILL, a power cut), None when that cannot be told from
+    here (another host, where the file system may not share locks)."""
+    if path is not None and holder(path) is not None:
+        return True
     if results.get("status") != "running":
         return False
-    return process_alive(results.get("host"), results.get("pid"))
+    if path is not None and (Path(path) / LOCK_FILE).exists() and results.get("host") == socket.gethostname():
+        return False  # a writer on this host holds its lock as long as it lives
+    return process_alive(results.get("host"), results.get("pid"), results.get("pid_started"))
+
+
+def config_text(config_yaml: str, run_id: Optional[str]) -> str:
+    """config.yaml's text: the resolved config under a comment line that names its run."""
+    return (f"{CONFIG_HEADER}{run_id}\n" if run_id else "") + config_yaml
+
+
+def config_run_id(path: str | Path) -> Optional[str]:
+    """The run a config.yaml names on its first line (None: none named, e.g. written before run ids)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(200).decode(errors="replace")
+    except OSError:
+        return None
+    m = re.fullmatch(re.escape(CONFIG_HEADER) + r"([0-9a-f]{1,64})\s*", first)
+    return m.group(1) if m else None
+
+
+def weights_run_id(state: Any) -> Optional[str]:
+    """The run a best.pt's state dict names (``RunDir.save_weights``), or None."""
+    entry = (getattr(state, "_metadata", None) or {}).get(RUN_ID_KEY)
+    return entry.get("run_id") if isinstance(entry, dict) else None
 
 
 class RunDir:
@@ -82,23 +123,42 @@ class RunDir:
                  on_epoch: Sequence[Callable[[dict[str, Any]], None]] = ()):
         self.root, self.name = Path(root), name
         self.path: Optional[Path] = None
-        self.results: dict[str, Any] = {"name": name, **(extra or {})}
+        # run_id names this run in results.json, config.yaml and every checkpoint: a file from another run
+        # copied in is refused (train/resume.py) instead of adopted.
+        self.results: dict[str, Any] = {"name": name, "run_id": secrets.token_hex(8), **(extra or {})}
         self.resuming = False
+        self.lock: Optional[DirLock] = None
         self.on_create, self.on_epoch = tuple(on_create), tuple(on_epoch)
         # False in the processes of a several-process run other than rank 0 (``follow``): they write nothing.
         self.writes = True
 
     @classmethod
-    def existing(cls, path: str | Path, *, on_epoch: Sequence[Callable[[dict[str, Any]], None]] = ()) -> "RunDir":
-        """A run directory written before, to continue in place (``--resume``)."""
+    def existing(cls, path: str | Path, *, on_epoch: Sequence[Callable[[dict[str, Any]], None]] = (),
+                 claim: bool = True) -> "RunDir":
+        """A run directory written before, to continue in place (``--resume``). ``claim``: take its lock now,
+        before anything is read (another process that holds it is a one-line ``Busy``); otherwise ``create``
+        takes it when the run starts (a multi-run call plans its points before its workers run them)."""
         path = Path(path).expanduser()
         if not path.is_dir():
             raise UserError(f"--resume {path}: no such directory")
-        results = read_results(path) or {}  # missing or unreadable: the run rewrites it
-        run = cls(path.parent, results.get("name") or path.name, on_epoch=on_epoch)
+        run = cls(path.parent, path.name, on_epoch=on_epoch)
         run.path, run.resuming = path, True
-        run.results.update(results)
+        if claim:
+            run.claim()
+        results = read_results(path)  # missing or unreadable: rebuilt from last.pt (train/resume.py)
+        run.results = {"name": path.name, **(results or {})}
+        run.name = run.results["name"]
         return run
+
+    def claim(self) -> None:
+        """Hold the directory's lock (core/lock.py) until ``release``: one process writes a run at a time."""
+        if self.writes and self.lock is None:
+            self.lock = DirLock(self.path, "run directory").acquire()
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def follow(self) -> None:
         """This process is not rank 0 of a several-process run: it writes nothing and takes rank 0's path
@@ -114,12 +174,14 @@ class RunDir:
         its resumed run."""
         if self.resuming:
             if self.writes:
+                self.claim()
                 remove_stale_temporaries(self.path)
             return self.path
         assert self.path is None, "a RunDir is created once"
         if not self.writes:
             return None
         self.path = new_dir(self.root, self.name)
+        self.claim()
         for listener in self.on_create:
             listener(self.path)
         return self.path
@@ -141,7 +203,13 @@ class RunDir:
         self.write("metrics.jsonl", "".join(strict_json(r) + "\n" for r in rows))
 
     def save_weights(self, filename: str, model: nn.Module) -> None:
-        self.save_state({k: v.detach().cpu() for k, v in model.state_dict().items()}, filename)
+        """A plain state dict (``load_state_dict`` takes it) that names its run in the state dict's own
+        metadata (``run_id_of``)."""
+        state = model.state_dict()
+        weights = OrderedDict((k, v.detach().cpu()) for k, v in state.items())
+        weights._metadata = OrderedDict(getattr(state, "_metadata", {}))  # type: ignore[attr-defined]
+        weights._metadata[RUN_ID_KEY] = {"run_id": self.results.get("run_id")}  # type: ignore[attr-defined]
+        self.save_state(weights, filename)
 
     def save_state(self, state: dict[str, Any], filename: str = "last.pt") -> None:
         if not self.writes:
