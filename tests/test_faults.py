@@ -228,6 +228,31 @@ def test_a_resumed_sweep_reruns_failed_points(plain_comparisons, data_root, tmp_
     assert [read_results(p["run_dir"])["status"] for p in manifest["points"]] == ["completed"] * 3
 
 
+def test_sigterm_while_the_comparison_is_written_is_one_line_and_the_resume_writes_it(plain_comparisons, data_root,
+                                                                                    tmp_path, capsys, monkeypatch):
+    import launch.call
+
+    raw = tiny_raw(data_root, tmp_path / "runs", epochs=1)
+    raw["sweep"] = {"seed": [0, 1]}
+    cfg, out = write_yaml(tmp_path / "s.yaml", raw), tmp_path / "cmp"
+    plain = launch.call.compare
+
+    def signalled(*args, **kwargs):  # a real SIGTERM to this process once the comparison has begun
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler raises here
+        raise AssertionError("SIGTERM did not stop the comparison")
+
+    monkeypatch.setattr(launch.call, "compare", signalled)
+    r = call_main(capsys, "--cfg", cfg, "--out", out)
+    assert r.returncode == 143
+    assert r.stderr.strip() == (f"stopped by SIGTERM while writing the comparison; every run is saved, and "
+                                f"python main.py --resume {out} writes it")
+    monkeypatch.setattr(launch.call, "compare", plain)
+    r = call_main(capsys, "--resume", out)
+    assert r.returncode == 0, r.stderr
+    assert "2 of 2 runs already finished; 0 to run" in r.stdout and (out / "results.csv").is_file()
+
+
 # ----------------------------------------------------------------------------- recorded truthfully
 
 
@@ -242,6 +267,42 @@ def small_disk(tmp_path):
                 "run the system tests as root")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.fixture
+def read_only():
+    """Makes a folder read-only for real: a read-only bind mount as root (where permissions do not stop writes),
+    the write bits off otherwise."""
+    undo = []
+
+    def make(folder: Path) -> None:
+        if os.geteuid() != 0:
+            for p in (folder, *folder.rglob("*")):
+                p.chmod(p.stat().st_mode & ~0o222)
+            undo.append(lambda: [p.chmod(p.stat().st_mode | 0o200) for p in (folder, *folder.rglob("*"))])
+            return
+        r = subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True, text=True)
+        if r.returncode != 0:
+            missing("a read-only bind mount", f"it cannot be made ({(r.stderr or r.stdout).strip()})",
+                    "run the system tests as root")
+        undo.append(lambda: subprocess.run(["umount", "-l", str(folder)], capture_output=True))
+
+    yield make
+    for step in reversed(undo):
+        step()
+
+
+@pytest.mark.system
+def test_resuming_a_read_only_run_is_one_line(data_root, tmp_path, capsys, read_only):
+    run_dir, _ = run_fit(from_dict(tiny_raw(data_root, tmp_path, epochs=1)))
+    results = read_results(run_dir)
+    (run_dir / "results.json").write_text(json.dumps({**results, "status": "interrupted"}))
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    read_only(run_dir)
+    r = call_main(capsys, "--resume", run_dir, "--set", "train.epochs=2")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"error: {run_dir}: cannot write there (") and "needs a writable directory" in r.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
 
 @pytest.mark.system
