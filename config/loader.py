@@ -134,7 +134,9 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"--set {assignment!r}: expected KEY=VALUE with a dotted key, e.g. train.lr=3e-4")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = _parse_yaml(text) if text.strip() else None
+    except _Refused as e:
+        raise UserError(f"--set {key}: {e}") from None
     except yaml.YAMLError as e:
         raise UserError(f"--set {key}: value {short_repr(text)} is not valid YAML ({_yaml_problem(e)})") from None
     except RecursionError:
@@ -155,6 +157,63 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
             raise UserError(f"{where}: '{parent}' is {child!r}, not a section")
         node = child
     node[parts[-1]] = value
+
+
+# ----------------------------------------------------------------------------- reading YAML
+#
+# PyYAML builds an alias (``*a``) as a second reference to its anchor's object, so a few hundred bytes of
+# nested aliases are a tree of billions of nodes to anything that walks it (key origins, sweep axes, a
+# deepcopy): a "billion laughs". The loader below refuses an alias to a mapping or a list as it composes the
+# document, before anything expands it; an alias to a single value stays, with the text it repeats counted.
+# It also refuses a key written twice in one mapping, which PyYAML would silently resolve to the last one.
+
+
+class _Refused(Exception):
+    """Something in a YAML text that a config may not use; the caller names the file or --set key."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.repeated_chars = 0  # characters that aliases to single values add to the document
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            alias = self.peek_event()
+            node = self.anchors.get(alias.anchor)  # unknown: PyYAML's own error
+            where = f"line {alias.start_mark.line + 1}: alias *{alias.anchor}"
+            if isinstance(node, yaml.CollectionNode):
+                kind = "mapping" if isinstance(node, yaml.MappingNode) else "list"
+                raise _Refused(f"{where} repeats a {kind} (anchored at line {node.start_mark.line + 1}); an alias "
+                               f"may repeat only a single value (a number, a string): write the {kind} out, or "
+                               f"share sections between files with base:")
+            if node is not None:
+                self.repeated_chars += len(node.value)
+                if self.repeated_chars > MAX_CONFIG_BYTES:
+                    raise _Refused(f"{where}: aliases repeat more than {MAX_CONFIG_BYTES:,} characters in all; "
+                                   f"a config is at most that large")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # <<: several of them are allowed
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    if key in first_line:
+                        lines = f"lines {first_line[key]} and {line}" if first_line[key] != line else f"line {line}"
+                        raise _Refused(f"duplicate key {short_repr(key)} ({lines}); a key may appear once per mapping")
+                    first_line[key] = line
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    pass
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` without aliases to mappings or lists, and without duplicate keys (``_Refused``)."""
+    return yaml.load(text, Loader=_ConfigLoader)
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
@@ -181,7 +240,9 @@ def _read_file(path: Path, referrer: str | None = None) -> dict[str, Any]:
         if size > MAX_CONFIG_BYTES:
             raise UserError(f"{path}: {size:,} bytes, too large for a config (at most {MAX_CONFIG_BYTES:,}); "
                             f"is this the right file?")
-        raw = yaml.safe_load(path.read_text())
+        raw = _parse_yaml(path.read_text())
+    except _Refused as e:
+        raise UserError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path}: malformed YAML: {_yaml_problem(e)}") from None
     except RecursionError:  # PyYAML's parser recurses once per nesting level
