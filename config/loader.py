@@ -30,6 +30,8 @@ MAX_CONFIG_BYTES = 1 << 20
 # None reaches this on the datasets here; a larger one is a typo, and building it would hang or run out of memory.
 MAX_MODEL_VALUE = 1 << 16
 _MAX_NESTING = 8  # lists inside lists in a model key; deeper is not a model argument
+# A base: chain longer than this is a mistake (real ones are two or three files), and each level is a Python frame.
+MAX_BASE_DEPTH = 64
 
 # Literal fields where YAML's booleans mean a choice (YAML 1.1 also reads ``off`` as false).
 _BOOL_CHOICES = {"compile": {True: "default", False: "off"}}
@@ -294,10 +296,24 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def read_config(path: str | Path) -> Raw:
     """A config file as a raw dict, its ``base:`` chain merged in, with where each key was written."""
-    return _resolve(Path(path), (), None)
+    return _resolve(Path(path), (), None, {})
 
 
-def _resolve(path: Path, chain: tuple[tuple[Path, str], ...], referrer: str | None) -> Raw:
+def _resolve(path: Path, chain: tuple[tuple[Path, str], ...], referrer: str | None,
+             resolved: dict[Path, Raw]) -> Raw:
+    """``path`` with its bases merged in. ``resolved`` holds each file already resolved in this read, so a
+    file named by several bases (a diamond, or a chain of them) is read and merged once, not once per path
+    to it: merging never changes the ``Raw`` it merges from. A file can be there only once its own bases
+    are resolved, and then none of them leads back to it, so the cycle check over ``chain`` stays exact."""
+    identity = _identity(path)
+    if identity in resolved:
+        return resolved[identity]
+    resolved[identity] = _resolve_file(path, chain, referrer, resolved)
+    return resolved[identity]
+
+
+def _resolve_file(path: Path, chain: tuple[tuple[Path, str], ...], referrer: str | None,
+                  resolved: dict[Path, Raw]) -> Raw:
     raw = _read_file(path, referrer)
     shown = str(path)
     if BASE_KEY not in raw:
@@ -310,6 +326,7 @@ def _resolve(path: Path, chain: tuple[tuple[Path, str], ...], referrer: str | No
                         f"them, got {short_repr(bases)}")
     here = (*chain, (_identity(path), shown))
     merged = Raw({})
+    named: set[Path] = set()
     for name in bases:
         try:
             target = Path(os.path.normpath(path.parent / Path(name).expanduser()))
@@ -317,10 +334,19 @@ def _resolve(path: Path, chain: tuple[tuple[Path, str], ...], referrer: str | No
                 raise ValueError("not a usable file name")
         except (RuntimeError, ValueError) as e:  # ~user that does not exist, a NUL byte, a name too long
             raise UserError(f"{shown}: base: {short_repr(name)}: {e}") from None
-        if _identity(target) in [p for p, _ in here]:
+        identity = _identity(target)
+        if identity in [p for p, _ in here]:
             cycle = [s for _, s in here] + [str(target)]
             raise UserError(f"{shown}: base: {name}: a cycle: {' -> '.join(cycle)}")
-        _merge(merged, _resolve(target, here, shown))
+        if len(here) >= MAX_BASE_DEPTH:
+            files = [s for _, s in here] + [str(target)]
+            shortened = [*files[:2], f"... ({len(files) - 4} more)", *files[-2:]]
+            raise UserError(f"{shown}: base: {name}: a chain of more than {MAX_BASE_DEPTH} files "
+                            f"({' -> '.join(shortened)}); a base: chain may be at most {MAX_BASE_DEPTH} files deep")
+        if identity in named:  # each mention merges the whole base again: one base listed 100,000 times is minutes
+            raise UserError(f"{shown}: base: {name}: named twice in this list; name each base once")
+        named.add(identity)
+        _merge(merged, _resolve(target, here, shown, resolved))
     _merge(merged, Raw(raw, _origins(raw, shown)))
     return merged
 

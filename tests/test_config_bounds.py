@@ -1,7 +1,7 @@
-"""Config input that costs no more to read than its size: YAML aliases and duplicate keys.
+"""Config input that costs no more to read than its size: YAML aliases, duplicate keys, base: graphs.
 
-A few hundred bytes of nested aliases to mappings (a "billion laughs") once grew memory exponentially before
-any check ran; a key written twice silently lost its first value. Each is now one line naming the file.
+A few hundred bytes of nested aliases to mappings (a "billion laughs"), or a chain of files each naming its
+base twice, once grew memory or time exponentially before any check ran. Each is now one line naming the file.
 The unit tests call the loader; the system tests run ``python main.py`` in a subprocess under a memory limit.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from config.loader import MAX_CONFIG_BYTES, apply_override
+from config.loader import MAX_BASE_DEPTH, MAX_CONFIG_BYTES, apply_override, read_config
 from config.sweep import load_points
 from core.errors import UserError
 
@@ -40,6 +40,18 @@ def alias_bomb(levels: int = 10) -> str:
     lines = [VALID, "x0: &a0 {x: 1, y: 1}\n"]
     lines += [f"x{i}: &a{i} {{{', '.join(f'k{j}: *a{i - 1}' for j in range(9))}}}\n" for i in range(1, levels + 1)]
     return "".join(lines) + f"sweep: {{model: *a{levels}}}\n"
+
+
+def diamond(root: Path, levels: int, lr: str = "0.5") -> Path:
+    """``levels`` levels of two files each, ``l<i>`` and ``r<i>``, both naming ``[l<i-1>, r<i-1>]`` as bases:
+    2**levels paths from the top file down to ``base.yaml``. Each file adds its own model key and sets seed."""
+    write(root / "base.yaml", VALID + f"train: {{lr: {lr}}}\nseed: 0\n")
+    below = "[base.yaml]"
+    for i in range(1, levels + 1):
+        for side in "lr":
+            write(root / f"{side}{i}.yaml", f"base: {below}\nmodel: {{{side}{i}: {i}}}\nseed: {i}\n")
+        below = f"[l{i}.yaml, r{i}.yaml]"
+    return write(root / "top.yaml", f"base: {below}\n")
 
 
 # ----------------------------------------------------------------------------- duplicate keys
@@ -95,6 +107,64 @@ def test_aliases_to_single_values_may_not_repeat_more_than_a_configs_size(tmp_pa
                                              f"{MAX_CONFIG_BYTES:,} characters in all; a config is at most that large")
 
 
+# ----------------------------------------------------------------------------- base: graphs
+
+
+def test_a_40_level_diamond_reads_each_file_once_and_merges_like_a_chain(tmp_path, monkeypatch):
+    import config.loader
+
+    reads = []
+    read_file = config.loader._read_file
+    monkeypatch.setattr(config.loader, "_read_file", lambda path, *a: reads.append(path) or read_file(path, *a))
+    top = diamond(tmp_path, 40)
+    raw = read_config(top)
+    assert len(reads) == len(set(reads)) == 2 * 40 + 2  # 2**40 paths without memoising
+    sides = {f"{side}{i}": i for i in range(1, 41) for side in "lr"}
+    assert raw.data == {"model": {"name": "vit", **sides}, "data": {"name": "cifar10"}, "train": {"lr": 0.5},
+                        "seed": 40}
+    assert raw.origin("model.l7") == str(tmp_path / "l7.yaml") and raw.origin("seed") == str(tmp_path / "r40.yaml")
+    assert raw.origin("train.lr") == raw.origin("model.name") == str(tmp_path / "base.yaml")
+    (p,) = load_points([top])
+    assert p.cfg.model.kwargs == sides and (p.cfg.seed, p.cfg.train.lr) == (40, 0.5)
+
+
+def test_an_error_deep_in_a_diamond_names_the_file_that_wrote_it(tmp_path):
+    top = diamond(tmp_path, 30, lr="fast")
+    message = error_of(load_points, [top])
+    assert message.startswith(f"{tmp_path / 'base.yaml'} (base of {top}): train.lr: expected a number")
+
+
+def test_a_base_named_twice_in_one_list_is_refused(tmp_path):
+    write(tmp_path / "f0.yaml", VALID)
+    for i in range(1, 31):  # the fault hunt's chain: 2**30 merges without a check
+        write(tmp_path / f"f{i}.yaml", f"base: [f{i - 1}.yaml, ./f{i - 1}.yaml]\nseed: {i}\n")
+    assert error_of(load_points, [tmp_path / "f30.yaml"]) == (f"{tmp_path / 'f1.yaml'}: base: ./f0.yaml: named twice "
+                                                               f"in this list; name each base once")
+
+
+def test_a_base_chain_deeper_than_the_cap_is_one_line_naming_it(tmp_path):
+    write(tmp_path / "f0.yaml", VALID)
+    for i in range(1, MAX_BASE_DEPTH + 1):
+        write(tmp_path / f"f{i}.yaml", f"base: f{i - 1}.yaml\nseed: {i}\n")
+    assert load_points([tmp_path / f"f{MAX_BASE_DEPTH - 1}.yaml"])[0].cfg.seed == MAX_BASE_DEPTH - 1  # at the cap
+    top = tmp_path / f"f{MAX_BASE_DEPTH}.yaml"
+    message = error_of(load_points, [top])
+    at = tmp_path / "f1.yaml"
+    assert message == (f"{at}: base: f0.yaml: a chain of more than {MAX_BASE_DEPTH} files ({top} -> "
+                       f"{tmp_path / f'f{MAX_BASE_DEPTH - 1}.yaml'} -> ... ({MAX_BASE_DEPTH - 3} more) -> {at} -> "
+                       f"{tmp_path / 'f0.yaml'}); a base: chain may be at most {MAX_BASE_DEPTH} files deep")
+
+
+def test_a_cycle_below_a_diamond_is_still_caught(tmp_path):
+    write(tmp_path / "top.yaml", "base: [left.yaml, right.yaml]\n")
+    write(tmp_path / "left.yaml", "base: shared.yaml\n")
+    write(tmp_path / "right.yaml", "base: shared.yaml\n")
+    write(tmp_path / "shared.yaml", "base: right.yaml\n" + VALID)
+    message = error_of(load_points, [tmp_path / "top.yaml"])
+    assert message.endswith("a cycle: " + " -> ".join(str(tmp_path / f"{n}.yaml")
+                                                      for n in ("top", "left", "shared", "right", "shared")))
+
+
 # ----------------------------------------------------------------------------- the CLI, under a memory limit
 
 MEMORY_LIMIT = 2 << 30  # bytes of address space; the expanded bomb needs far more
@@ -111,9 +181,17 @@ def run_bounded(cfg: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.system
-@pytest.mark.parametrize("case", ["alias bomb"])
+@pytest.mark.parametrize("case", ["alias bomb", "a base named twice, 30 levels", "base diamond, 30 levels"])
 def test_main_refuses_exploding_configs_in_one_line_within_a_memory_limit(tmp_path, case):
-    cfg, says = write(tmp_path / "bomb.yaml", alias_bomb()), "alias *a0 repeats a mapping"
+    if case == "alias bomb":
+        cfg, says = write(tmp_path / "bomb.yaml", alias_bomb()), "alias *a0 repeats a mapping"
+    elif case == "base diamond, 30 levels":
+        cfg, says = diamond(tmp_path, 30, lr="fast"), "train.lr: expected a number"
+    else:
+        write(tmp_path / "f0.yaml", VALID)
+        for i in range(1, 31):
+            write(tmp_path / f"f{i}.yaml", f"base: [f{i - 1}.yaml, f{i - 1}.yaml]\n")
+        cfg, says = tmp_path / "f30.yaml", "named twice in this list"
     p = run_bounded(cfg)
     assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
     assert "Traceback" not in p.stderr, p.stderr[-2000:]
