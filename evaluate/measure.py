@@ -11,13 +11,13 @@ import torch
 
 from config import from_dict
 from core.errors import UserError, one_line
-from core.files import atomic_write
 from core.log import get_logger
 from core.machine import cpu_name
 from data import get_spec
 from evaluate.model import load_model
 from models import build_model
 from models.measure import flops_per_image, measure_latency
+from plots.page import write
 from plots.runs import LATENCY_FILE, Group
 
 LATENCY_BATCH = 64  # the "batched" latency: per image, at this batch size
@@ -77,7 +77,7 @@ def measure_latencies(groups: list[Group], out: Path, threads: int, budget_s: fl
                 by_label[label].latency[which] = lat.to_dict()
     measured = {g.label: g.latency for g in groups if g.latency}
     if measured:
-        atomic_write(out / LATENCY_FILE, json.dumps({
+        write(out / LATENCY_FILE, json.dumps({
             "device": "cpu", "threads": threads, "machine": cpu_name(), "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "batched_size": LATENCY_BATCH, "experiments": measured}, indent=2) + "\n")
     return notes

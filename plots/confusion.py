@@ -12,8 +12,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from core.files import atomic_write
 from plots.curves import plt, save
+from plots.page import write
 
 MAX_ANNOTATED = 20  # classes up to which every cell gets its count written in
 
@@ -65,8 +65,9 @@ def confusion_figure(matrix, class_names: Sequence[str], *, top1: Optional[float
 def write_confusion(matrix, class_names: Sequence[str], folder: str | Path, stem: str = "confusion_best", *,
                     top1: Optional[float] = None, title: str = "Confusion matrix") -> tuple[Path, Path]:
     """``folder/stem.csv`` (counts) and ``folder/stem.png`` (row-normalised colours, counts written in up to
-    20 classes, ``top1`` in the title if given), each written atomically. Returns (csv path, png path)."""
+    20 classes, ``top1`` in the title if given), each written atomically; a write that fails is a ``RunFailed``
+    naming the file. Returns (csv path, png path)."""
     folder = Path(folder)
-    csv_path = atomic_write(folder / f"{stem}.csv", confusion_csv(matrix, class_names))
+    csv_path = write(folder / f"{stem}.csv", confusion_csv(matrix, class_names))
     png_path = save(confusion_figure(matrix, class_names, top1=top1, title=title), folder / f"{stem}.png")
     return csv_path, png_path

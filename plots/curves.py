@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from core.files import atomic_write  # noqa: E402
+from plots.page import write  # noqa: E402
 from plots.runs import Group, short_labels, split_prefix  # noqa: E402
 
 
@@ -87,7 +87,7 @@ def _datasets(groups: list[Group]) -> str:
 
 def save(fig, path: Path) -> Path:
     try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+        write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
     finally:
         plt.close(fig)
     return path

@@ -1,8 +1,21 @@
-"""The comparison page's parts, shared by its Markdown (``plots.report``) and HTML (``plots.html``) forms."""
+"""The comparison page's parts, shared by its Markdown (``plots.report``) and HTML (``plots.html``) forms, and
+``write``, how every file of a comparison (and --eval's confusion matrix) is written."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from core.errors import RunFailed
+from core.files import Payload, atomic_write
+
+
+def write(path: Path, data: Payload) -> Path:
+    """``core.files.atomic_write``; a write that fails (a full disk, a read-only folder) is one line naming
+    the file (``RunFailed``). The file keeps what it held before and no temporary file is left."""
+    try:
+        return atomic_write(path, data)
+    except OSError as e:  # ENOSPC from a write or fsync carries no file name: the message gives it
+        raise RunFailed(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 @dataclass

@@ -18,10 +18,9 @@ from typing import Any, Optional
 
 from core.cli import run_cli
 from core.errors import UserError
-from core.files import atomic_write
 from plots import curves, html, table, tradeoff
 from plots.findings import findings
-from plots.page import Figure, Section
+from plots.page import Figure, Section, write
 from plots.runs import Group, Run, find_runs, group_runs, read_latency
 
 
@@ -92,9 +91,9 @@ def render(out: Path, runs: list[Run], groups: list[Group], *, failures: Optiona
         lines += ["## Summary", ""] + [f"- {s}" for s in summary] + [""]
     leading: list[Section] = []
     if groups:
-        atomic_write(out / "results.md", table.markdown(groups) + "\n")
-        atomic_write(out / "results.csv", table.runs_csv(groups))
-        atomic_write(out / "summary.csv", table.summary_csv(groups))
+        write(out / "results.md", table.markdown(groups) + "\n")
+        write(out / "results.csv", table.runs_csv(groups))
+        write(out / "summary.csv", table.summary_csv(groups))
         leading = _tradeoff_sections(groups, colour, out)
     for s in leading:
         lines += _section_lines(s, out)
@@ -110,7 +109,7 @@ def render(out: Path, runs: list[Run], groups: list[Group], *, failures: Optiona
         lines += [f"- **{f['name']}** ({f['status']}): {f['error']}" for f in failures]
         logged = [f for f in failures if f.get("traceback")]
         if logged:
-            atomic_write(out / "failures.log", "\n".join(f"== {f['name']}\n{f['traceback']}" for f in logged))
+            write(out / "failures.log", "\n".join(f"== {f['name']}\n{f['traceback']}" for f in logged))
             lines += ["", "Tracebacks: [failures.log](failures.log)."]
         lines.append("")
     sections: list[Section] = []
@@ -145,8 +144,8 @@ def render(out: Path, runs: list[Run], groups: list[Group], *, failures: Optiona
         lines += [f"| {cell(g.label)} | {cell(r.name)} | {r.seed} | {r.status} | {cell(r.reason)} | `{r.path}` |"
                   for g in groups for r in g.runs]
     index = out / "index.md"
-    atomic_write(index, "\n".join(lines) + "\n")
-    atomic_write(out / "index.html", html.page(
+    write(index, "\n".join(lines) + "\n")
+    write(out / "index.html", html.page(
         title=title, written=written, command=command, groups=groups, table_note=TABLE_NOTE, failures=failures,
         failures_log=any(f.get("traceback") for f in failures), summary=summary, leading=leading,
         sections=sections, notes=notes))
@@ -194,7 +193,7 @@ def _tradeoff_sections(groups: list[Group], colour: dict, out: Path) -> list[Sec
                                       "or no completed run) is left off it.", path))
     if not figures:
         return []
-    atomic_write(out / "tradeoffs.csv", tradeoff.rows_csv(rows))
+    write(out / "tradeoffs.csv", tradeoff.rows_csv(rows))
     return [Section("What size buys", figures)]
 
 
