@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from core.files import TEMP_PREFIX, atomic_write
-from data.problems import brief, warn
+from data.problems import brief, path_problem, warn
 from data.specs import DatasetSpec, Split, check_split, decode_checked
 
 CACHE_FORMAT = 1  # bump when decoding changes, so old caches are not reused
@@ -99,9 +99,14 @@ def decode_cached(spec: DatasetSpec, files: list[Path], cache_dir: Optional[Path
         path = cache_dir / f"{spec.name}-{cache_key(spec.name, files)}.pt"
     except OSError:  # a source file vanished since it was found: decoding will say which
         return decode_checked(spec, files)
+    try:
+        cached = path.is_file()
+    except OSError as e:  # a name too long, a folder that cannot be read: the cache is only a speed-up
+        warn(f"data.cache_dir: {cache_dir}: {path_problem(e, path)}; continuing without a cache")
+        return decode_checked(spec, files)
     remove_stale_temps(cache_dir)
     ignored = None
-    if path.is_file():
+    if cached:
         try:
             return read_cache(path, spec)
         except ValueError as e:

@@ -12,7 +12,7 @@ from core.log import get_logger
 from data.cache import cache_folder, decode_cached, default_cache_dir
 from data.catalog import get_spec
 from data.download import fetch
-from data.problems import warn
+from data.problems import path_problem, warn
 from data.specs import DatasetSpec, ImageData
 
 log = get_logger(__name__)
@@ -36,7 +36,12 @@ def locate(spec: DatasetSpec, root: Path) -> tuple[Optional[list[Path]], Optiona
     had them, a description of every place looked)."""
     looked = []
     for base in dict.fromkeys((root, system_dir(spec.name))):
-        files = spec.find(base)
+        try:
+            files = spec.find(base)
+        except OSError as e:  # a name too long, a folder that cannot be read
+            if base == root:
+                raise UserError(f"data.root: {root}: {path_problem(e, root)}") from None
+            files = None  # the system folder is only a fallback
         if files is not None:
             return files, base, looked
         looked.append(spec.expected(base))

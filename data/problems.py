@@ -6,6 +6,8 @@ unusable cache) is one ``warn`` line on stderr.
 """
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +35,21 @@ def brief(e: BaseException, path: Optional[Path] = None) -> str:
     if len(text) > 120:
         text = text[:120].rsplit(" ", 1)[0] + " ..."
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+NAME_MAX = 255  # bytes in one path component on Linux's file systems (ext4, xfs, btrfs, tmpfs)
+
+
+def path_problem(e: OSError, path: Path) -> str:
+    """Why ``path`` cannot be used, as a short clause: the system's reason, and for a name that is too long,
+    how long its longest component is."""
+    reason = e.strerror or str(e)
+    if e.errno == errno.ENAMETOOLONG:
+        longest = max((len(os.fsencode(part)) for part in Path(path).parts), default=0)
+        if longest > NAME_MAX:
+            return f"{reason} (a component of {longest} bytes; at most {NAME_MAX} are allowed)"
+        return f"{reason} (the whole path is {len(os.fsencode(str(path)))} bytes)"
+    return reason
 
 
 def describe(value) -> str:
