@@ -134,6 +134,10 @@ CONFIG_CASES += [
         "data.name=fashion_mnist", "model.name=timm/convnext_atto", key="timm/convnext_atto", names=["1x28x28"])),
     ("model.num_classes: set by the dataset for a timm model", override("model.name=timm/resnet10t",
                                                                         "model.num_classes=3")),
+    ("yaml: a key twice", config_file("model: {name: vit}\ntrain: {lr: 0.1}\ndata: {name: cifar10}\ntrain: {epochs: 2}\n",
+                                      ["c.yaml", "duplicate key 'train' (lines 2 and 4)"])),
+    ("yaml: an alias bomb", config_file("a: &a {x: 1, y: 1}\nb: &b {p: *a, q: *a}\nc: {p: *b, q: *b}\n",
+                                        ["c.yaml", "alias"])),
 ]
 
 
