@@ -27,8 +27,8 @@ def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[l
     ``latency``: measure each experiment's CPU inference latency with ``latency_threads`` threads, for up to
     ``latency_budget_s`` seconds per model and batch size.
     """
-    out, runs, groups = collect(run_dirs, out, failures or [])
-    notes = fill_flops(groups) if groups else []
+    out, runs, groups, notes = collect(run_dirs, out, failures or [])
+    notes += fill_flops(groups) if groups else []
     if latency and groups:
         notes += measure_latencies(groups, out, latency_threads, latency_budget_s)
     attention, features = [], []

@@ -18,10 +18,13 @@ from typing import Any, Optional
 
 from core.cli import run_cli
 from core.errors import UserError
+from core.log import get_logger
 from plots import curves, html, table, tradeoff
 from plots.findings import findings
 from plots.page import Figure, Section, write
 from plots.runs import Group, Run, find_runs, group_runs, read_latency
+
+log = get_logger(__name__)
 
 
 def _slug(label: str) -> str:  # a file name's part
@@ -55,17 +58,26 @@ TABLE_NOTE = ("Accuracies are top-1 on the validation split, in %; over several 
 
 
 def collect(run_dirs: list[str | Path], out: str | Path, failures: list[dict[str, Any]] = ()
-            ) -> tuple[Path, list[Run], list[Group]]:
-    """The runs in ``run_dirs`` (run directories or folders of them) grouped by experiment; ``out`` made."""
-    runs = find_runs(run_dirs) if run_dirs else []
+            ) -> tuple[Path, list[Run], list[Group], list[str]]:
+    """The runs in ``run_dirs`` (run directories or folders of them) grouped by experiment; ``out`` made; notes
+    on the runs left out. A run whose files cannot be used (unreadable, not UTF-8, text where a number
+    belongs) is left out with a warning line naming the file and the field, unless it leaves nothing to
+    compare: then that is the error."""
+    left_out: list[str] = []
+    runs = find_runs(run_dirs, left_out) if run_dirs else []
+    if left_out and not runs and not failures:
+        more = f" (and {len(left_out) - 1} other run(s) whose files cannot be used)" if len(left_out) > 1 else ""
+        raise UserError(f"{left_out[0]}{more}; nothing left to compare")
     if not runs and not failures:
         raise UserError("nothing to compare: give run directories written by main.py")
+    for problem in left_out:
+        log.warning(f"warning: {problem}; left out of the comparison")
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {out}: cannot create ({e.strerror})") from None
-    return out, runs, group_runs(runs)
+    return out, runs, group_runs(runs), [f"Left out (its files cannot be used): {p}" for p in left_out]
 
 
 def render(out: Path, runs: list[Run], groups: list[Group], *, failures: Optional[list[dict[str, Any]]] = None,
@@ -215,9 +227,9 @@ def _main(argv: Optional[list[str]]) -> int:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by main.py, or folders of them")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write the figures, tables and index.md")
     args = p.parse_args(argv)
-    out, runs, groups = collect(args.runs, args.out)
+    out, runs, groups, notes = collect(args.runs, args.out)
     read_latency(out, groups)  # what an earlier comparison into DIR measured
-    index = render(out, runs, groups, command=shlex.join(["python", "-m", "plots",
-                                                          *(sys.argv[1:] if argv is None else argv)]))
+    index = render(out, runs, groups, notes=notes, command=shlex.join(["python", "-m", "plots",
+                                                                       *(sys.argv[1:] if argv is None else argv)]))
     print(f"comparison: {index}")
     return 0

@@ -4,13 +4,15 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
-from core.errors import UserError
+from core.convert import short_repr
+from core.errors import UserError, one_line
 from core.procs import process_alive
 from core.text import flatten
 
@@ -67,17 +69,17 @@ class Run:
         return status
 
     def series(self, key: str) -> list[float]:
-        return [float(m[key]) for m in self.metrics if key in m]
+        return [float(m[key]) for m in self.metrics if m.get(key) is not None]
 
     def value(self, key: str) -> Optional[float]:
         """A number from results.json, else derived from metrics.jsonl (runs that stopped early)."""
         if self.results.get(key) is not None:
             return float(self.results[key])
-        accs = self.series("val_acc")
+        accs, times = self.series("val_acc"), self.series("epoch_time_s")
         derived = {
             "best_val_acc": max(accs) if accs else None,
             "final_val_acc": accs[-1] if accs else None,
-            "time_per_epoch_s": statistics.fmean(self.series("epoch_time_s")) if self.metrics else None,
+            "time_per_epoch_s": statistics.fmean(times) if times else None,
         }
         return derived.get(key)
 
@@ -88,44 +90,116 @@ class Run:
         return None
 
 
-def _read_json(path: Path) -> Any:
+# results.json fields the comparison reads as numbers (null: not recorded); metrics.jsonl rows hold only numbers.
+NUMBERS = ("params", "mult_adds", "flops_inference", "flops_training", "best_val_acc", "best_epoch",
+           "final_val_acc", "final_val_top5", "time_per_epoch_s", "images_per_s")
+
+
+def _text(path: Path) -> str:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: cannot read ({e})") from None
+        return path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number a float can hold, or null."""
+    if value is None or isinstance(value, float):
+        return True
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
+
+
+def _wrong(where: str, key: str, value: Any, expected: str) -> UserError:
+    return UserError(f"{where}: {key}: expected {expected}, got {short_repr(value)} ({type(value).__name__})")
+
+
+def _mapping(where: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected a mapping of names to values, got {type(value).__name__}")
+    return value
+
+
+def _config(path: Path) -> dict[str, Any]:
+    try:
+        config = _mapping(str(path), yaml.safe_load(_text(path)) or {})
+    except (yaml.YAMLError, RecursionError) as e:
+        raise UserError(f"{path}: cannot read ({one_line(e, 200)})") from None
+    for section in ("model", "data"):
+        if not isinstance(config.get(section, {}), dict):
+            raise _wrong(str(path), section, config[section], "a section (name: value lines)")
+    return config
+
+
+def _results(path: Path) -> dict[str, Any]:
+    try:
+        results = _mapping(str(path), json.loads(_text(path)))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise UserError(f"{path}: cannot read ({one_line(e, 200)})") from None
+    for key in NUMBERS:
+        if not _is_number(results.get(key)):
+            raise _wrong(str(path), key, results[key], "a number or null")
+    if not isinstance(results.get("swept") or {}, dict):
+        raise _wrong(str(path), "swept", results["swept"], "a mapping of swept keys to values")
+    return results
+
+
+def _metrics(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for i, line in enumerate(_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):  # a line cut short by a crash: keep the epochs before it
+            break
+        where = f"{path}: line {i}"
+        epoch = _mapping(where, row).get("epoch")
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            raise _wrong(where, "epoch", epoch, "an integer")
+        for key, value in row.items():
+            if not _is_number(value):
+                raise _wrong(where, key, value, "a number or null")
+        rows.append(row)
+    return rows
 
 
 def load_run(path: Path) -> Run:
-    try:
-        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"{path / 'config.yaml'}: cannot read ({e})") from None
-    results = _read_json(path / "results.json") if (path / "results.json").is_file() else {}
-    metrics = []
-    if (path / "metrics.jsonl").is_file():
-        for i, line in enumerate((path / "metrics.jsonl").read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                metrics.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a crash: keep the epochs before it
-                break
+    """A run's files, read and checked: one that is unreadable, not UTF-8, or has text where the comparison
+    reads a number is a ``UserError`` naming the file and the field."""
+    config = _config(path / "config.yaml")
+    results = _results(path / "results.json") if (path / "results.json").is_file() else {}
+    metrics = _metrics(path / "metrics.jsonl") if (path / "metrics.jsonl").is_file() else []
     return Run(path, config, results, metrics)
 
 
-def find_runs(paths: list[str | Path]) -> list[Run]:
-    """Each path is a run directory or a folder of them (e.g. ``runs/``), taken in name order."""
+def find_runs(paths: list[str | Path], left_out: Optional[list[str]] = None) -> list[Run]:
+    """Each path is a run directory or a folder of them (e.g. ``runs/``), taken in name order.
+
+    A run whose files cannot be used (``load_run``) raises, or, given a ``left_out`` list, is left out and
+    its problem appended there (the caller says so: one bad run need not stop a comparison of ten)."""
     runs: list[Run] = []
+
+    def load(path: Path) -> list[Run]:
+        try:
+            return [load_run(path)]
+        except UserError as e:
+            if left_out is None:
+                raise
+            left_out.append(str(e))
+            return []
+
     for p in map(Path, paths):
         if not p.exists():
             raise UserError(f"{p}: no such directory (give run directories written by main.py, or a folder of them)")
         if (p / "config.yaml").is_file():
-            runs.append(load_run(p))
+            runs += load(p)
             continue
         children = sorted(c for c in p.iterdir() if (c / "config.yaml").is_file()) if p.is_dir() else []
         if not children:
             raise UserError(f"{p}: not a run directory and holds none (a run directory has {RUN_FILES})")
-        runs += sorted((load_run(c) for c in children), key=_sweep_order)
+        runs += sorted((r for c in children for r in load(c)), key=_sweep_order)
     seen, unique = set(), []
     for r in runs:  # the same run named twice (a folder and one of its runs) counts once
         if r.path.resolve() not in seen:
