@@ -8,7 +8,9 @@ SIGUSR2 as one more stop signal: submitit asks SLURM for it 90 s before the time
 signal preempted jobs sends it too. On it (or on SIGTERM) the run writes a resumable checkpoint at the
 next step; after SIGUSR2 the job requeues itself (``scontrol requeue``), and a requeued job continues from
 the run directory its first start made (recorded next to submitit's logs). A stopped job never returns a
-result, so submitit does not take a half-trained point for a finished one.
+result, so submitit does not take a half-trained point for a finished one. A job's result is plain data, and
+this process reads it as such (``read_result``): a result file that names any class or function is refused,
+never run.
 
 This process records every job id in sweep.json and waits, showing one status line per point (read from
 the run directories). If it is stopped or its shell goes away, the jobs go on: ``python main.py --resume
@@ -19,7 +21,9 @@ GPU) trains with DDP (train/distributed.py), with the environment torchrun would
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -28,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
-from core.errors import UserError
-from core.files import atomic_write
+from core.errors import UserError, one_line
+from core.files import atomic_write, strict_json
 from core.log import get_logger
 from core.signals import GracefulStop, also_stop_on
 from launch.board import StatusBoard, outcome_text
@@ -83,7 +87,8 @@ class SlurmPoint:
                     log.warning(f"scontrol requeue {job_id} failed: {done.stderr.strip() or done.returncode}; "
                                 f"continue the point with --resume COMPARE_DIR")
             sys.exit(code)  # no result: the job is requeued (SLURM, or just above) or was cancelled
-        return outcome
+        # Plain data (a NumPy scalar becomes a float, NaN null), all that read_result accepts.
+        return json.loads(strict_json(outcome))
 
 
 def _dist_from_slurm():
@@ -253,24 +258,56 @@ def _task0(t: _Tracked):
     return t.handle.task(0)
 
 
-def _from_result(t: _Tracked) -> Outcome:
-    """Task 0's result (its ``result()``, which reads the file it wrote: the job's own ``result()`` would wait on
-    every task, asking sacct, which clusters without accounting never answer, about those that wrote none)."""
-    task = _task0(t)
+class _Foreign(pickle.UnpicklingError):
+    pass
+
+
+class _PlainData(pickle.Unpickler):
+    """Unpickles plain data only (str, bytes, numbers, True/False/None, and tuples, lists, sets and dicts of
+    them): every class or function a pickle names is refused, so reading a result file runs nothing."""
+
+    def find_class(self, module: str, name: str):
+        raise _Foreign(f"it names {module}.{name}, and a job's result is plain data")
+
+
+def read_result(path: Path) -> tuple[str, Any]:
+    """What submitit wrote when a job ended (its ``*_result.pkl``): ``("success", the outcome dict)`` or
+    ``("error", the job's traceback)``, read by ``_PlainData`` instead of submitit's plain ``pickle.load``,
+    which would run whatever the file names. Raises ValueError saying why a file is not such a result."""
     try:
-        result = task.result()
-    except Exception as e:  # noqa: BLE001 - the job raised (its trace is in the message) or its file is damaged
-        # submitit's message: a header, the job's trace between two lines of dashes, then where its logs are.
-        parts = str(e).split("-" * 22)
-        trace = parts[1].strip() if len(parts) >= 3 else str(e)
-        return Outcome(t.job.point, "failed", Path(t.run_dir) if t.run_dir else None,
-                       error=f"job {t.job_id} failed: {_brief(Exception(trace))}; its log: {task.paths.stderr}",
-                       traceback=trace)
-    if not isinstance(result, dict):
-        return Outcome(t.job.point, "failed", Path(t.run_dir) if t.run_dir else None,
-                       error=f"job {t.job_id} returned {type(result).__name__}, not an outcome; its log: "
-                             f"{task.paths.stderr}")
-    return Outcome.from_dict(t.job.point, result)
+        with open(path, "rb") as f:
+            output = _PlainData(f).load()
+    except OSError as e:
+        raise ValueError(f"cannot read it ({e.strerror or e})") from None
+    except _Foreign as e:
+        raise ValueError(f"refused: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a damaged pickle fails in arbitrary ways
+        raise ValueError(f"damaged ({one_line(e, 200)})") from None
+    if not (isinstance(output, tuple) and len(output) == 2 and output[0] in ("success", "error")):
+        raise ValueError(f"holds {type(output).__name__}, not submitit's (outcome, result) pair")
+    kind, value = output
+    if kind == "error" and not isinstance(value, str):
+        raise ValueError(f"an error whose traceback is {type(value).__name__}, not text")
+    if kind == "success" and not (isinstance(value, dict) and isinstance(value.get("status"), str)):
+        raise ValueError(f"the job returned {type(value).__name__}, not an outcome")
+    return kind, value
+
+
+def _from_result(t: _Tracked) -> Outcome:
+    """Task 0's result, read from the file it wrote (the job's own ``result()`` would wait on every task, asking
+    sacct, which clusters without accounting never answer, about those that wrote none)."""
+    task = _task0(t)
+    run_dir = Path(t.run_dir) if t.run_dir else None
+    path = task.paths.result_pickle
+    try:
+        kind, value = read_result(path)
+    except ValueError as e:
+        return Outcome(t.job.point, "failed", run_dir, error=f"job {t.job_id}: its result {path} was not read: {e}; "
+                                                              f"its log: {task.paths.stderr}")
+    if kind == "error":
+        return Outcome(t.job.point, "failed", run_dir, error=f"job {t.job_id} failed: {_brief(Exception(value))}; "
+                                                              f"its log: {task.paths.stderr}", traceback=value)
+    return Outcome.from_dict(t.job.point, value)
 
 
 def _without_result(t: _Tracked) -> Outcome:
