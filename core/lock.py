@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from core.errors import UserError
-from core.procs import process_start
+from core.procs import process_alive, process_start
 
 LOCK_FILE = ".lock"
 
@@ -142,3 +142,16 @@ def _read(fd: int) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}
+
+
+def writer_alive(folder: str | Path, results: dict[str, Any]) -> Optional[bool]:
+    """Whether the process that writes the run in ``folder`` (its results.json: ``results``) still runs: True while
+    a process holds the folder's lock; else False for one killed without a word (SIGKILL, a power cut), None
+    when that cannot be told from here (another host, whose locks this file system may not share)."""
+    if holder(folder) is not None:
+        return True
+    if results.get("status") != "running":
+        return False
+    if (Path(folder) / LOCK_FILE).exists() and results.get("host") == socket.gethostname():
+        return False  # a writer on this host holds the lock as long as it lives
+    return process_alive(results.get("host"), results.get("pid"), results.get("pid_started"))

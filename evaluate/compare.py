@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+from core.lock import DirLock
 from evaluate.maps import inspect_groups
 from evaluate.measure import LATENCY_BUDGET_S, fill_flops, measure_latencies
 from plots.page import Figure
@@ -28,6 +29,13 @@ def compare(run_dirs: list[str | Path], out: str | Path, *, failures: Optional[l
     ``latency_budget_s`` seconds per model and batch size.
     """
     out, runs, groups, notes = collect(run_dirs, out, failures or [])
+    with DirLock(out, "comparison directory"):  # one writer at a time (a multi-run call holds it already)
+        return _compare(out, runs, groups, notes, failures, images, inspect_models, latency, latency_threads,
+                        latency_budget_s, command)
+
+
+def _compare(out, runs, groups, notes, failures, images, inspect_models, latency, latency_threads, latency_budget_s,
+             command) -> Path:
     notes += fill_flops(groups) if groups else []
     if latency and groups:
         notes += measure_latencies(groups, out, latency_threads, latency_budget_s)

@@ -13,6 +13,7 @@ from data import get_spec
 from models import build_model
 from models.weights import load_weights
 from train.resume import run_config
+from train.rundir import config_run_id, read_results
 
 CHECKPOINTS = ("best", "last")
 
@@ -37,5 +38,9 @@ def load_model(path: str | Path, which: Optional[str] = "best") -> tuple[Config,
         raise UserError(f"{path / ((which or 'best') + '.pt')}: not found (the run wrote no checkpoints, or was "
                         f"stopped before its first epoch ended)")
     model = build_model(cfg, get_spec(cfg.data.name))
-    load_weights(model, file, f"{cfg.model.name} on {cfg.data.name}")
+    theirs = load_weights(model, file, f"{cfg.model.name} on {cfg.data.name}")
+    own = (read_results(path) or {}).get("run_id") or config_run_id(path / "config.yaml")
+    if theirs and own and theirs != own:
+        raise UserError(f"{file}: names run {theirs}, not this directory's run {own}: a checkpoint copied from "
+                        f"another run; its numbers would not be this run's")
     return cfg, model.eval(), file

@@ -11,7 +11,7 @@ from typing import Optional
 
 from config.sweep import Point
 from core.cli import EXIT_INTERRUPTED, EXIT_RUN_FAILED
-from core.errors import Interrupted, UserError
+from core.errors import Interrupted, RunFailed, UserError
 from core.lock import DirLock
 from core.log import get_logger
 from core.signals import stop_at_once
@@ -121,6 +121,8 @@ def _finish(manifest: Manifest, done: list[Outcome], todo: list[Job], executor: 
         log.warning(f"stopped by {e.signame} while writing the comparison; every run is saved, and "
                     f"{manifest.resume_command()} writes it")
         return e.exit_code
+    except RunFailed as e:  # e.g. a full disk: the runs are whole, the comparison can be written again
+        raise RunFailed(f"{e}; every run is saved, and {manifest.resume_command()} writes the comparison") from None
     page = Path(index).with_name("index.html")
     log.info(f"comparison: {index}" + (f" (in a browser: {page})" if page.is_file() else ""))
     stopped = [o for o in outcomes if o.status == "interrupted"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -32,9 +32,22 @@ def read(path: str | Path, what: str = "checkpoint") -> Any:
                         f"torch.save: {first})") from None
 
 
-def load_weights(model: nn.Module, path: str | Path, describe: str) -> None:
+RUN_ID_KEY = "vitlab"  # the entry of a best.pt's state-dict metadata that names its run (no module has this name)
+
+
+def run_id_of(obj: Any) -> Optional[str]:
+    """The run a checkpoint names: a ``last.pt``'s ``run_id``, or a ``best.pt`` state dict's metadata entry
+    (``train.rundir.RunDir.save_weights``); None for a file written before run ids."""
+    if isinstance(obj, dict) and "run_id" in obj and not isinstance(obj.get("run_id"), torch.Tensor):
+        return obj["run_id"] if isinstance(obj["run_id"], str) else None
+    entry = (getattr(obj, "_metadata", None) or {}).get(RUN_ID_KEY)
+    return entry.get("run_id") if isinstance(entry, dict) and isinstance(entry.get("run_id"), str) else None
+
+
+def load_weights(model: nn.Module, path: str | Path, describe: str) -> Optional[str]:
     """Load ``best.pt`` / ``last.pt`` weights into ``model`` (``describe``: e.g. "vit on cifar10"); a file of
-    another model or dataset gets a one-line error saying what differs."""
+    another model or dataset gets a one-line error saying what differs. Returns the run the file names
+    (``run_id_of``)."""
     obj = read(path)
     # A training checkpoint (train/checkpoint.py) keeps the weights under "model".
     state = obj["model"] if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
@@ -52,3 +65,4 @@ def load_weights(model: nn.Module, path: str | Path, describe: str) -> None:
             raise UserError(f"{path}: {k} is {tuple(v.shape)} in the file but {tuple(own[k].shape)} in {describe} "
                             f"(weights of another model size or dataset, e.g. another number of classes)")
     model.load_state_dict(state)
+    return run_id_of(obj)

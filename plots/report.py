@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from core.cli import run_cli
 from core.errors import UserError
+from core.lock import DirLock
 from core.log import get_logger
 from plots import curves, html, table, tradeoff
 from plots.findings import findings
@@ -229,7 +230,8 @@ def _main(argv: Optional[list[str]]) -> int:
     args = p.parse_args(argv)
     out, runs, groups, notes = collect(args.runs, args.out)
     read_latency(out, groups)  # what an earlier comparison into DIR measured
-    index = render(out, runs, groups, notes=notes, command=shlex.join(["python", "-m", "plots",
-                                                                       *(sys.argv[1:] if argv is None else argv)]))
+    with DirLock(out, "comparison directory"):  # one writer at a time
+        index = render(out, runs, groups, notes=notes, command=shlex.join(["python", "-m", "plots",
+                                                                           *(sys.argv[1:] if argv is None else argv)]))
     print(f"comparison: {index}")
     return 0

@@ -13,7 +13,7 @@ import yaml
 
 from core.convert import short_repr
 from core.errors import UserError, one_line
-from core.procs import process_alive
+from core.lock import writer_alive
 from core.text import flatten
 
 RUN_FILES = "config.yaml, metrics.jsonl and results.json"
@@ -64,7 +64,7 @@ class Run:
     def status(self) -> str:
         """results.json's status; a ``running`` run whose process is gone (on this host) is ``killed``."""
         status = str(self.results.get("status", "incomplete"))
-        if status == "running" and process_alive(self.results.get("host"), self.results.get("pid")) is False:
+        if status == "running" and writer_alive(self.path, self.results) is False:
             return "killed"
         return status
 

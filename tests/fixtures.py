@@ -216,6 +216,18 @@ def call_main(capsys, *args, module: str = "main"):
     return subprocess.CompletedProcess(args, code, out, err)
 
 
+def hold_lock(folder: Path):
+    """Another process that holds ``folder``'s lock (core/lock.py) until it is killed (a subprocess.Popen)."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from core.lock import DirLock; "
+                               "DirLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)", str(folder)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def run_dirs_at(out: Path, proc, epochs: int, count: int = 1, timeout: float = 180) -> list[Path]:
     """The run directories under ``out`` once ``count`` of them have finished ``epochs`` epochs (their
     results.json says so), while ``proc`` (a subprocess.Popen) trains them; fails the test if it ends first."""

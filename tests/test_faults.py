@@ -15,9 +15,10 @@ import pytest
 import torch
 
 import train.engine
-from fixtures import (ROOT, TINY_VIT, call_main, missing, numbers, read_metrics, run_dirs_at, run_fit, tiny_raw,
-                      write_yaml)
+from fixtures import (ROOT, TINY_VIT, call_main, hold_lock, missing, numbers, read_metrics, run_dirs_at, run_fit,
+                      tiny_raw, write_yaml)
 from config import from_dict
+from core.errors import RunFailed
 from core.files import TEMP_PREFIX
 from train.rundir import is_live, read_results
 
@@ -88,15 +89,6 @@ def test_sigterm_and_sigkill_to_real_runs_then_resume_exactly(data_root, tmp_pat
         assert numbers(read_metrics(run_dir)) == numbers(read_metrics(ref_dir))
         assert all(torch.equal(a, b) for a, b in zip(torch.load(run_dir / "best.pt").values(),
                                                       torch.load(ref_dir / "best.pt").values()))
-
-
-def hold_lock(folder: Path) -> subprocess.Popen:
-    """Another process that holds ``folder``'s lock (core/lock.py) until it is killed."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from core.lock import DirLock; "
-                               "DirLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)", str(folder)],
-                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
-    return holder
 
 
 def test_resume_refuses_a_held_run_but_not_a_reused_pid(data_root, tmp_path, capsys):
@@ -251,6 +243,24 @@ def test_sigterm_while_the_comparison_is_written_is_one_line_and_the_resume_writ
     r = call_main(capsys, "--resume", out)
     assert r.returncode == 0, r.stderr
     assert "2 of 2 runs already finished; 0 to run" in r.stdout and (out / "results.csv").is_file()
+
+
+def test_a_comparison_that_cannot_be_written_says_how_to_write_it_again(plain_comparisons, data_root, tmp_path, capsys,
+                                                                       monkeypatch):
+    import launch.call
+
+    raw = tiny_raw(data_root, tmp_path / "runs", epochs=1)
+    raw["sweep"] = {"seed": [0, 1]}
+    cfg, out = write_yaml(tmp_path / "s.yaml", raw), tmp_path / "cmp"
+
+    def full_disk(*args, **kwargs):
+        raise RunFailed(f"{out / 'loss.png'}: cannot write (No space left on device)")
+
+    monkeypatch.setattr(launch.call, "compare", full_disk)
+    r = call_main(capsys, "--cfg", cfg, "--out", out)
+    assert r.returncode == 1
+    assert r.stderr.strip() == (f"error: {out / 'loss.png'}: cannot write (No space left on device); every run is "
+                                f"saved, and python main.py --resume {out} writes the comparison")
 
 
 # ----------------------------------------------------------------------------- recorded truthfully

@@ -11,12 +11,13 @@ import socket
 import pytest
 import torch
 
-from fixtures import call_main, read_metrics, run_fit, tiny_config, write_mnist
+from fixtures import call_main, hold_lock, read_metrics, run_fit, tiny_config, write_mnist
 from core.procs import process_alive, process_start
 from data import get_spec
 from models import build_model
 from train.resume import run_config
-from train.rundir import config_run_id, read_results, weights_run_id
+from models.weights import run_id_of
+from train.rundir import config_run_id, read_results
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_every_file_names_its_run(runs):
         assert config_run_id(d / "config.yaml") == run_id
         assert torch.load(d / "last.pt", weights_only=True)["run_id"] == run_id
         best = torch.load(d / "best.pt", weights_only=True)
-        assert weights_run_id(best) == run_id
+        assert run_id_of(best) == run_id
         cfg = run_config(d)
         build_model(cfg, get_spec(cfg.data.name)).load_state_dict(best)  # still a plain state dict
 
@@ -62,6 +63,16 @@ def test_a_checkpoint_copied_from_another_run_is_refused(runs, tmp_path, capsys)
     assert f"names run {theirs}, not this directory's run {own}" in r.stderr
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
     assert after == {k: v for k, v in before.items() if k != ".lock"}  # nothing written
+
+
+def test_a_best_pt_copied_from_another_run_is_refused_by_eval(runs, tmp_path, capsys):
+    _, (a, b) = runs
+    run = copy_run(a, tmp_path, interrupted=False)
+    assert call_main(capsys, "--eval", run).returncode == 0
+    shutil.copy(b / "best.pt", run / "best.pt")
+    r = call_main(capsys, "--eval", run)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert f"names run {read_results(b)['run_id']}, not this directory's run {read_results(a)['run_id']}" in r.stderr
 
 
 def test_results_and_config_that_name_different_runs_are_refused(runs, tmp_path, capsys):
@@ -142,3 +153,20 @@ def test_a_pid_is_its_process_only_with_its_start_time():
     assert process_alive(host, parent, started + 1) is False  # the number now names another process
     assert process_alive(host, parent) is True  # no start time recorded (a run from before): the pid alone
     assert process_alive("another-host", parent, started) is None
+
+
+def test_a_comparison_directory_held_by_another_process_is_refused(runs, tmp_path, capsys):
+    _, (a, b) = runs
+    out = tmp_path / "cmp"
+    out.mkdir()
+    holder = hold_lock(out)
+    try:
+        for module, args in (("plots", (a, b, "--out", out)), ("main", ("--compare", a, b, "--out", out))):
+            r = call_main(capsys, *args, module=module)
+            assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+            assert f"{out}: in use by pid {holder.pid}" in r.stderr
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert call_main(capsys, *(a, b, "--out", out), module="plots").returncode == 0

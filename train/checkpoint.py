@@ -18,8 +18,9 @@ bit for bit where the run stopped (an epoch's end, or mid-epoch: ``output.checkp
   threads                               torch's thread count (a resume uses it: ``use_threads``)
   run_id, results                       the run it belongs to, and its results.json when saved (to rebuild it)
 
-``best.pt`` stays a plain ``state_dict`` (its metadata names its run: ``train.rundir.weights_run_id``). Every read goes through ``torch.load(weights_only=True)``
-(tensors and plain containers only, no code) and a damaged or foreign file is a one-line ``UserError``.
+``best.pt`` stays a plain ``state_dict`` (its metadata names its run: ``models.weights.run_id_of``). Every read
+goes through ``torch.load(weights_only=True)`` (tensors and plain containers only, no code) and a damaged or
+foreign file is a one-line ``UserError``.
 """
 from __future__ import annotations
 

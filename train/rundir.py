@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import io
 import json
-import secrets
-import socket
 import re
+import secrets
 from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
@@ -39,10 +38,10 @@ import torch.nn as nn
 
 from core.errors import RunFailed, UserError
 from core.files import atomic_write, remove_stale_temporaries, strict_json
-from core.lock import LOCK_FILE, DirLock, holder
+from core.lock import DirLock, writer_alive
 from core.procs import process_alive
+from models.weights import RUN_ID_KEY
 
-RUN_ID_KEY = "vitlab"  # the entry of a best.pt's state-dict metadata that names its run (no module has this name)
 CONFIG_HEADER = "# run_id: "  # config.yaml's first line names its run
 
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
@@ -74,15 +73,12 @@ def read_results(path: str | Path) -> Optional[dict[str, Any]]:
 
 
 def is_live(results: dict[str, Any], path: Optional[str | Path] = None) -> Optional[bool]:
-    """Whether a run's process still runs: True while a process holds its directory ``path`` (core/lock.py);
-    otherwise False for one killed without a word (SIGKILL, a power cut), None when that cannot be told from
-    here (another host, where the file system may not share locks)."""
-    if path is not None and holder(path) is not None:
-        return True
+    """Whether a run's process still runs (``core.lock.writer_alive``; without ``path``, by its pid and start
+    time alone)."""
+    if path is not None:
+        return writer_alive(path, results)
     if results.get("status") != "running":
         return False
-    if path is not None and (Path(path) / LOCK_FILE).exists() and results.get("host") == socket.gethostname():
-        return False  # a writer on this host holds its lock as long as it lives
     return process_alive(results.get("host"), results.get("pid"), results.get("pid_started"))
 
 
@@ -100,12 +96,6 @@ def config_run_id(path: str | Path) -> Optional[str]:
         return None
     m = re.fullmatch(re.escape(CONFIG_HEADER) + r"([0-9a-f]{1,64})\s*", first)
     return m.group(1) if m else None
-
-
-def weights_run_id(state: Any) -> Optional[str]:
-    """The run a best.pt's state dict names (``RunDir.save_weights``), or None."""
-    entry = (getattr(state, "_metadata", None) or {}).get(RUN_ID_KEY)
-    return entry.get("run_id") if isinstance(entry, dict) else None
 
 
 class RunDir:
@@ -204,7 +194,7 @@ class RunDir:
 
     def save_weights(self, filename: str, model: nn.Module) -> None:
         """A plain state dict (``load_state_dict`` takes it) that names its run in the state dict's own
-        metadata (``run_id_of``)."""
+        metadata (``models.weights.run_id_of``)."""
         state = model.state_dict()
         weights = OrderedDict((k, v.detach().cpu()) for k, v in state.items())
         weights._metadata = OrderedDict(getattr(state, "_metadata", {}))  # type: ignore[attr-defined]
