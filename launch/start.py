@@ -102,7 +102,7 @@ def distributed(cfg_files: Optional[list[str]], resume_dir: Optional[str], overr
             run_dir = RunDir(cfg.output.dir, cfg.run_name)
         else:
             try:
-                r, problem = open_for_resume(resume_dir, overrides, claim=dist.is_main), None
+                r, problem = open_for_resume(resume_dir, overrides, follower=not dist.is_main), None
             except UserError as e:  # e.g. held by another process: rank 0 alone can tell
                 r, problem = None, str(e)
             # Together: every process has read the run's state before rank 0 writes it again, and stops alike.

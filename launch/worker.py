@@ -77,7 +77,7 @@ def run_point(spec: dict[str, Any], events: Optional[Event] = None, dist=None) -
         progress = _Progress(spec, send, train_log)
         try:
             job = progress.job = _job(spec, on_create=[progress.created] if dist.is_main else [],
-                                      on_epoch=[progress.epoch], claim=dist.is_main)
+                                      on_epoch=[progress.epoch], follower=not dist.is_main)
             if job.run_dir.resuming and dist.is_main:  # its directory exists already: its log starts now
                 progress.created(job.run_dir.path)
         except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001 - a second signal while it was being set
@@ -129,10 +129,10 @@ def not_started(spec: dict[str, Any], signum: int) -> dict[str, Any]:
                                                  f"it started", exit_code=128 + signum), spec.get("run_dir"))
 
 
-def _job(spec: dict[str, Any], *, on_create=(), on_epoch=(), claim: bool = True):
+def _job(spec: dict[str, Any], *, on_create=(), on_epoch=(), follower: bool = False):
     """The ``launch.plan.Job`` a spec describes (imports torch), its run directory calling ``on_create`` with
-    its path once a new one exists and ``on_epoch`` with each epoch's row; ``claim``: a resumed run's lock is
-    held from now on (rank 0 of several processes alone)."""
+    its path once a new one exists and ``on_epoch`` with each epoch's row; a resumed run's lock is held from
+    now on, except by a ``follower`` (a process other than rank 0 of several)."""
     import torch
 
     from config import from_dict
@@ -150,7 +150,7 @@ def _job(spec: dict[str, Any], *, on_create=(), on_epoch=(), claim: bool = True)
     point = Point(spec["name"], dict(spec.get("values") or {}), cfg, spec.get("source", ""),
                   spec.get("experiment", ""))
     if spec.get("run_dir"):
-        r = open_for_resume(spec["run_dir"], on_epoch=on_epoch, claim=claim)
+        r = open_for_resume(spec["run_dir"], on_epoch=on_epoch, follower=follower)
         return Job(index, point, r.run_dir, r.cfg, r.ckpt)
     return Job(index, point, point_run_dir(point, index, on_create=on_create, on_epoch=on_epoch), cfg)
 

@@ -64,22 +64,25 @@ class Resumption:
     done: bool  # completed and not extended: nothing to train
 
 
-def open_for_resume(path: str | Path, overrides: list[str] = (), on_epoch=(), *, claim: bool = True) -> Resumption:
+def open_for_resume(path: str | Path, overrides: list[str] = (), on_epoch=(), *, claim: bool = True,
+                    follower: bool = False) -> Resumption:
     """Check that the run in ``path`` can continue with ``overrides`` and load its last.pt; ``on_epoch``:
-    listeners of its ``RunDir``; ``claim``: hold the run's lock from now on (``RunDir.existing``; a process
-    that writes it already is a one-line error)."""
+    listeners of its ``RunDir``. ``claim``: hold the run's lock from now on (``RunDir.existing``; a process
+    that writes it already is a one-line error); without it, a run another process writes is refused all the
+    same. ``follower``: a process other than rank 0 of a several-process run, which neither claims nor checks
+    (rank 0 holds the lock for all of them)."""
     path = Path(path).expanduser()
-    run_dir = RunDir.existing(path, on_epoch=on_epoch, claim=claim)
+    run_dir = RunDir.existing(path, on_epoch=on_epoch, claim=claim and not follower)
     try:
-        return _open(path, run_dir, overrides)
+        return _open(path, run_dir, overrides, check_live=not follower)
     except BaseException:
         run_dir.release()
         raise
 
 
-def _open(path: Path, run_dir: RunDir, overrides: list[str]) -> Resumption:
+def _open(path: Path, run_dir: RunDir, overrides: list[str], check_live: bool) -> Resumption:
     results = run_dir.results
-    if not run_dir.lock and is_live(results, path):
+    if check_live and not run_dir.lock and is_live(results, path):
         raise UserError(f"--resume {path}: still running (pid {results.get('pid')} on {results.get('host')}); "
                         f"stop it first (kill -TERM {results.get('pid')} writes a resumable checkpoint)")
     cfg = run_config(path, overrides)
