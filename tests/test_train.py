@@ -501,3 +501,21 @@ def test_lr_scaling_past_the_bounds_is_one_line(fmnist_root, tmp_path):
                                         r"train.min_lr 0.0008"):
         _setup(fmnist_root, tmp_path, batch_size=16, lr=1.0e-3, min_lr=8.0e-4, lr_scaling="linear",
                lr_reference_batch=32)
+
+
+def test_ddp_all_reduces_only_on_a_groups_last_micro_batch(fmnist_root, tmp_path):
+    """DDP in a one-process gloo group: the first K-1 micro-batches run under no_sync, the last one syncs."""
+    import torch.distributed as tdist
+
+    s = _setup(fmnist_root, tmp_path, batch_size=8, accumulate_steps=3, precision="fp32")
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(s.module)
+        synced = []
+        s.module.register_forward_pre_hook(lambda m, a: synced.append(ddp.require_backward_grad_sync))
+        s.model = ddp
+        images, labels = next(iter(s.train_loader))
+        train_step(s, images, labels)
+        assert synced == [False, False, True]
+    finally:
+        tdist.destroy_process_group()
