@@ -250,3 +250,27 @@ def check_run_name(name: str) -> None:
                else f"contains {bad!r}" if bad is not None else f"is longer than {MAX_NAME} bytes")
         raise UserError(f"name: {name!r} {why}; a run name is one directory name under output.dir "
                         f"(letters, digits, and e.g. - _ = + , .), with no path separators")
+
+
+def config_keys() -> dict[str, tuple[str, ...]]:
+    """Every dotted key a config file or ``--set`` may name (a model's own keys aside, which its builder
+    decides), each with the values it is limited to (a choice, a bool; empty: any value of its type).
+    For the shell's completion of ``--set KEY=VALUE``: imports nothing but this module."""
+    import typing
+
+    def walk(cls: type, prefix: str) -> dict[str, tuple[str, ...]]:
+        out = {}
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = hints[f.name]
+            if dataclasses.is_dataclass(kind):
+                out.update(walk(kind, f"{prefix}{f.name}."))
+            elif cls is ModelConfig and f.name == "kwargs":
+                continue
+            else:
+                choices = typing.get_args(kind) if typing.get_origin(kind) is Literal else \
+                    ("true", "false") if kind is bool else ()
+                out[prefix + f.name] = tuple(map(str, choices))
+        return out
+
+    return walk(Config, "")
