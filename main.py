@@ -1,4 +1,4 @@
-# PYTHON_ARGCOMPLETE_OK (argcomplete's global completion looks for this line; docs/runs.md#shell-completion)
+# PYTHON_ARGCOMPLETE_OK (argcomplete's global completion looks for this line; docs/config.md#shell-completion)
 """vitlab's command line (``python main.py`` or, after ``pip install -e .``, ``vitlab``): it parses and hands the
 call to the package that does the work: ``launch`` (one run or many), ``evaluate`` (a checkpoint at work, a
 comparison), ``models.catalog`` (the list). Examples: README.md; every option: ``python main.py --help``."""
