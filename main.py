@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK (argcomplete's global completion looks for this line; docs/config.md#shell-completion)
 """vitlab's command line (``python main.py`` or, after ``pip install -e .``, ``vitlab``): it parses and hands the
 call to the package that does the work: ``launch`` (one run or many), ``evaluate`` (a checkpoint at work, a
 comparison), ``models.catalog`` (the list). Examples: README.md; every option: ``python main.py --help``."""
@@ -5,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 
@@ -19,6 +21,10 @@ ONLY_WITH = {"--set": ("overrides", ("cfg", "resume")), "--jobs": ("jobs", ("cfg
              "--allow-data-change": ("allow_data_change", ("resume",))}
 
 
+# A command-line override (Hydra style, ``train.lr=3e-4``): a dotted key, then ``=``.
+ASSIGNMENT = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*=")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="main.py",
@@ -27,9 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: python main.py --cfg configs/fashion_mnist.yaml --set train.epochs=2. One run on several "
                "processes or GPUs: torchrun --nproc_per_node=N main.py --cfg FILE (docs/scaling.md).")
     mode = p.add_argument_group("what to do (one of)").add_mutually_exclusive_group()
-    mode.add_argument("--cfg", metavar="FILE", nargs="+",
-                      help="YAML config(s) (see configs/ and docs/config.md); several files, or one with a sweep: "
-                           "section, run one after another and end with a comparison")
+    cfg = mode.add_argument("--cfg", metavar="FILE", nargs="+",
+                            help="YAML config(s) (see configs/ and docs/config.md); several files, or one with a "
+                                 "sweep: section, run one after another and end with a comparison; KEY=VALUE "
+                                 "arguments among or after them are overrides, as --set")
     mode.add_argument("--resume", metavar="DIR",
                       help="continue a stopped run from its last.pt in its own directory (a run directory), or the "
                            "unfinished runs of a multi-run call (its comparison directory); --set may only change "
@@ -45,9 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--list-models", action="store_true",
                       help="list registered models with their parameter counts, then exit")
     run = p.add_argument_group("training")
-    run.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
-                     help="override a config value, dotted key, value parsed as YAML (repeatable, applied to every "
-                          "config), e.g. --set train.lr=3e-4 --set data.limit_train=5000")
+    override = run.add_argument(
+        "--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+        help="override a config value, dotted key, value parsed as YAML (repeatable, applied to every config), e.g. "
+             "--set train.lr=3e-4 --set data.limit_train=5000; a plain KEY=VALUE argument is the same (Hydra style: "
+             "--cfg FILE train.lr=3e-4), applied after the --set ones")
     run.add_argument("--dry-run", action="store_true",
                      help="print the resolved config and the model summary (for several runs: each run's name, "
                           "swept values and parameter count), then exit without training")
@@ -72,12 +81,65 @@ def build_parser() -> argparse.ArgumentParser:
     use.add_argument("--ckpt", choices=("best", "last"), default="best",
                      help="the checkpoint --eval and --predict use (default: best)")
     use.add_argument("--top", type=int, default=5, metavar="K", help="classes --predict prints per image (default 5)")
+    extra = p.add_argument("assignments", nargs="*", metavar="KEY=VALUE",
+                           help="overrides with --cfg or --resume, the same as --set KEY=VALUE")
+    cfg.completer, override.completer, extra.completer = _complete_cfg, _complete_keys, _complete_keys
     return p
+
+
+def _complete_keys(prefix: str, **_) -> list[str]:
+    """Shell completion of KEY=VALUE: the config's dotted keys, then a key's choices (config/schema.py)."""
+    from config.schema import config_keys
+
+    keys = config_keys()
+    key, eq, _value = prefix.partition("=")
+    if eq:
+        return [f"{key}={choice}" for choice in keys.get(key, ())]
+    return [f"{k}=" for k in keys if k.startswith(prefix)]
+
+
+def _complete_cfg(prefix: str, **kwargs) -> list[str]:
+    """--cfg: YAML files (and folders), and KEY=VALUE overrides once a prefix could be a key."""
+    from argcomplete.completers import FilesCompleter
+
+    files = list(FilesCompleter(("yaml", "yml"))(prefix, **kwargs))
+    return files + (_complete_keys(prefix) if prefix and "/" not in prefix else [])
+
+
+def _autocomplete(p: argparse.ArgumentParser) -> None:
+    """Answer the shell's completion request (argcomplete; it exits) before anything heavy is imported."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    try:
+        import argcomplete
+    except ImportError:  # a dependency (pyproject.toml); without it there is nothing to complete with
+        return
+    argcomplete.autocomplete(p)
+
+
+def split_assignments(items: list[str]) -> tuple[list[str], list[str]]:
+    """``--cfg``'s arguments as (config files, KEY=VALUE overrides): an argument is an override when it starts
+    with a dotted key and ``=`` and is no existing file; one that could be either is a one-line error."""
+    files, assignments = [], []
+    for item in items:
+        looks = ASSIGNMENT.match(item) is not None
+        exists = os.path.exists(item)
+        if looks and exists:
+            raise UserError(f"{item}: both an existing file and a KEY=VALUE override; write ./{item} for the "
+                            f"file, or --set {item} for the override")
+        if looks:
+            assignments.append(item)
+        elif "=" in item and not exists:
+            raise UserError(f"--cfg {item}: no such file, and not KEY=VALUE with a dotted key (e.g. train.lr=3e-4)")
+        else:
+            files.append(item)
+    return files, assignments
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
-    args = p.parse_args(argv)
+    _autocomplete(p)
+    args = p.parse_intermixed_args(argv)
     args.mode = next((m for m in MODES if getattr(args, m) not in (None, False)), None)
     if args.mode is None:
         p.error("--cfg FILE is required (or --resume DIR, --eval RUN_DIR, --predict RUN_DIR IMAGE..., "
@@ -92,12 +154,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag, (dest, modes) in ONLY_WITH.items():
         if getattr(args, dest) not in (None, False, [], "local") and args.mode not in modes:
             raise UserError(f"{flag}: only used with {' or '.join('--' + m for m in modes)}")
+    _take_assignments(args)
     if args.launcher == "slurm" and (args.jobs is not None or args.jobs_per_gpu is not None):
         raise UserError("--jobs: only with --launcher local; with slurm, each point is a job and the cluster "
                         "runs as many at once as it has room for")
     if args.mode == "compare" and args.out is None:
         p.error("--compare RUN_DIR...: give --out DIR, where the comparison goes")
     return args
+
+
+def _take_assignments(args: argparse.Namespace) -> None:
+    """Plain KEY=VALUE arguments (after --cfg's files, or anywhere) join --set's overrides, after them."""
+    found = list(args.assignments)
+    if args.cfg is not None:
+        args.cfg, among = split_assignments(args.cfg)
+        found = among + found
+        if not args.cfg:
+            raise UserError(f"--cfg: no config file, only overrides ({found[0]}, ...); give --cfg FILE [KEY=VALUE ...]")
+    for item in args.assignments:
+        if "=" not in item:
+            raise UserError(f"{item}: an extra argument, not KEY=VALUE; config files follow --cfg "
+                            f"(--cfg a.yaml b.yaml)")
+    if found and args.mode not in ("cfg", "resume"):
+        raise UserError(f"{found[0]}: a KEY=VALUE override (as --set) is only used with --cfg or --resume")
+    args.overrides = [*args.overrides, *found]
+    del args.assignments
 
 
 def main(argv: list[str] | None = None) -> int:

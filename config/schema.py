@@ -109,6 +109,12 @@ class TrainConfig:
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
     log_every: int = num(50, ge=1)  # steps between progress-bar updates (each one is a host sync)
     sync_bn: bool = False  # several processes (torchrun): BatchNorm statistics over the global batch (GPUs)
+    # Gradient accumulation: micro-batches of batch_size per optimizer step (global batch = batch_size x this x
+    # processes); the loss of each is divided by it, so the step equals one on the whole global batch.
+    accumulate_steps: int = num(1, ge=1, le=MAX_BATCH)
+    # lr used = lr x (global batch / lr_reference_batch) (linear) or its square root (sqrt); none = lr as given
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    lr_reference_batch: int = num(256, ge=1, le=MAX_BATCH)  # the batch that train.lr was tuned for
 
     def check(self) -> None:
         if self.warmup_epochs > self.epochs:
@@ -225,6 +231,8 @@ def setting_warnings(cfg: "Config") -> list[str]:
         for key in ("checkpoint_every_steps", "checkpoint_every_minutes"):
             if getattr(out, key) is not None:
                 found.append(f"output.{key}: ignored with output.checkpoints: false")
+    if t.lr_scaling == "none" and changed("lr_reference_batch"):
+        found.append("train.lr_reference_batch: only used by train.lr_scaling linear or sqrt; ignored with none")
     if t.warmup_epochs and t.warmup_epochs >= t.epochs:
         found.append(f"train.warmup_epochs: {t.warmup_epochs:g}, the whole run (train.epochs={t.epochs}); "
                      f"schedule {t.schedule} never {'anneals' if t.schedule == 'onecycle' else 'starts'}")
@@ -242,3 +250,27 @@ def check_run_name(name: str) -> None:
                else f"contains {bad!r}" if bad is not None else f"is longer than {MAX_NAME} bytes")
         raise UserError(f"name: {name!r} {why}; a run name is one directory name under output.dir "
                         f"(letters, digits, and e.g. - _ = + , .), with no path separators")
+
+
+def config_keys() -> dict[str, tuple[str, ...]]:
+    """Every dotted key a config file or ``--set`` may name (a model's own keys aside, which its builder
+    decides), each with the values it is limited to (a choice, a bool; empty: any value of its type).
+    For the shell's completion of ``--set KEY=VALUE``: imports nothing but this module."""
+    import typing
+
+    def walk(cls: type, prefix: str) -> dict[str, tuple[str, ...]]:
+        out = {}
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = hints[f.name]
+            if dataclasses.is_dataclass(kind):
+                out.update(walk(kind, f"{prefix}{f.name}."))
+            elif cls is ModelConfig and f.name == "kwargs":
+                continue
+            else:
+                choices = typing.get_args(kind) if typing.get_origin(kind) is Literal else \
+                    ("true", "false") if kind is bool else ()
+                out[prefix + f.name] = tuple(map(str, choices))
+        return out
+
+    return walk(Config, "")

@@ -92,6 +92,27 @@ def test_two_processes_equal_one_process_with_the_global_batch(roots, tmp_path, 
 
 
 @pytest.mark.system
+def test_two_processes_accumulating_equal_one_process_with_the_global_batch(roots, tmp_path, capsys):
+    """2 processes x 2 accumulated x batch 8 against 1 x 32 (augmentation off, fp32): DDP all-reduces on the
+    group's last micro-batch only (``no_sync`` before), and the step is the global batch's, as above."""
+    root = roots[0]
+    two = tiny_raw(root, tmp_path / "two", batch_size=8, accumulate_steps=2, data={"augment": False},
+                   precision="fp32")
+    one = tiny_raw(root, tmp_path / "one", batch_size=32, data={"augment": False}, precision="fp32")
+    proc = torchrun(["--cfg", str(write_yaml(tmp_path / "two.yaml", two))])
+    out = finish(proc)
+    assert proc.returncode == 0, out
+    assert "global batch 32 (8 x 2 accumulated x 2 processes)" in out
+    assert call_main(capsys, "--cfg", write_yaml(tmp_path / "one.yaml", one)).returncode == 0
+    ddp, single = only_run_dir(tmp_path / "two"), only_run_dir(tmp_path / "one")
+    assert read_results(ddp)["global_batch"] == 32
+    for x, y in zip(read_metrics(ddp), read_metrics(single), strict=True):
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5) and x["lr"] == y["lr"]
+    wa, wb = (torch.load(d / "last.pt", weights_only=True)["model"] for d in (ddp, single))
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+@pytest.mark.system
 @pytest.mark.numeric
 def test_sigterm_then_a_killed_rank_then_torchrun_resumes_exactly(roots, tmp_path):
     """Everything random on (augmentation, dropout, drop path, MixUp, random erasing). SIGTERM to torchrun

@@ -166,3 +166,85 @@ def test_a_config_mistake_is_reported_before_torch_is_imported(tmp_path):
     p = subprocess.run([sys.executable, "-c", code, str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     first, *_, last = p.stderr.splitlines()
     assert first.startswith("error: ") and "train.epochs" in first and last == "2 False", p.stderr
+
+
+# ----------------------------------------------------------------------------- KEY=VALUE arguments, completion
+
+
+def test_plain_key_value_arguments_are_set_overrides(tmp_path, capsys):
+    """Hydra style: --cfg FILE train.epochs=1 ... resolves to the config --set gives; several files still work."""
+    cfg, medium = ROOT / "configs/fashion_mnist.yaml", ROOT / "configs/cnn_tr_medium.yaml"
+    out = f"output.dir={tmp_path / 'runs'}"
+    with_set = call_main(capsys, "--cfg", cfg, "--set", "train.epochs=1", "--set", "train.lr=3e-4", "--set", out,
+                         "--dry-run")
+    plain = call_main(capsys, "--cfg", cfg, "train.epochs=1", "--dry-run", "train.lr=3e-4", out)
+    assert with_set.returncode == plain.returncode == 0, plain.stderr
+    assert plain.stdout == with_set.stdout and "epochs: 1\n" in plain.stdout and "lr: 0.0003" in plain.stdout
+
+    from main import parse_args
+
+    args = parse_args(["--cfg", str(cfg), str(medium), "train.epochs=1", "--set", "train.lr=1", "seed=3"])
+    assert args.cfg == [str(cfg), str(medium)] and args.overrides == ["train.lr=1", "train.epochs=1", "seed=3"]
+    args = parse_args(["--resume", "runs/x", "train.epochs=5"])
+    assert args.mode == "resume" and args.overrides == ["train.epochs=5"]
+
+
+def test_a_plain_override_extends_a_resumed_run(tmp_path, fmnist_root, capsys):
+    from fixtures import run_fit, tiny_config
+
+    run_dir, _ = run_fit(tiny_config(fmnist_root, tmp_path, epochs=1))
+    p = call_main(capsys, "--resume", run_dir, "train.lr=0.5")
+    assert p.returncode == 2 and "train.lr is 0.5 but the run used" in p.stderr
+    p = call_main(capsys, "--resume", run_dir, "train.epochs=2")
+    assert p.returncode == 0, p.stderr
+    assert json.loads((run_dir / "results.json").read_text())["epochs_done"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cfg", "configs/none=1.yaml"], "error: --cfg configs/none=1.yaml: no such file, and not KEY=VALUE"),
+    (["--cfg", "train.epochs=1"], "error: --cfg: no config file, only overrides (train.epochs=1, ...)"),
+    (["--cfg", "configs/fashion_mnist.yaml", "--dry-run", "stray"], "error: stray: an extra argument, not KEY=VALUE"),
+    (["--list-models", "train.epochs=2"], "error: train.epochs=2: a KEY=VALUE override (as --set) is only used with"),
+    (["--cfg", "configs/fashion_mnist.yaml", "train.epoch=2"], "error: train.epoch: unknown key (did you mean"),
+])
+def test_ambiguous_or_misplaced_key_value_arguments_are_one_line(capsys, monkeypatch, args, message):
+    monkeypatch.chdir(ROOT)
+    p = call_main(capsys, *args)
+    assert p.returncode == 2 and p.stderr.startswith(message) and p.stderr.count("\n") == 1, p.stderr
+
+
+def test_a_file_named_like_an_override_is_refused_as_ambiguous(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.lr=1").write_text("")
+    p = call_main(capsys, "--cfg", ROOT / "configs/fashion_mnist.yaml", "train.lr=1", "--dry-run")
+    assert p.returncode == 2 and p.stderr == ("error: train.lr=1: both an existing file and a KEY=VALUE override; "
+                                              "write ./train.lr=1 for the file, or --set train.lr=1 for the override\n")
+
+
+def complete(line, tmp_path):
+    """What argcomplete offers for ``line`` (cursor at its end): main.py as bash's completion hook runs it."""
+    import os
+    import subprocess
+    import sys
+
+    answer = tmp_path / "completion"
+    env = {**os.environ, "_ARGCOMPLETE": "1", "COMP_LINE": line, "COMP_POINT": str(len(line)),
+           "_ARGCOMPLETE_STDOUT_FILENAME": str(answer)}
+    # -X importtime: the completion must not import torch (seconds on every Tab).
+    p = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "main.py")], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert not [row for row in p.stderr.splitlines() if row.split("|")[-1].strip() == "torch"]
+    return [w.strip() for w in answer.read_text().split("\013")]
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("main.py --cfg configs/fashion_m", ["configs/fashion_mnist.yaml"]),
+    ("main.py --cfg configs/fashion_mnist.yaml train.accu", ["train.accumulate_steps="]),
+    ("main.py --set train.lr_s", ["train.lr_scaling="]),
+    ("main.py --set train.lr_scaling=", ["train.lr_scaling=none", "train.lr_scaling=linear", "train.lr_scaling=sqrt"]),
+    ("main.py --resume runs/x output.tens", ["output.tensorboard="]),
+    ("main.py --list-m", ["--list-models"]),
+])
+def test_shell_completion_offers_files_keys_and_choices(tmp_path, line, expected):
+    assert complete(line, tmp_path) == expected

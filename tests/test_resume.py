@@ -15,7 +15,7 @@ import torch
 
 import train.engine
 import train.fit
-from core.errors import Interrupted, RunFailed
+from core.errors import Interrupted, RunFailed, UserError
 from fixtures import TINY_VIT, built_once, log_lines, numbers, read_metrics, run_fit, tiny_config
 from train.fit import fit
 from train.resume import open_for_resume
@@ -133,6 +133,23 @@ def test_crash_mid_epoch_resumes_from_step_checkpoint_bitwise(reference, tmp_pat
     monkeypatch.undo()
     resume(run_dir.path)
     assert_like_reference(run_dir.path, ref[precision])
+
+
+def test_a_sigterm_mid_epoch_with_accumulation_resumes_bitwise(reference, tmp_path, monkeypatch):
+    """accumulate_steps 2 x batch 16: a step is a whole group (one loader batch split in two), so a stop after
+    step 5 of epoch 2 checkpoints between groups and the resumed run ends as the uninterrupted one."""
+    root, _ = reference
+    ref_dir, _ = run_fit(config(root, tmp_path / "ref", "fp32", batch_size=16, accumulate_steps=2))
+    cfg = config(root, tmp_path / "run", "fp32", batch_size=16, accumulate_steps=2)
+    stop_at_step(monkeypatch, 13, lambda: os.kill(os.getpid(), signal.SIGTERM))  # step 5 of epoch 2
+    run_dir, _ = stopped_run(cfg)
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"], ckpt["global_step"]) == (1, 5, 13)
+    monkeypatch.undo()
+    resume(run_dir)
+    assert_like_reference(run_dir, (read_metrics(ref_dir), weights(ref_dir)))
+    with pytest.raises(UserError, match="train.accumulate_steps is 4 but the run used 2"):
+        open_for_resume(run_dir, ["train.accumulate_steps=4", "train.batch_size=8"])
 
 
 def test_sigterm_on_an_epochs_last_step_checkpoints_before_its_eval(reference, tmp_path, monkeypatch):

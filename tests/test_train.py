@@ -425,3 +425,97 @@ def test_cpu_dropout_mask_rate_scale_and_eval():
     assert torch.equal(drop(torch.ones(200_000)), out)  # seeded by torch.manual_seed
     x = torch.randn(10)
     assert torch.equal(drop.eval()(x), x)
+
+
+# ----------------------------------------------------------------------------- gradient accumulation, lr scaling
+
+
+def _final_weights(run_dir):
+    return torch.load(run_dir / "last.pt", weights_only=True)["model"]
+
+
+@pytest.mark.numeric
+def test_accumulating_two_batches_of_16_is_one_batch_of_32(fmnist_root, tmp_path):
+    """No BatchNorm, no dropout, fp32: 2 x 16 accumulated takes the steps one batch of 32 takes, up to float
+    summation order. SGD, whose step is proportional to the gradient (AdamW's is nearly scale-free), so a
+    loss not divided by accumulate_steps would double every step and fail here."""
+    common = dict(epochs=2, optimizer="sgd", lr=0.05, precision="fp32", model={"name": "vit", "patch_size": 7,
+                  "embed_dim": 16, "depth": 1, "num_heads": 2})
+    one, r1 = run_fit(tiny_config(fmnist_root, tmp_path / "one", batch_size=32, **common))
+    acc, r2 = run_fit(tiny_config(fmnist_root, tmp_path / "acc", batch_size=16, accumulate_steps=2, **common))
+    a, b = _final_weights(one), _final_weights(acc)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    small, _ = run_fit(tiny_config(fmnist_root, tmp_path / "small", batch_size=16, **common))
+    c = _final_weights(small)  # the tolerance tells runs apart: batch 16 without accumulation is far off
+    assert max((a[k] - c[k]).abs().max().item() for k in a) > 1e-3
+    m1, m2 = read_metrics(one), read_metrics(acc)
+    for x, y in zip(m1, m2, strict=True):
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5) and x["lr"] == y["lr"]
+        assert x["train_images"] == y["train_images"] == 256
+    assert r1["global_batch"] == r2["global_batch"] == 32 and r2["accumulate_steps"] == 2
+
+
+def test_the_schedule_counts_optimizer_steps_and_an_incomplete_group_is_dropped(fmnist_root, tmp_path):
+    """256 images in groups of 3 x 16 = 48: 5 optimizer steps per epoch (the last 16 images, a third of a
+    group, are dropped as a short batch is); the cosine reaches min_lr at the run's last optimizer step."""
+    s = _setup(fmnist_root, tmp_path, batch_size=16, accumulate_steps=3, epochs=2, min_lr=1.0e-4)
+    assert len(s.train_loader) == 5 and s.accumulate_steps == 3
+    steps = []
+    real = s.model.forward
+    s.model.forward = lambda x: (steps.append(x.shape[0]), real(x))[1]
+    stats = train_one_epoch(s)
+    assert steps == [16] * 15 and stats["train_images"] == 240
+    train_one_epoch(s)
+    assert s.optimizer.param_groups[0]["lr"] == pytest.approx(1.0e-4)
+    _, results = run_fit(tiny_config(fmnist_root, tmp_path / "r", batch_size=16, accumulate_steps=3))
+    assert results["global_batch"] == 48
+
+
+def test_accumulation_with_a_grad_scaler_and_clipping(fmnist_root, tmp_path):
+    """The GradScaler path (fp16 on CUDA; bf16 autocast with a scaler here): every micro-batch's backward is
+    scaled, the step unscales once, so the clipped update is the clip."""
+    s = _setup(fmnist_root, tmp_path, batch_size=16, accumulate_steps=2, optimizer="sgd", momentum=0.0, lr=1.0,
+               weight_decay=0.0, schedule="constant", grad_clip=0.01)
+    s.precision, s.scaler = Precision("cpu", torch.bfloat16), torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    images, labels = next(iter(s.train_loader))
+    before = [p.detach().clone() for p in s.module.parameters()]
+    logits, loss = train_step(s, images, labels)
+    assert logits.shape[0] == 32 and math.isfinite(loss.item())
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(s.module.parameters(), before)])
+    assert moved.norm().item() == pytest.approx(0.01, rel=1e-2)
+    assert s.scaler.get_scale() == 2.0 ** 10  # one update per optimizer step, no inf found
+
+
+@pytest.mark.parametrize("scaling, factor", [("none", 1.0), ("linear", 2.0), ("sqrt", math.sqrt(2.0))])
+def test_lr_scaling_uses_the_global_batch_and_is_recorded(fmnist_root, tmp_path, scaling, factor):
+    """batch 16 x 2 accumulated = 32 against a reference of 16: twice the lr (linear), sqrt(2) x (sqrt)."""
+    cfg = tiny_config(fmnist_root, tmp_path / "runs", epochs=1, batch_size=16, accumulate_steps=2, lr=1.0e-3,
+                      schedule="constant", lr_scaling=scaling, lr_reference_batch=16)
+    run_dir, results = run_fit(cfg)
+    assert results["lr_used"] == pytest.approx(1.0e-3 * factor)
+    assert read_metrics(run_dir)[0]["lr"] == pytest.approx(1.0e-3 * factor)
+
+
+def test_lr_scaling_past_the_bounds_is_one_line(fmnist_root, tmp_path):
+    with pytest.raises(UserError, match=r"train.lr_scaling: linear makes train.lr 0.001 into 0.0005 .*below "
+                                        r"train.min_lr 0.0008"):
+        _setup(fmnist_root, tmp_path, batch_size=16, lr=1.0e-3, min_lr=8.0e-4, lr_scaling="linear",
+               lr_reference_batch=32)
+
+
+def test_ddp_all_reduces_only_on_a_groups_last_micro_batch(fmnist_root, tmp_path):
+    """DDP in a one-process gloo group: the first K-1 micro-batches run under no_sync, the last one syncs."""
+    import torch.distributed as tdist
+
+    s = _setup(fmnist_root, tmp_path, batch_size=8, accumulate_steps=3, precision="fp32")
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(s.module)
+        synced = []
+        s.module.register_forward_pre_hook(lambda m, a: synced.append(ddp.require_backward_grad_sync))
+        s.model = ddp
+        images, labels = next(iter(s.train_loader))
+        train_step(s, images, labels)
+        assert synced == [False, False, True]
+    finally:
+        tdist.destroy_process_group()

@@ -6,6 +6,7 @@ non-finite loss early), which is also the epoch's final sum.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Callable, Iterable, Optional
@@ -30,25 +31,54 @@ def _progress(loader, desc: str, enabled: bool):
 
 
 def train_step(s: Setup, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, backward, (unscale, clip,) optimizer and schedule step. Returns (logits, loss), not synced."""
-    with s.precision.autocast():
-        logits = s.model(images)
-        loss = s.criterion(logits, targets)
+    """Forward, backward, (unscale, clip,) optimizer and schedule step. Returns (logits, loss), not synced.
+
+    With ``s.accumulate_steps`` K > 1 the batch is K equal micro-batches, each forwarded and backwarded on
+    its own with its loss divided by K, so the summed gradient is the whole batch's mean gradient and the
+    step is the one a single K-times larger batch would take (BatchNorm, though, sees each micro-batch
+    alone). With DDP only the last backward all-reduces (``no_sync`` on the others); a GradScaler scales
+    every backward and steps once. ``loss`` is then the mean of the micro-batches' losses (the batch's).
+    """
+    k = s.accumulate_steps
     s.optimizer.zero_grad(set_to_none=True)
+    if k == 1:
+        with s.precision.autocast():
+            logits = s.model(images)
+            loss = s.criterion(logits, targets)
+        _backward(s, loss)
+    else:
+        parts, losses = [], []
+        for i, (x, y) in enumerate(zip(images.tensor_split(k), targets.tensor_split(k))):
+            with _no_sync(s) if i < k - 1 else contextlib.nullcontext():
+                with s.precision.autocast():
+                    part = s.model(x)
+                    part_loss = s.criterion(part, y)
+                _backward(s, part_loss / k)
+            parts.append(part.detach())
+            losses.append(part_loss.detach().float())
+        logits, loss = torch.cat(parts), torch.stack(losses).mean()
     if s.scaler is not None:
-        s.scaler.scale(loss).backward()
         if s.grad_clip is not None:
             s.scaler.unscale_(s.optimizer)
             nn.utils.clip_grad_norm_(s.module.parameters(), s.grad_clip)
         s.scaler.step(s.optimizer)
         s.scaler.update()
     else:
-        loss.backward()
         if s.grad_clip is not None:
             nn.utils.clip_grad_norm_(s.module.parameters(), s.grad_clip)
         s.optimizer.step()
     s.scheduler.step()
     return logits, loss
+
+
+def _backward(s: Setup, loss: torch.Tensor) -> None:
+    (s.scaler.scale(loss) if s.scaler is not None else loss).backward()
+
+
+def _no_sync(s: Setup):
+    """DDP's ``no_sync`` (gradients stay local until the micro-batch that ends the step); nothing alone."""
+    ddp = getattr(s.model, "_orig_mod", s.model)  # under torch.compile: the module it wraps
+    return ddp.no_sync() if isinstance(ddp, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
 
 
 class EpochMeter:

@@ -30,7 +30,7 @@ from train.ending import ending_of
 from train.engine import EpochMeter, NonFiniteLoss, evaluate, train_one_epoch
 from train.provenance import now, provenance
 from train.rundir import RunDir, config_text
-from train.setup import Setup, prepare, resolve_device, seed_everything
+from train.setup import Setup, global_batch, prepare, resolve_device, scaled_lr, seed_everything
 from train.tb import Board, hparams_of, open_board
 
 log = get_logger(__name__)
@@ -92,9 +92,15 @@ def _fit(cfg: Config, run_dir: RunDir, progress: bool, resume: Optional[dict[str
         loop.tb = open_board(cfg.output.tensorboard and run_dir.writes, path, purge) if path else Board()
         try:
             _start_attempt(cfg, run_dir, loop, info, flops, command, resumed=resume is not None)
-            batch = f", global batch {cfg.train.batch_size * dist.world_size}" if dist.enabled else ""
+            t = cfg.train
+            parts = [f"{t.batch_size}"] + ([f"{t.accumulate_steps} accumulated"] if t.accumulate_steps > 1 else []) \
+                + ([f"{dist.world_size} processes"] if dist.enabled else [])
+            batch = f", global batch {global_batch(t, dist.world_size)} ({' x '.join(parts)})" if len(parts) > 1 else ""
             log.info(f"run dir: {path}\ndevice: {s.describe()}, {len(data.train[1])} train / {len(data.val[1])} "
                      f"val images, {len(s.train_loader)} steps/epoch{batch}")
+            if t.lr_scaling != "none":
+                log.info(f"lr: {scaled_lr(t, dist.world_size):.6g} (train.lr {t.lr:g} x {t.lr_scaling} of global "
+                         f"batch {global_batch(t, dist.world_size)} / train.lr_reference_batch {t.lr_reference_batch})")
             loop.run()
             with stop.holding():
                 summary = _summary(cfg, loop.history)
@@ -161,7 +167,8 @@ def _start_attempt(cfg: Config, run_dir: RunDir, loop: "_Loop", info, flops, com
                                **({"flops_inference": flops.inference, "flops_training": flops.training}
                                   if flops else {}))
     run_dir.update("running", device=str(s.device), precision=str(s.precision), epochs=cfg.train.epochs,
-                   processes=s.dist.world_size, global_batch=cfg.train.batch_size * s.dist.world_size,
+                   processes=s.dist.world_size, global_batch=global_batch(cfg.train, s.dist.world_size),
+                   accumulate_steps=cfg.train.accumulate_steps, lr_used=scaled_lr(cfg.train, s.dist.world_size),
                    **provenance(s.device, command), started=run_dir.results.get("started") or now(),
                    ended=None, error=None, traceback=None, attempts=attempts, **loop.progress())
     run_dir.write("config.yaml", config_text(dump_config(cfg), run_dir.results.get("run_id")))

@@ -6,6 +6,8 @@ cuDNN autotuning, the cheaper CPU dropout mask, ``torch.compile``. Model files s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -156,6 +158,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
     return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
+def global_batch(cfg: TrainConfig, world_size: int = 1) -> int:
+    """Images per optimizer step over all processes: batch_size x accumulate_steps x processes."""
+    return cfg.batch_size * cfg.accumulate_steps * world_size
+
+
+def scaled_lr(cfg: TrainConfig, world_size: int = 1) -> float:
+    """The peak lr a run uses: ``train.lr``, scaled by ``lr_scaling`` with the global batch against
+    ``lr_reference_batch`` (linear: Goyal et al.'s rule; sqrt: the square root of that ratio)."""
+    ratio = global_batch(cfg, world_size) / cfg.lr_reference_batch
+    if cfg.lr_scaling == "linear":
+        return cfg.lr * ratio
+    if cfg.lr_scaling == "sqrt":
+        return cfg.lr * math.sqrt(ratio)
+    return cfg.lr
+
+
 def make_loaders(cfg: Config, data: ImageData, device: torch.device, channels_last: bool = False,
                  dist: Dist = Dist()) -> tuple[TensorLoader, TensorLoader]:
     """The training loader (shuffled, augmented, seeded from ``cfg.seed``) and the validation loader.
@@ -177,11 +195,14 @@ def make_loaders(cfg: Config, data: ImageData, device: torch.device, channels_la
         shard = dict(shard=(dist.rank, dist.world_size), aug_generator=aug)
         part = torch.tensor_split(torch.arange(len(val_y)), dist.world_size)[dist.rank]
         val_x, val_y = val_x[part].to(device), val_y[part].to(device)
-    train = TensorLoader(*data.train, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
+    # A loader batch is one optimizer step's data (accumulate_steps micro-batches, split by train_step), so
+    # the loader's position, the schedule and the checkpoints all count optimizer steps.
+    train = TensorLoader(*data.train, batch_size=cfg.train.batch_size * cfg.train.accumulate_steps, shuffle=True, drop_last=True,
                          transform=transform, generator=gen, erase_prob=cfg.data.random_erasing, **shard, **common)
     val = TensorLoader(val_x, val_y, batch_size=cfg.train.eval_batch_size, **common)
     if len(train) == 0:
-        per = f" x {dist.world_size} processes" if dist.enabled else ""
+        per = (f" x {cfg.train.accumulate_steps} accumulate_steps" if cfg.train.accumulate_steps > 1 else "") \
+            + (f" x {dist.world_size} processes" if dist.enabled else "")
         raise UserError(f"train.batch_size: {cfg.train.batch_size}{per} is larger than the {len(data.train[1])} "
                         f"training samples; lower it or raise data.limit_train")
     return train, val
@@ -204,6 +225,7 @@ class Setup:
     mixer: Optional[Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]
     channels_last: bool
     grad_clip: Optional[float] = None
+    accumulate_steps: int = 1  # micro-batches per optimizer step (train_step splits each loader batch)
     cpu_dropout: int = 0  # nn.Dropout modules given the cheaper CPU mask
     dist: Dist = Dist()
     eval_model: Optional[nn.Module] = None  # what evaluation calls (default ``model``); never DDP's wrapper
@@ -233,6 +255,12 @@ def prepare(cfg: Config, model: nn.Module, data: ImageData, device: torch.device
     model.to(device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
     cpu_dropout = use_cpu_dropout(model) if device.type == "cpu" and t.cpu_dropout else 0
     train_loader, val_loader = make_loaders(cfg, data, device, channels_last=t.channels_last, dist=dist)
+    lr = scaled_lr(t, dist.world_size)
+    if lr > 100 or lr < t.min_lr:
+        raise UserError(f"train.lr_scaling: {t.lr_scaling} makes train.lr {t.lr:g} into {lr:g} (global batch "
+                        f"{global_batch(t, dist.world_size)}, train.lr_reference_batch {t.lr_reference_batch}), "
+                        + ("above 100" if lr > 100 else f"below train.min_lr {t.min_lr:g}"))
+    t = dataclasses.replace(t, lr=lr)  # the optimizer's and the schedule's peak
     optimizer = build_optimizer(model, t, fused=device.type == "cuda")
     precision = Precision.for_device(device, t.precision)
     compiled = (lambda m: m) if t.compile == "off" else (lambda m: torch.compile(m, mode=t.compile))
@@ -255,4 +283,5 @@ def prepare(cfg: Config, model: nn.Module, data: ImageData, device: torch.device
         precision=precision, train_loader=train_loader, val_loader=val_loader,
         mixer=mixup_cutmix(data.spec.num_classes, t.mixup_alpha, t.cutmix_alpha),
         channels_last=t.channels_last, grad_clip=t.grad_clip, cpu_dropout=cpu_dropout,
+        accumulate_steps=t.accumulate_steps,
     )
