@@ -327,8 +327,9 @@ def _without_result(t: _Tracked) -> Outcome:
 
 
 def _run_dir_of(manifest: Manifest, i: int) -> RunDir:
+    """Where an attached point's job trains (it holds the run's lock; this process only reads it)."""
     d = manifest.run_dirs[i]
-    return RunDir.existing(d) if d and Path(d).is_dir() else point_run_dir(manifest.points[i], i)
+    return RunDir.existing(d, claim=False) if d and Path(d).is_dir() else point_run_dir(manifest.points[i], i)
 
 
 def _brief(e: BaseException) -> str:
