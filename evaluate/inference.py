@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from config import Config
 from core.errors import UserError, one_line
+from core.status import FINISHED
 from data import DatasetSpec, get_spec, load_data
 from data.augment import normalize
 from data.formats import MAX_IMAGE_PIXELS, chw_array, resize_crop
@@ -104,7 +105,7 @@ def _recorded(path: Path, which: str) -> tuple[Optional[float], Optional[int]]:
     results = read_results(path) or {}
     if which == "best":
         acc, epoch = results.get("best_val_acc"), results.get("best_epoch")
-    elif results.get("status") == "completed":  # otherwise last.pt may have been written mid-epoch
+    elif results.get("status") in FINISHED:  # otherwise last.pt may have been written mid-epoch
         acc, epoch = results.get("final_val_acc"), results.get("epochs_done")
     else:
         acc, epoch = None, None
