@@ -11,7 +11,9 @@ import train.fit
 from config import TrainConfig
 from config.schema import setting_warnings
 from config.sweep import Point
+from core.errors import UserError
 from data import get_spec, load_data
+from evaluate.inference import evaluate_run
 from fixtures import numbers, read_metrics, run_fit, tiny_config
 from launch.plan import Manifest, plan, summary
 from models import build_model
@@ -194,7 +196,14 @@ def test_the_ema_only_watches_the_run_and_is_recorded(fmnist_root, tmp_path):
     assert best_ema.keys() == ckpt["model"].keys()
     if best["epoch"] == 2:
         assert all(torch.equal(best_ema[k], ckpt["ema"]["module." + k]) for k in best_ema)
-    assert not (plain_dir / "best_ema.pt").exists() and torch.load(plain_dir / "last.pt")["ema"] is None
+    assert not (plain_dir / "best_ema.pt").exists()
+    assert torch.load(plain_dir / "last.pt", weights_only=True)["ema"] is None
+    # --eval --ckpt best_ema measures what the run recorded for its EMA; --eval (best.pt) the model's own best.
+    for which, key in (("best_ema", "best_val_acc_ema"), ("best", "best_val_acc")):
+        r = evaluate_run(ema_dir, which)
+        assert r.matches_record and r.top1 == results[key] and r.checkpoint == ema_dir / f"{which}.pt"
+    with pytest.raises(UserError, match="best_ema.pt: not found .train.ema_decay was 0"):
+        evaluate_run(plain_dir, "best_ema")
 
 
 def test_ema_is_torchs_averaged_model_of_the_plain_module(fmnist_root, tmp_path):
