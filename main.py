@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="slurm: submit each point as a SLURM job with submitit (its config's slurm: section), "
                            "wait, and write the comparison; --resume COMPARE_DIR gathers it later (default: local)")
     use = p.add_argument_group("using a checkpoint (--eval, --predict)")
-    use.add_argument("--ckpt", choices=("best", "last"), default="best",
-                     help="the checkpoint --eval and --predict use (default: best)")
+    use.add_argument("--ckpt", choices=("best", "last", "best_ema"), default="best",
+                     help="the checkpoint --eval and --predict use (default: best; best_ema: the weight EMA's, "
+                          "train.ema_decay)")
     use.add_argument("--top", type=int, default=5, metavar="K", help="classes --predict prints per image (default 5)")
     extra = p.add_argument("assignments", nargs="*", metavar="KEY=VALUE",
                            help="overrides with --cfg or --resume, the same as --set KEY=VALUE")

@@ -99,6 +99,13 @@ class TrainConfig:
     cutmix_alpha: float = num(0.0, ge=0, le=100)  # CutMix Beta(alpha, alpha); 0 = off; both on: each batch picks one
     top5: bool = False  # also report top-5 validation accuracy
     grad_clip: Optional[float] = num(None, gt=0, null_ok=True)  # max global gradient norm; null = off
+    # Early stopping: the run ends (status stopped_early) after this many epochs in a row without a new best
+    # val_acc; 0 = off. It may change on --resume.
+    early_stopping_patience: int = num(0, ge=0, le=MAX_EPOCHS)
+    early_stopping_min_delta: float = num(0.0, ge=0, le=100)  # percentage points a new best must gain
+    # Weight EMA (torch.optim.swa_utils.AveragedModel, buffers too), updated after every optimizer step and
+    # evaluated each epoch (val_acc_ema); 0 = off, e.g. 0.9998.
+    ema_decay: float = num(0.0, ge=0, lt=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # autocast dtype. auto: CUDA bf16 (fp16 + GradScaler where bf16 is unsupported), CPU bf16 where it has
     # AMX/AVX512-BF16 and fp32 elsewhere; fp32 = no autocast; bf16 / fp16 = that dtype on any device.
@@ -233,6 +240,12 @@ def setting_warnings(cfg: "Config") -> list[str]:
                 found.append(f"output.{key}: ignored with output.checkpoints: false")
     if t.lr_scaling == "none" and changed("lr_reference_batch"):
         found.append("train.lr_reference_batch: only used by train.lr_scaling linear or sqrt; ignored with none")
+    if not t.early_stopping_patience and changed("early_stopping_min_delta"):
+        found.append("train.early_stopping_min_delta: ignored with train.early_stopping_patience: 0 (off)")
+    elif t.early_stopping_patience and t.early_stopping_patience >= t.epochs - 1:
+        # The first epoch always improves, so the earliest stop is after epoch patience + 1.
+        found.append(f"train.early_stopping_patience: {t.early_stopping_patience} epochs leave no epoch before the "
+                     f"last (train.epochs={t.epochs}) to stop after; the run never stops early")
     if t.warmup_epochs and t.warmup_epochs >= t.epochs:
         found.append(f"train.warmup_epochs: {t.warmup_epochs:g}, the whole run (train.epochs={t.epochs}); "
                      f"schedule {t.schedule} never {'anneals' if t.schedule == 'onecycle' else 'starts'}")

@@ -25,10 +25,11 @@ import torch.nn as nn
 
 from config import Config
 from core.errors import UserError, one_line
+from core.status import FINISHED
 from data import DatasetSpec, get_spec, load_data
 from data.augment import normalize
 from data.formats import MAX_IMAGE_PIXELS, chw_array, resize_crop
-from evaluate.model import load_model
+from evaluate.model import CHOICES, load_model
 from train.engine import evaluate
 from train.rundir import read_results
 from train.setup import Precision, prepare, resolve_device
@@ -104,7 +105,9 @@ def _recorded(path: Path, which: str) -> tuple[Optional[float], Optional[int]]:
     results = read_results(path) or {}
     if which == "best":
         acc, epoch = results.get("best_val_acc"), results.get("best_epoch")
-    elif results.get("status") == "completed":  # otherwise last.pt may have been written mid-epoch
+    elif which == "best_ema":
+        acc, epoch = results.get("best_val_acc_ema"), results.get("best_epoch_ema")
+    elif results.get("status") in FINISHED:  # otherwise last.pt may have been written mid-epoch
         acc, epoch = results.get("final_val_acc"), results.get("epochs_done")
     else:
         acc, epoch = None, None
@@ -115,16 +118,17 @@ def _recorded(path: Path, which: str) -> tuple[Optional[float], Optional[int]]:
 def evaluate_run(path: str | Path, which: str = "best", *, device: Optional[str | torch.device] = None,
                  progress: bool = False) -> EvalResult:
     """Top-1, top-5, loss, per-class accuracy and the confusion matrix of the run in ``path`` with its
-    ``which`` checkpoint ("best" or "last"), on the run's validation split (its ``data.limit_val`` included).
+    ``which`` checkpoint ("best", "last" or "best_ema"), on the run's validation split (its ``data.limit_val`` included).
     ``device``: None = where the run trained (``train.device``)."""
-    if which not in ("best", "last"):
-        raise UserError(f"--ckpt: got {which!r}; valid: best, last")
+    if which not in CHOICES:
+        raise UserError(f"--ckpt: got {which!r}; valid: {', '.join(CHOICES)}")
     path = Path(path).expanduser()
     cfg, model, file = load_model(path, which)
     dev = _device(cfg, device, path)
     data = load_data(cfg.data).to(dev)
     # Eager even if the run compiled: compiling costs minutes, and the weights are the same.
-    eager = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile="off"))
+    # No weight EMA either: nothing trains here.
+    eager = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile="off", ema_decay=0.0))
     s = prepare(eager, model, data, dev)
     tap = _Tap(s.module)
     labels: list[torch.Tensor] = []
@@ -227,8 +231,8 @@ def predict_images(path: str | Path, images: Sequence[str | Path], which: str = 
                    device: Optional[str | torch.device] = None) -> list[Prediction]:
     """The ``top`` most probable classes (softmax) the run's ``which`` checkpoint gives each image file, on the
     run's device, precision and memory format (``device``: None = where the run trained)."""
-    if which not in ("best", "last"):
-        raise UserError(f"--ckpt: got {which!r}; valid: best, last")
+    if which not in CHOICES:
+        raise UserError(f"--ckpt: got {which!r}; valid: {', '.join(CHOICES)}")
     if top < 1:
         raise UserError(f"--top: got {top}; must be at least 1")
     path = Path(path).expanduser()

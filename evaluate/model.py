@@ -16,6 +16,7 @@ from train.resume import run_config
 from train.rundir import config_run_id, read_results
 
 CHECKPOINTS = ("best", "last")
+CHOICES = (*CHECKPOINTS, "best_ema")  # --ckpt; best_ema.pt: the weight EMA's best epoch (train.ema_decay)
 
 
 def checkpoint_file(path: Path, which: Optional[str] = None) -> Optional[Path]:
@@ -35,7 +36,8 @@ def load_model(path: str | Path, which: Optional[str] = "best") -> tuple[Config,
     cfg = run_config(path)
     file = checkpoint_file(path, which)
     if file is None:
-        raise UserError(f"{path / ((which or 'best') + '.pt')}: not found (the run wrote no checkpoints, or was "
+        why = "train.ema_decay was 0, " if which == "best_ema" and not cfg.train.ema_decay else ""
+        raise UserError(f"{path / ((which or 'best') + '.pt')}: not found ({why}the run wrote no checkpoints, or was "
                         f"stopped before its first epoch ended)")
     model = build_model(cfg, get_spec(cfg.data.name))
     theirs = load_weights(model, file, f"{cfg.model.name} on {cfg.data.name}")

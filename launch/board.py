@@ -6,6 +6,7 @@ import shutil
 import sys
 from typing import Any, Optional, TextIO
 
+from core.status import FINISHED
 from launch.plan import Outcome
 
 
@@ -77,9 +78,11 @@ def status_text(event: dict[str, Any]) -> str:
 
 
 def outcome_text(o: Outcome) -> str:
-    if o.status == "completed":
+    if o.status in FINISHED:
         r = o.results
-        return f"done  best val acc {r['best_val_acc']:.2f}% (epoch {r['best_epoch']}), final {r['final_val_acc']:.2f}%"
+        early = f", stopped early after epoch {r.get('stopped_epoch')}" if o.status == "stopped_early" else ""
+        return (f"done  best val acc {r['best_val_acc']:.2f}% (epoch {r['best_epoch']}), "
+                f"final {r['final_val_acc']:.2f}%{early}")
     if o.status == "interrupted":
         return f"interrupted: {(o.error or '').split('; ')[0]}"
     return f"{o.status}: {o.error}"

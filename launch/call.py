@@ -15,6 +15,7 @@ from core.errors import Interrupted, RunFailed, UserError
 from core.lock import DirLock
 from core.log import get_logger
 from core.signals import stop_at_once
+from core.status import FINISHED
 from evaluate.compare import compare
 from launch.local import Local, check_worker_imports, plan_workers
 from launch.plan import Executor, Job, Manifest, Outcome, check_points, jobs_for, plan, summary
@@ -106,7 +107,7 @@ def _finish(manifest: Manifest, done: list[Outcome], todo: list[Job], executor: 
     outcomes.sort(key=lambda o: manifest.points.index(o.point))
     log.info("\n" + summary(outcomes))
     failures = [{"name": o.point.name, "status": o.status, "error": o.error, "traceback": o.traceback}
-                for o in outcomes if o.status != "completed"]
+                for o in outcomes if o.status not in FINISHED]
     started = {o.point.name for o in outcomes}
     failures += [{"name": p.name, "status": "not started", "error": "the call stopped before it", "traceback": None}
                  for p in manifest.points if p.name not in started]

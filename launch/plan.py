@@ -19,6 +19,7 @@ from config.sweep import Point
 from core.errors import RunFailed, UserError
 from core.files import atomic_write, strict_json
 from core.log import get_logger
+from core.status import FINISHED
 from data import get_spec
 from models import DATASET_KEYS, MODELS
 from train.ending import Ending
@@ -33,7 +34,7 @@ class Outcome:
     """How one point of the call ended (``train.ending.Ending``), where, and with which results."""
 
     point: Point
-    status: str  # completed | failed | diverged | interrupted
+    status: str  # completed | stopped_early | failed | diverged | interrupted
     run_dir: Optional[Path] = None  # None when the point failed before its run directory existed
     results: dict[str, Any] = field(default_factory=dict)
     error: Optional[str] = None  # one line
@@ -162,8 +163,8 @@ class Job:
 
 
 def plan(manifest: Manifest, *, attached: frozenset[int] = frozenset()) -> tuple[list[Outcome], list[Job]]:
-    """What a resumed call still has to do: completed and diverged points are kept as they are (a
-    diverged run diverges again with the same seed), interrupted or killed ones continue from their
+    """What a resumed call still has to do: completed, stopped_early and diverged points are kept as they are
+    (a diverged run diverges again with the same seed), interrupted or killed ones continue from their
     last.pt, failed ones and those never started run from scratch. Points in ``attached`` (SLURM jobs
     still queued or running) are left to their jobs."""
     done, jobs = [], []
@@ -176,7 +177,7 @@ def plan(manifest: Manifest, *, attached: frozenset[int] = frozenset()) -> tuple
             raise UserError(f"--resume {manifest.folder}: point {point.name} is still running "
                             f"(pid {(results or {}).get('pid')}, {folder}); stop it first")
         started = folder is not None and (Path(folder) / "config.yaml").is_file()
-        if status in ("completed", "diverged"):
+        if status in (*FINISHED, "diverged"):
             done.append(Outcome(point, status, Path(folder), results, error=results.get("error"), skipped=True))
         elif started and status != "failed":  # interrupted, or killed ("running" with its process gone)
             r = open_for_resume(folder, claim=False)  # its lock is taken where it runs (a --jobs worker)
@@ -204,17 +205,18 @@ def jobs_for(points: list[Point], manifest: Optional[Manifest] = None) -> list[J
 
 
 def summary(outcomes: list[Outcome]) -> str:
-    done = sum(o.status == "completed" for o in outcomes)
+    done = sum(o.status in FINISHED for o in outcomes)
     lines = [f"{done} of {len(outcomes)} runs completed"]
     for o in outcomes:
-        if o.status == "completed":
+        if o.status in FINISHED:
             r = o.results
+            early = f", stopped early after epoch {r.get('stopped_epoch')}" if o.status == "stopped_early" else ""
             if o.skipped:
                 lines.append(f"  done    {o.point.name}: best val acc {r['best_val_acc']:.2f}% (finished before)"
                              f" -> {o.run_dir}")
                 continue
             lines.append(f"  ok      {o.point.name}: best val acc {r['best_val_acc']:.2f}% "
-                         f"(epoch {r['best_epoch']}), final {r['final_val_acc']:.2f}% -> {o.run_dir}")
+                         f"(epoch {r['best_epoch']}), final {r['final_val_acc']:.2f}%{early} -> {o.run_dir}")
         else:
             lines.append(f"  {o.status:<7} {o.point.name}: {o.error}")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ import torch
 
 from core.log import get_logger
 from core.signals import GracefulStop
+from core.status import FINISHED
 from core.text import eta, format_duration
 from launch.plan import Job, Manifest, Outcome
 from train.distributed import Dist
@@ -30,7 +31,7 @@ def run_one(job: Job, *, command: Optional[str] = None, progress: Optional[bool]
     run_dir = job.run_dir
     try:
         results = fit(job.cfg, run_dir, resume=job.ckpt, command=command, progress=progress, dist=dist)
-        return Outcome(job.point, "completed", run_dir.path, results)
+        return Outcome(job.point, results["status"], run_dir.path, results)  # completed or stopped_early
     except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001 - one broken point must not cost the rest
         ending = ending_of(e)
         recorded = run_dir.results if run_dir.path else {}  # what fit wrote in results.json, if it got that far
@@ -67,7 +68,7 @@ class Sequential:
                     log.info(f"interrupted during run {job.index + 1}/{total} {job.point.name}; "
                              f"{len(jobs) - n} later run(s) not started")
                     break
-                if last.status != "completed":
+                if last.status not in FINISHED:
                     log.info(f"run {job.index + 1}/{total} {job.point.name} {last.status}: {last.error}")
                 left = eta(durations, len(jobs) - n)
                 if left is not None:

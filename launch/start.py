@@ -2,7 +2,6 @@
 multi-run call (launch/call.py) when there are several points or the directory is a comparison's."""
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Any, Optional
 
@@ -57,8 +56,7 @@ def resume(path: str, overrides: list[str], command: str, jobs: Optional[int] = 
     try:
         _allow_data_change(r, allow_data_change)
         if r.done:
-            log.info(f"{path}: already completed all {r.cfg.train.epochs} epochs; to train longer: "
-                     f"python main.py --resume {shlex.quote(str(path))} --set train.epochs=N")
+            log.info(r.done_note)
             return 0
         if r.ckpt is None:
             log.info(f"{path}: no last.pt yet (stopped before its first checkpoint): starting it over in place")
@@ -112,7 +110,7 @@ def distributed(cfg_files: Optional[list[str]], resume_dir: Optional[str], overr
             if r.done:
                 r.run_dir.release()
                 if dist.is_main:
-                    log.info(f"{resume_dir}: already completed all {r.cfg.train.epochs} epochs")
+                    log.info(r.done_note)
                 return 0
             cfg, run_dir, ckpt = r.cfg, r.run_dir, r.ckpt
         results = fit(cfg, run_dir, resume=ckpt, command=command, dist=dist)

@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional
 from core.files import strict_json
 from core.log import get_logger, to_file
 from core.signals import GracefulStop
+from core.status import FINISHED
 
 LOG_FILE = "train.log"
 log = get_logger(__name__)
@@ -209,7 +210,7 @@ def die_with_parent(parent: int) -> None:
 
 
 def exit_code(outcome: dict[str, Any]) -> int:
-    if outcome["status"] == "completed":
+    if outcome["status"] in FINISHED:
         return 0
     if outcome["status"] == "interrupted":
         return outcome.get("exit_code") or 130

@@ -14,6 +14,7 @@ import yaml
 from core.convert import short_repr
 from core.errors import UserError, one_line
 from core.lock import writer_alive
+from core.status import FINISHED
 from core.text import flatten
 
 RUN_FILES = "config.yaml, metrics.jsonl and results.json"
@@ -53,12 +54,21 @@ class Run:
 
     @property
     def reason(self) -> str:
-        """Why a run that did not complete stopped (results.json ``error``), or why nobody knows."""
+        """Why a run that did not complete stopped (results.json ``error``), or why nobody knows; for a run
+        that stopped early, where and why (it counts like a completed one)."""
         if self.status == "completed":
             return ""
+        if self.status == "stopped_early":
+            return (f"stopped early after epoch {self.results.get('stopped_epoch')} of {self.results.get('epochs')}: "
+                    f"{self.results.get('stop_reason') or 'no improvement'}")
         if self.status == "killed":
             return "its process ended without recording why (SIGKILL, out of memory, a power cut)"
         return str(self.results.get("error") or "")
+
+    @property
+    def finished(self) -> bool:
+        """Completed, or stopped early: it ended as its config says, and counts in a comparison."""
+        return self.status in FINISHED
 
     @property
     def status(self) -> str:
@@ -231,16 +241,17 @@ class Group:
 
     @property
     def completed(self) -> bool:
-        """Whether any of its runs completed; one that has none is shown (from its stopped runs, marked) but
-        never ranked: not named best, not on a Pareto front, not in the summary's size steps."""
-        return any(r.status == "completed" for r in self.runs)
+        """Whether any of its runs completed (or stopped early, ``Run.finished``); one that has none is shown
+        (from its stopped runs, marked) but never ranked: not named best, not on a Pareto front, not in the
+        summary's size steps."""
+        return any(r.finished for r in self.runs)
 
     @property
     def counted(self) -> list[Run]:
-        """The runs its numbers are over: the completed ones (all of them when none completed, so a sweep
-        stopped early still shows something, marked by its status). Of two runs of one seed (a point run
-        again) the later counts: the same seed twice is not two samples."""
-        done = [r for r in self.runs if r.status == "completed"] or self.runs
+        """The runs its numbers are over: the completed ones and those that stopped early, each with its own
+        epochs (all of them when none did, so an interrupted sweep still shows something, marked by its status).
+        Of two runs of one seed (a point run again) the later counts: the same seed twice is not two samples."""
+        done = [r for r in self.runs if r.finished] or self.runs
         by_seed = {json.dumps(r.seed): r for r in done}
         return [r for r in done if by_seed[json.dumps(r.seed)] is r]
 

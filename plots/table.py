@@ -103,7 +103,7 @@ def summary_rows(groups: list[Group]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"experiment": g.label, **{k: cell(g.swept.get(k)) for k in keys},
                                "model": g.first.model, "dataset": g.first.dataset, "runs": len(g.runs),
                                "counted": len(g.counted), "seeds": " ".join(str(r.seed) for r in g.counted),
-                               "completed": sum(r.status == "completed" for r in g.runs), "status": status_of(g),
+                               "completed": sum(r.finished for r in g.runs), "status": status_of(g),
                                **{k: g.cost(k) for k in COSTS}}
         for key, _, _ in STATS:
             row[f"{key}_mean"], row[f"{key}_std"] = g.stat(key)

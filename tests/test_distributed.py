@@ -113,6 +113,27 @@ def test_two_processes_accumulating_equal_one_process_with_the_global_batch(root
 
 
 @pytest.mark.system
+def test_the_weight_ema_of_two_processes_is_the_one_of_one_process(roots, tmp_path, capsys):
+    """train.ema_decay under DDP: the EMA of the unwrapped module, updated after every step in every process,
+    ends like one process's with the global batch (the tolerances of the test above)."""
+    root = roots[0]
+    common = dict(data={"augment": False}, precision="fp32", ema_decay=0.8)
+    two = tiny_raw(root, tmp_path / "two", batch_size=16, **common)
+    one = tiny_raw(root, tmp_path / "one", batch_size=32, **common)
+    out = finish(torchrun(["--cfg", str(write_yaml(tmp_path / "two.yaml", two))]))
+    assert call_main(capsys, "--cfg", write_yaml(tmp_path / "one.yaml", one)).returncode == 0
+    ddp, single = only_run_dir(tmp_path / "two"), only_run_dir(tmp_path / "one")
+    assert read_results(ddp)["status"] == "completed", out
+    for x, y in zip(read_metrics(ddp), read_metrics(single), strict=True):
+        assert x["val_loss_ema"] == pytest.approx(y["val_loss_ema"], rel=1e-5)
+        assert abs(x["val_acc_ema"] - y["val_acc_ema"]) <= 1.0
+    ea, eb = (torch.load(d / "last.pt", weights_only=True)["ema"] for d in (ddp, single))
+    assert ea.keys() == eb.keys() and ea["n_averaged"].item() == eb["n_averaged"].item() == 16
+    assert max((ea[k].float() - eb[k].float()).abs().max().item() for k in ea) < 1e-4
+    assert (ddp / "best_ema.pt").is_file()
+
+
+@pytest.mark.system
 @pytest.mark.numeric
 def test_sigterm_then_a_killed_rank_then_torchrun_resumes_exactly(roots, tmp_path):
     """Everything random on (augmentation, dropout, drop path, MixUp, random erasing). SIGTERM to torchrun

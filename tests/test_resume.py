@@ -261,6 +261,7 @@ def test_extend_a_finished_run(reference, tmp_path):
     ("seed=3", "seed is 3 but the run used 0"),
     ("model.depth=2", "model.depth is 2 but the run used 1"),
     ("output.checkpoints=false", "output.checkpoints is False but the run used True"),
+    ("train.ema_decay=0.5", "train.ema_decay is 0.5 but the run used 0.0"),
 ])
 def test_resume_refuses_a_config_that_changes_the_math(reference, tmp_path, override, message):
     from core.errors import UserError
@@ -270,3 +271,51 @@ def test_resume_refuses_a_config_that_changes_the_math(reference, tmp_path, over
     with pytest.raises(UserError, match=message.replace(".", r"\.")):
         open_for_resume(run_dir, [override])
     open_for_resume(run_dir, ["train.log_every=7", f"data.root={root}"])  # these cannot change a number
+    # Early stopping's keys only decide after which epoch the run ends (tests/test_tools.py).
+    open_for_resume(run_dir, ["train.early_stopping_patience=3", "train.early_stopping_min_delta=0.5"])
+
+
+def ema(run_dir):
+    return torch.load(run_dir / "last.pt", weights_only=True)["ema"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_weight_ema_resumes_bitwise_mid_epoch_and_from_its_own_eval(reference, tmp_path, monkeypatch, precision):
+    """train.ema_decay: a crash mid-epoch (after a step checkpoint), then Ctrl-C during epoch 1's EMA evaluation;
+    each resume ends like the uninterrupted run, val_acc_ema and the EMA's weights and step count included."""
+    root, _ = reference
+    straight, _ = run_fit(config(root, tmp_path / "straight", precision, ema_decay=0.9))
+    ref = (read_metrics(straight), weights(straight))
+    assert all("val_acc_ema" in r for r in ref[0])
+
+    cfg = config(root, tmp_path / "stopped", precision, ema_decay=0.9)
+    cfg.output.checkpoint_every_steps = 11  # global step 11 = step 3 of epoch 2
+
+    def crash():
+        raise RuntimeError("simulated crash")
+
+    stop_at_step(monkeypatch, 13, crash)
+    run_dir = RunDir(cfg.output.dir, cfg.run_name)
+    with pytest.raises(RunFailed, match="simulated crash"):
+        fit(cfg, run_dir, progress=False)
+    assert ema(run_dir.path)["n_averaged"].item() == 11
+    monkeypatch.undo()
+    resume(run_dir.path)
+    assert_like_reference(run_dir.path, ref)
+    assert same_weights(ema(run_dir.path), ema(straight))
+
+    real_eval, calls = train.fit.evaluate, [0]
+
+    def eval_with_ctrl_c(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:  # epoch 1: the model's evaluation, then the EMA's
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_eval(*args, **kwargs)
+
+    monkeypatch.setattr(train.fit, "evaluate", eval_with_ctrl_c)
+    again, _ = stopped_run(config(root, tmp_path / "again", precision, ema_decay=0.9))
+    assert (torch.load(again / "last.pt", weights_only=True)["epoch"], read_metrics(again)) == (0, [])
+    monkeypatch.undo()
+    resume(again)
+    assert_like_reference(again, ref)
+    assert same_weights(ema(again), ema(straight))

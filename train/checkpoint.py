@@ -5,6 +5,7 @@ bit for bit where the run stopped (an epoch's end, or mid-epoch: ``output.checkp
 ``output.checkpoint_every_minutes``, or a stop signal):
 
   model, optimizer, scheduler, scaler   their state dicts
+  ema                                   train.ema_decay: the weight EMA's state dict (None when off)
   epoch, step, global_step              epochs finished, optimizer steps into the next one, steps in all
   meter                                 the unfinished epoch's running loss / accuracy sums and time
   loader                                the training loader's position and generator (order + augmentation)
@@ -12,6 +13,9 @@ bit for bit where the run stopped (an epoch's end, or mid-epoch: ``output.checkp
   world_size, ranks                     with several processes (torchrun): each one's meter, loader and rng
                                         (the top-level ones are rank 0's); a resume needs the same count
   history, best_acc, best_epoch         metrics.jsonl's rows so far: the log is rebuilt from them on resume
+  best_acc_ema, best_epoch_ema          the same for the EMA (val_acc_ema)
+  patience_from                         the epoch early stopping counts from (train/stopping.py; 0, or where
+                                        a run that stopped early was extended)
   config, fingerprint                   the resolved config and a hash of every key that changes the math
   data                                  each split's size and a hash of its images (a resume on other data
                                         is refused: ``check_data``)
@@ -43,10 +47,12 @@ from models.weights import read
 FORMAT = "vitlab-checkpoint-1"
 
 # Keys a resume may change: none of them alters a number the run computes. ``train.epochs`` may also
-# grow, to extend a run; the schedule is then rebuilt for the new length (see ``restore``).
+# grow, to extend a run; the schedule is then rebuilt for the new length (see ``restore``). Early stopping's keys
+# only decide after which epoch the run ends (from its history: train/stopping.py), as a longer train.epochs does.
 # ``output.checkpoints`` may not: turned off, it would leave a last.pt behind that the run has passed.
-FREE_KEYS = ("train.log_every", "output.dir", "output.checkpoint_every_steps",
-             "output.checkpoint_every_minutes", "output.tensorboard", "output.latency", "output.latency_threads",
+FREE_KEYS = ("train.log_every", "train.early_stopping_patience", "train.early_stopping_min_delta", "output.dir",
+             "output.checkpoint_every_steps", "output.checkpoint_every_minutes", "output.tensorboard", "output.latency",
+             "output.latency_threads",
              "data.root", "data.download", "data.cache", "data.cache_dir")
 
 log = get_logger(__name__)
@@ -132,7 +138,8 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
 
 def capture(s, cfg: Config, *, epoch: int, step: int, global_step: int, meter, history: list[dict[str, Any]],
             best_acc: float, best_epoch: int, run: Optional[dict[str, Any]] = None,
-            data: Optional[dict[str, Any]] = None) -> Optional[dict[str, Any]]:
+            data: Optional[dict[str, Any]] = None, best_acc_ema: float = -1.0, best_epoch_ema: int = 0,
+            patience_from: int = 0) -> Optional[dict[str, Any]]:
     """The training state after ``epoch`` finished epochs and ``step`` steps into the next (all on the CPU).
     ``run``: results.json's content (its ``run_id`` names the run; the rest rebuilds a lost results.json);
     ``data``: the data's fingerprint (``ImageData.fingerprint``). With several processes every one must call
@@ -150,10 +157,12 @@ def capture(s, cfg: Config, *, epoch: int, step: int, global_step: int, meter, h
         "optimizer": s.optimizer.state_dict(),
         "scheduler": s.scheduler.state_dict(),
         "scaler": s.scaler.state_dict() if s.scaler is not None else None,
+        "ema": {k: v.detach().cpu() for k, v in s.ema.state_dict().items()} if s.ema is not None else None,
         **own,
         "world_size": s.dist.world_size,
         **({"ranks": ranks} if s.dist.enabled else {}),
         "history": list(history), "best_acc": best_acc, "best_epoch": best_epoch,
+        "best_acc_ema": best_acc_ema, "best_epoch_ema": best_epoch_ema, "patience_from": patience_from,
         "device": str(s.device), "precision": str(s.precision), "torch": str(torch.__version__),
         "threads": torch.get_num_threads(),
         "run_id": (run or {}).get("run_id"), "results": json.loads(strict_json(run or {})), "data": data,
@@ -220,6 +229,8 @@ def restore(s, ckpt: dict[str, Any], cfg: Config) -> None:
         s.scheduler.load_state_dict(ckpt["scheduler"])
     if s.scaler is not None and ckpt.get("scaler"):
         s.scaler.load_state_dict(ckpt["scaler"])
+    if s.ema is not None:  # train.ema_decay is in the fingerprint: the run had an EMA too
+        s.ema.load_state_dict(ckpt["ema"])
     s.train_loader.load_state_dict(ckpt["loader"])
     set_rng_state(ckpt["rng"])
 

@@ -16,7 +16,7 @@ from train.engine import NonFiniteLoss
 
 @dataclass(frozen=True)
 class Ending:
-    status: str  # completed | diverged | interrupted | failed
+    status: str  # completed | stopped_early | diverged | interrupted | failed
     error: Optional[str] = None  # one line
     traceback: Optional[str] = None  # for errors that are not the user's (a bug, out of memory, ...)
     exit_code: Optional[int] = None  # interrupted: the signal's exit code (130 Ctrl-C, 143 SIGTERM)

@@ -6,6 +6,7 @@ resumable checkpoint and raise ``Interrupted`` (core/signals.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import signal
@@ -31,6 +32,8 @@ from train.engine import EpochMeter, NonFiniteLoss, evaluate, train_one_epoch
 from train.provenance import now, provenance
 from train.rundir import RunDir, config_text
 from train.setup import Setup, global_batch, prepare, resolve_device, scaled_lr, seed_everything
+from train.setup import Setup, prepare, resolve_device, seed_everything
+from train.stopping import stop_reason
 from train.tb import Board, hparams_of, open_board
 
 log = get_logger(__name__)
@@ -38,10 +41,11 @@ log = get_logger(__name__)
 
 def format_epoch(m: dict[str, Any], epochs: int, eta_s: Optional[float] = None) -> str:
     """One epoch's console line; ``eta_s``: the time the run's remaining epochs should take."""
-    top5 = f" top-5 {m['val_top5']:.2f}%" if "val_top5" in m else ""
+    more = f" top-5 {m['val_top5']:.2f}%" if "val_top5" in m else ""
+    more += f" (EMA {m['val_acc_ema']:.2f}%)" if "val_acc_ema" in m else ""
     eta = f"  ETA {format_duration(eta_s)}" if eta_s is not None else ""
     return (f"epoch {m['epoch']:>{len(str(epochs))}}/{epochs}  train loss {m['train_loss']:.4f} "
-            f"acc {m['train_acc']:.2f}%  val loss {m['val_loss']:.4f} acc {m['val_acc']:.2f}%{top5}  "
+            f"acc {m['train_acc']:.2f}%  val loss {m['val_loss']:.4f} acc {m['val_acc']:.2f}%{more}  "
             f"lr {m['lr']:.2e}  {m['epoch_time_s']:.1f}s  {m['images_per_s']:.0f} img/s{eta}")
 
 
@@ -56,6 +60,7 @@ def fit(cfg: Config, run_dir: RunDir, *, progress: Optional[bool] = None, resume
 
     Bad input (unknown model, missing dataset, ...) raises ``UserError`` before the directory exists.
     Once it exists, every way out records its own status in results.json (train/ending.py): ``completed``,
+    ``stopped_early`` (train.early_stopping_patience, train/stopping.py; returns like ``completed``),
     ``diverged`` (``NonFiniteLoss`` is re-raised), ``interrupted`` (``Interrupted`` / ``KeyboardInterrupt``,
     re-raised, with a resumable checkpoint when the stop was graceful) or ``failed`` with the error (re-raised;
     an error that is not the user's becomes ``RunFailed`` with the first line, the traceback in results.json).
@@ -106,7 +111,9 @@ def _fit(cfg: Config, run_dir: RunDir, progress: bool, resume: Optional[dict[str
                 summary = _summary(cfg, loop.history)
                 loop.tb.hparams(hparams_of(cfg, run_dir.results), {"hparams/best_val_acc": summary["best_val_acc"],
                                 "hparams/final_val_acc": summary["final_val_acc"]}, loop.global_step)
-                return _end(run_dir, "completed", **{**loop.progress(), "resume_command": None, **summary})
+                stopped = {"stopped_epoch": loop.epoch, "stop_reason": loop.stopped} if loop.stopped else {}
+                return _end(run_dir, "stopped_early" if loop.stopped else "completed",
+                            **{**loop.progress(), "resume_command": None, **summary, **stopped})
         except BaseException as e:
             with stop.holding():
                 _record_end(e, cfg, run_dir, loop, dist)
@@ -161,6 +168,8 @@ def _start_attempt(cfg: Config, run_dir: RunDir, loop: "_Loop", info, flops, com
         if a.get("status") in (None, "running"):
             a["status"] = "killed"  # it ended without a word: SIGKILL, out of memory, a power cut
     attempts.append({"started": now(), "from": loop.position(), "command": command})
+    for key in ("stopped_epoch", "stop_reason"):  # a run that stopped early and goes on (a longer patience)
+        run_dir.results.pop(key, None)
     if not resumed:
         run_dir.results.update(model=cfg.model.name, dataset=cfg.data.name, params=info.params,
                                mult_adds=info.mult_adds, epochs=cfg.train.epochs,
@@ -246,10 +255,17 @@ def _summary(cfg: Config, history: list[dict[str, Any]]) -> dict[str, Any]:
         best_val_acc=best["val_acc"], best_epoch=best["epoch"],
         final_val_acc=last["val_acc"], final_val_loss=last["val_loss"],
         **({"final_val_top5": last["val_top5"]} if cfg.train.top5 else {}),
+        **(_ema_summary(history) if cfg.train.ema_decay else {}),
         final_train_loss=last["train_loss"],
         train_time_s=sum(r["train_time_s"] for r in history),
         images_per_s=statistics.median(r["images_per_s"] for r in history),
     )
+
+
+def _ema_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    best = max(history, key=lambda r: r["val_acc_ema"])
+    return dict(best_val_acc_ema=best["val_acc_ema"], best_epoch_ema=best["epoch"],
+                final_val_acc_ema=history[-1]["val_acc_ema"], final_val_loss_ema=history[-1]["val_loss_ema"])
 
 
 class _Loop:
@@ -264,6 +280,9 @@ class _Loop:
         self.meter = EpochMeter(s.device)
         self.history: list[dict[str, Any]] = []
         self.best_acc, self.best_epoch = -1.0, 0
+        self.best_acc_ema, self.best_epoch_ema = -1.0, 0  # the weight EMA's (train.ema_decay)
+        self.patience_from = 0  # early stopping counts epochs without improvement from here (train/stopping.py)
+        self.stopped: Optional[str] = None  # why the run stopped early, once it has
         self.saved_at: Optional[str] = None  # the position of the last checkpoint written, in words
         self.last_save = time.monotonic()
         self.tb = Board()  # TensorBoard's writer, opened once the run directory exists
@@ -274,6 +293,11 @@ class _Loop:
         self.epoch, self.step, self.global_step = ckpt["epoch"], ckpt["step"], ckpt["global_step"]
         self.history = list(ckpt["history"])
         self.best_acc, self.best_epoch = ckpt["best_acc"], ckpt["best_epoch"]
+        self.best_acc_ema, self.best_epoch_ema = ckpt.get("best_acc_ema", -1.0), ckpt.get("best_epoch_ema", 0)
+        self.patience_from = ckpt.get("patience_from", 0)
+        if self.cfg.train.epochs > ckpt["config"]["train"]["epochs"] and self._stop_reason():
+            # Extended after it stopped early: it gets its patience again, counted from here.
+            self.patience_from = self.epoch
         if ckpt["meter"] is not None:
             self.meter.load_state_dict(ckpt["meter"])
         self.saved_at = self.position()
@@ -297,11 +321,15 @@ class _Loop:
         state = checkpoint.capture(  # several processes: all gather, rank 0 writes
             self.s, self.cfg, epoch=self.epoch, step=self.step, global_step=self.global_step, meter=self.meter,
             history=self.history, best_acc=self.best_acc, best_epoch=self.best_epoch, run=self.run_dir.results,
-            data=self.data)
+            data=self.data, best_acc_ema=self.best_acc_ema, best_epoch_ema=self.best_epoch_ema,
+            patience_from=self.patience_from)
         if state is not None:
             self.run_dir.save_state(state)
         self.saved_at = self.position()
         self.last_save = time.monotonic()
+
+    def _stop_reason(self) -> Optional[str]:
+        return stop_reason(self.history, self.cfg.train, self.patience_from)
 
     def _stop_requested(self) -> bool:
         """Whether to stop now; with several processes, whether any of them got a stop signal."""
@@ -338,6 +366,11 @@ class _Loop:
         if self._stop_requested():
             self._stop_now()
         while self.epoch < total:
+            # At an epoch's end (or a resume's start there, when a shorter patience now applies).
+            self.stopped = self._stop_reason() if self.step == 0 else None
+            if self.stopped:
+                log.info(f"stopping early after epoch {self.epoch}: {self.stopped}")
+                return
             n = self.epoch + 1
             finished = self.step == len(s.train_loader)  # stopped between the epoch's training and its eval
             try:
@@ -354,15 +387,19 @@ class _Loop:
             if not all(map(_finite, (ev["val_loss"], ev["val_acc"]))):
                 raise NonFiniteLoss(f"epoch {n}: validation loss became {ev['val_loss']}; "
                                     f"try a lower train.lr, train.grad_clip, or train.warmup_epochs")
+            ema = self._evaluate_ema() if s.ema is not None else {}
             row = {"epoch": n, "train_loss": tr["train_loss"], "train_acc": tr["train_acc"],
                    "val_loss": ev["val_loss"], "val_acc": ev["val_acc"], "lr": tr["lr"],
                    "epoch_time_s": tr["train_time_s"] + ev["eval_time_s"], "train_time_s": tr["train_time_s"],
                    "images_per_s": tr["images_per_s"], **({"val_top5": ev["val_top5"]} if "val_top5" in ev else {}),
-                   "train_images": tr["train_images"], "val_images": ev["val_images"]}
+                   "train_images": tr["train_images"], "val_images": ev["val_images"], **ema}
             improved = row["val_acc"] > self.best_acc
+            improved_ema = bool(ema) and row["val_acc_ema"] > self.best_acc_ema
             self.history.append(row)
             if improved:
                 self.best_acc, self.best_epoch = row["val_acc"], n
+            if improved_ema:
+                self.best_acc_ema, self.best_epoch_ema = row["val_acc_ema"], n
             self.epoch, self.step, self.meter = n, 0, EpochMeter(s.device)
             # Before the checkpoint: a kill between the two redoes the epoch, and the resumed run's
             # purge_step drops this row from TensorBoard; after it, the row stays and is not written again.
@@ -371,12 +408,22 @@ class _Loop:
             # rebuilt from the checkpoint's history); a kill before it redoes this epoch.
             if cfg.output.checkpoints and improved:
                 self.run_dir.save_weights("best.pt", s.module)
+            if cfg.output.checkpoints and improved_ema:
+                self.run_dir.save_weights("best_ema.pt", s.ema.module)
             self.save()
             self.run_dir.log_epoch(row)
             self.run_dir.update("running", **self.progress())
             log.info(format_epoch(row, total, eta([r["epoch_time_s"] for r in self.history], total - n)))
             if self._stop_requested():
                 raise Interrupted(self.stop.signum or signal.SIGTERM)
+
+    def _evaluate_ema(self) -> dict[str, float]:
+        """The weight EMA's validation loss and accuracy (with several processes: rank 0's buffers in all)."""
+        s = self.s
+        s.dist.share_buffers(s.ema.module)
+        ev = evaluate(dataclasses.replace(s, eval_model=s.ema_eval_model), progress=self.bar,
+                      on_batch=None if s.dist.enabled else lambda: self.stop.requested and self._stop_now())
+        return {"val_loss_ema": ev["val_loss"], "val_acc_ema": ev["val_acc"]}
 
 
 def _finite(x: float) -> bool:

@@ -4,6 +4,7 @@ line."""
 from __future__ import annotations
 
 import copy
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -13,6 +14,7 @@ from core.errors import UserError
 from core.log import get_logger
 from train import checkpoint
 from train.rundir import RunDir, config_run_id, is_live, read_results
+from train.stopping import stop_reason
 
 log = get_logger(__name__)
 
@@ -61,7 +63,8 @@ class Resumption:
     cfg: Config
     run_dir: RunDir
     ckpt: Optional[dict[str, Any]]  # None: no last.pt, the run starts over in its directory
-    done: bool  # completed and not extended: nothing to train
+    done: bool  # completed and not extended, or stopped early and still stopping there: nothing to train
+    done_note: str = ""  # why there is nothing to train, and how to train on
 
 
 def open_for_resume(path: str | Path, overrides: list[str] = (), on_epoch=(), *, claim: bool = True,
@@ -111,5 +114,16 @@ def _open(path: Path, run_dir: RunDir, overrides: list[str], check_live: bool) -
     except UserError as e:
         raise UserError(f"{last}: its config is not valid here ({e})") from None
     checkpoint.check_resumable(saved, cfg, ckpt["epoch"], str(path))
-    done = ckpt["epoch"] >= cfg.train.epochs and results.get("status") == "completed"
-    return Resumption(cfg, run_dir, ckpt, done)
+    status, quoted = results.get("status"), shlex.quote(str(path))
+    if status == "completed" and ckpt["epoch"] >= cfg.train.epochs:
+        return Resumption(cfg, run_dir, ckpt, True, f"{path}: already completed all {cfg.train.epochs} epochs; to "
+                                                    f"train longer: python main.py --resume {quoted} "
+                                                    f"--set train.epochs=N")
+    # Stopped early, and the same config (or a shorter patience) stops it there again: nothing to train.
+    why = stop_reason(ckpt["history"], cfg.train, ckpt.get("patience_from", 0))
+    if status == "stopped_early" and why and cfg.train.epochs == saved.train.epochs:
+        return Resumption(cfg, run_dir, ckpt, True, f"{path}: stopped early after epoch {ckpt['epoch']} ({why}); to "
+                                                    f"train on: python main.py --resume {quoted} --set "
+                                                    f"train.early_stopping_patience=N (more, or 0: off), or --set "
+                                                    f"train.epochs=N (longer: patience counts anew)")
+    return Resumption(cfg, run_dir, ckpt, False)

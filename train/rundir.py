@@ -4,13 +4,14 @@
   summary.txt      the torchinfo summary
   metrics.jsonl    one JSON line per finished epoch, appended and flushed as each ends; rebuilt from
                    last.pt on --resume, so it never keeps an epoch the checkpoint does not
-  results.json     written when the run starts and at every epoch: status (running / completed /
-                   diverged / interrupted / failed), progress, provenance (command, git commit, versions,
-                   device, host, pid, times), ``attempts`` (one per start or resume), and once it ends,
-                   best/final accuracy and timings; ``error`` says why a run stopped
+  results.json     written when the run starts and at every epoch: status (core/status.py: running /
+                   completed / stopped_early / diverged / interrupted / failed), progress, provenance (command,
+                   git commit, versions, device, host, pid, times), ``attempts`` (one per start or resume), and
+                   once it ends, best/final accuracy and timings; ``error`` says why a run stopped
   last.pt          the whole training state (train/checkpoint.py), for --resume
   best.pt          the best epoch's model state dict (``torch.load`` + ``load_state_dict`` into
                    ``models.create_model``)
+  best_ema.pt      train.ema_decay: the weight EMA's state dict at its best epoch (the same keys)
 
   .lock            held (flock, core/lock.py) by the one process that writes the run: a second one
                    (two --resume at once) is refused in one line naming the holder
@@ -41,10 +42,10 @@ from core.files import atomic_write, remove_stale_temporaries, strict_json
 from core.lock import DirLock, writer_alive
 from core.procs import process_alive
 from models.weights import RUN_ID_KEY
+from core.status import STATUSES
 
 CONFIG_HEADER = "# run_id: "  # config.yaml's first line names its run
 
-STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 
 
 def new_dir(root: str | Path, name: str) -> Path:

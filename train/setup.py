@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 from torch.optim import lr_scheduler
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from config import Config, TrainConfig
 from core.errors import UserError
@@ -229,6 +230,8 @@ class Setup:
     cpu_dropout: int = 0  # nn.Dropout modules given the cheaper CPU mask
     dist: Dist = Dist()
     eval_model: Optional[nn.Module] = None  # what evaluation calls (default ``model``); never DDP's wrapper
+    ema: Optional[AveragedModel] = None  # train.ema_decay: the weight EMA of ``module`` (``make_ema``)
+    ema_eval_model: Optional[nn.Module] = None  # what evaluates the EMA: its module, compiled when ``model`` is
 
     def __post_init__(self):
         if self.eval_model is None:
@@ -240,6 +243,15 @@ class Setup:
             + ([f"CPU dropout mask x{self.cpu_dropout}"] if self.cpu_dropout else []) \
             + ([f"DDP over {self.dist.world_size} processes"] if self.dist.enabled else [])
         return f"{self.device} ({', '.join(extras)})"
+
+
+def make_ema(module: nn.Module, optimizer: torch.optim.Optimizer, decay: float) -> AveragedModel:
+    """The weight EMA of ``module`` (parameters and buffers), updated after every optimizer step that is taken
+    (an optimizer step hook: a step a GradScaler skips is not averaged). Of the plain module, never DDP's wrapper
+    or the compiled one. Its step count ``n_averaged`` stays on the CPU: reading it costs no device sync."""
+    ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    optimizer.register_step_post_hook(lambda *_: ema.update_parameters(module))
+    return ema
 
 
 def prepare(cfg: Config, model: nn.Module, data: ImageData, device: torch.device, dist: Dist = Dist()) -> Setup:
@@ -264,6 +276,7 @@ def prepare(cfg: Config, model: nn.Module, data: ImageData, device: torch.device
     optimizer = build_optimizer(model, t, fused=device.type == "cuda")
     precision = Precision.for_device(device, t.precision)
     compiled = (lambda m: m) if t.compile == "off" else (lambda m: torch.compile(m, mode=t.compile))
+    ema = make_ema(model, optimizer, t.ema_decay) if t.ema_decay else None
     train_model = model
     if dist.enabled:  # after the optimizer: DDP wraps the same parameters
         train_model = nn.parallel.DistributedDataParallel(
@@ -284,4 +297,5 @@ def prepare(cfg: Config, model: nn.Module, data: ImageData, device: torch.device
         mixer=mixup_cutmix(data.spec.num_classes, t.mixup_alpha, t.cutmix_alpha),
         channels_last=t.channels_last, grad_clip=t.grad_clip, cpu_dropout=cpu_dropout,
         accumulate_steps=t.accumulate_steps,
+        ema=ema, ema_eval_model=compiled(ema.module) if ema is not None else None,
     )

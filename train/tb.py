@@ -75,7 +75,8 @@ class Board:
             self.writer = None
 
 
-EPOCH_FIELDS = ("val_loss", "val_acc", "val_top5", "lr", "images_per_s", "train_loss", "train_acc", "epoch_time_s")
+EPOCH_FIELDS = ("val_loss", "val_acc", "val_top5", "lr", "images_per_s", "train_loss", "train_acc", "epoch_time_s",
+                "val_loss_ema", "val_acc_ema")
 
 
 def open_board(enabled: bool, run_path: Path, purge_step: Optional[int] = None) -> Board:
