@@ -137,7 +137,7 @@ def test_a_steady_model_stops_early_with_a_small_spread(clock):
 
 
 def test_models_are_interleaved_the_noisy_one_is_flagged_threads_are_set_and_restored(clock):
-    log, bimodal = [], itertools.itertools.cycle([0.002, 0.016])  # half the calls fast, half slow: no luck of a seed
+    log, bimodal = [], itertools.cycle([0.002, 0.016])  # half the calls fast, half slow: no luck of a seed
     models = {"steady": Sleeper("steady", lambda: 0.0025, log, clock),
               "bimodal": Sleeper("bimodal", bimodal.__next__, log, clock)}
     models["steady"].train(), models["bimodal"].eval()
