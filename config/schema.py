@@ -144,7 +144,7 @@ class OutputConfig:
     # also write last.pt mid-epoch, every N optimizer steps and/or every M minutes (null = epoch ends only)
     checkpoint_every_steps: Optional[int] = num(None, ge=1, le=MAX_SAMPLES, null_ok=True)
     checkpoint_every_minutes: Optional[float] = num(None, gt=0, le=MAX_EPOCHS * 24 * 60, null_ok=True)
-    tensorboard: bool = True  # TensorBoard event files in RUN_DIR/tb (train/tb.py): tensorboard --logdir runs/
+    tensorboard: bool = True  # TensorBoard event files in RUN_DIR (train/tb.py): tensorboard --logdir runs/
     # The comparison after a multi-run call measures each experiment's inference latency on the CPU, with this
     # many torch threads (1: the steadiest on a shared machine; recorded beside every number).
     latency: bool = True

@@ -23,7 +23,7 @@ from data import DatasetSpec, TensorLoader, load_data
 from evaluate.model import load_model
 from plots.maps import (FEATURE_LAYERS, AttentionComparison, Stem, attention_caption, draw_attention, stem_figure,
                         stems_caption)
-from plots.runs import Group, Run
+from plots.runs import Group, Run, split_prefix
 from train.resume import run_config
 
 POOL = 512  # the first validation images, from which the attention figure picks its rows
@@ -187,10 +187,11 @@ def pick_images(labels: list[int], preds: list[list[int]], k: int) -> tuple[list
     return _spread(right, k - len(missed), labels, used), missed
 
 
-def attention_comparison(columns: list[tuple[str, nn.Module]], pool: Sample, images: int, path: Path
-                         ) -> tuple[Optional[AttentionComparison], list[str]]:
+def attention_comparison(columns: list[tuple[str, nn.Module]], pool: Sample, images: int, path: Path,
+                         runs: Optional[dict[str, str]] = None) -> tuple[Optional[AttentionComparison], list[str]]:
     """One figure: ``images`` validation images (rows) from ``pool`` seen by every model (columns).
 
+    ``runs``: by column label, which run's model it is (``shown_run``), written under the label.
     Returns what it drew (None if no model could be run) and a note per model left out.
     """
     notes, seen = [], []
@@ -208,7 +209,8 @@ def attention_comparison(columns: list[tuple[str, nn.Module]], pool: Sample, ima
         path, [label for label, _ in seen], [pool.indices[i] for i in rows], [pool.labels[i] for i in rows],
         [[a.preds[i] for i in rows] for _, a in seen], [a.grids[rows] for _, a in seen],
         [a.class_token for _, a in seen], len(right),
-        sum(any(a.preds[i] != y for _, a in seen) for i, y in enumerate(pool.labels)), len(pool.labels))
+        sum(any(a.preds[i] != y for _, a in seen) for i, y in enumerate(pool.labels)), len(pool.labels),
+        runs=[(runs or {}).get(label, "") for label, _ in seen])
     draw_attention(shown, pool.display[rows], pool.name)
     return shown, notes
 
@@ -256,15 +258,23 @@ def stem_signature(model: nn.Module) -> tuple[str, ...]:
     return tuple(layers)
 
 
+def shown_run(run: Run, g: Group) -> str:
+    """Which of an experiment's runs a map shows, in a few words: ``seed 0, best.pt``."""
+    checkpoint = run.checkpoint()
+    return f"seed {run.seed}" + (f", {checkpoint.name}" if checkpoint is not None else "")
+
+
 def inspect_groups(groups: list[Group], out: Path, images: int
                    ) -> tuple[list[tuple[str, str, Path]], list[tuple[str, str, Path]], list[str]]:
     """(attention figures, feature figures, notes) of a comparison, each figure (title, caption, path).
 
     Per dataset: one attention figure of every attention model on the same validation images, and one
-    figure of the conv stems that differ. Each group is shown by its first run with a checkpoint.
+    figure of the conv stems that differ. Each group is shown by its first run with a checkpoint, which the
+    figure names (``shown_run``): one seed's model, not an average over seeds.
     """
     notes: list[str] = []
     by_dataset: dict[str, list[tuple[str, Run, nn.Module]]] = {}
+    runs: dict[str, str] = {}
     cache: dict = {}
     for g in groups:
         run = next((r for r in g.runs if r.checkpoint() is not None), None)
@@ -280,6 +290,7 @@ def inspect_groups(groups: list[Group], out: Path, images: int
             log.info(f"warning: {notes[-1]}")
             continue
         by_dataset.setdefault(run.dataset, []).append((g.label, run, model))
+        runs[g.label] = shown_run(run, g)
     attention, features = [], []
     for dataset, entries in by_dataset.items():
         suffix = f"_{dataset}" if len(by_dataset) > 1 else ""
@@ -287,7 +298,7 @@ def inspect_groups(groups: list[Group], out: Path, images: int
         pool = load_pool(entries[0][1], cache)
         columns = [(label, model) for label, _, model in entries if has_attention(model)]
         if columns:
-            shown, skipped = attention_comparison(columns, pool, images, out / f"attention{suffix}.png")
+            shown, skipped = attention_comparison(columns, pool, images, out / f"attention{suffix}.png", runs)
             notes += skipped
             if shown is not None:
                 attention.append((f"Attention maps{on}", attention_caption(shown), shown.path))
@@ -324,4 +335,5 @@ def _features(entries: list[tuple[str, Run, nn.Module]], pool: Sample, path: Pat
         note = _skipped(", ".join(models[0][0] for models in stems.values()), "feature maps", e)
         log.info(f"warning: {note}")
         return None, [note]
-    return (stems_caption(len(stems), sum(map(len, stems.values())), sample.indices[0], patchify), figure), []
+    prefix = split_prefix([label for models in stems.values() for label, _ in models])[0]
+    return (stems_caption(len(stems), sum(map(len, stems.values())), sample.indices[0], patchify, prefix), figure), []

@@ -79,10 +79,15 @@ def _finish(ax, xlabel: str, ylabel: str, title: str) -> None:
 
 
 def _datasets(groups: list[Group]) -> str:
-    """What a title says the figure is of: the datasets, and the prefix its legend leaves out of every label."""
-    names = sorted({g.first.dataset for g in groups})
+    """What a title says the figure is of: the datasets. Not the prefix the legend leaves out of every label
+    ("sizes-fashion_mnist-…" read as a title cut short): the page's caption names it (``names_note``)."""
+    return ", ".join(sorted({g.first.dataset for g in groups}))
+
+
+def names_note(groups: list[Group]) -> str:
+    """A caption's sentence on the prefix the figure leaves out of the experiments' names, if any."""
     prefix = split_prefix([g.label for g in groups])[0]
-    return (names[0] if len(names) == 1 else ", ".join(names)) + (f"; {prefix}…" if prefix else "")
+    return f' Experiments are named without the prefix they share, "{prefix}".' if prefix else ""
 
 
 def save(fig, path: Path) -> Path:

@@ -6,14 +6,20 @@ A difference of means is given ± its standard error, sqrt(s1²/n1 + s2²/n2) ov
 quantile of Student's t at Welch-Satterthwaite's degrees of freedom (about 4.3 for two runs a side at
 equal spread, 2.8 for three: few seeds make a wide interval). With one seed there is no spread to judge
 by, and the sentence says so instead. Only experiments with a completed run are ranked.
+
+Time per epoch gets the same test, on its logarithm (a ratio is what the sentence gives): the samples are the
+runs' own times per epoch over seeds, or, with one run a side, the epochs of those runs (a spread that misses
+load changing between runs, and the sentence says so). A ratio inside the noise is called so: on a busy
+machine a bigger model can train "faster".
 """
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Optional
 
 from plots.runs import Group, short_labels, size_measure
-from plots.table import count
+from plots.table import count, ratio_why
 
 KEY = "best_val_acc"
 
@@ -66,11 +72,48 @@ def _ratio(a: Optional[float], b: Optional[float], what: str) -> Optional[str]:
     return f"{b / a:.2f}× {what}"
 
 
-def _latency(g: Group) -> Optional[float]:
+def _epoch_times(g: Group) -> list[float]:
+    return [t for r in g.counted for t in r.series("epoch_time_s") if math.isfinite(t) and t > 0]
+
+
+def time_ratio(a: Group, b: Group, key: str = "time_per_epoch_s") -> Optional[str]:
+    """``1.05× time per epoch (± 0.03 over 3 seeds, within noise)``: b's mean time per epoch over a's, with the
+    standard error of the ratio (delta method: the ratio × √(cv₁²/n₁ + cv₂²/n₂)) and Welch's verdict on its
+    logarithm. Over seeds when both sides have two runs, else over the epochs of their runs."""
+    va, vb, over = a.values(key), b.values(key), "seeds"
+    if len(va) < 2 or len(vb) < 2:
+        va, vb, over = _epoch_times(a) or va, _epoch_times(b) or vb, "epochs, one run a side"
+    va, vb = [v for v in va if v > 0], [v for v in vb if v > 0]
+    if not va or not vb:
+        return None
+    ma, mb = sum(va) / len(va), sum(vb) / len(vb)
+    ratio = mb / ma
+    if len(va) < 2 or len(vb) < 2:
+        return f"{ratio:.2f}× time per epoch (one epoch: no noise estimate)"
+    ea = statistics.variance(va) / ma ** 2 / len(va)  # the variance of log(mean) for each side
+    eb = statistics.variance(vb) / mb ** 2 / len(vb)
+    se = math.sqrt(ea + eb)
+    df = (ea + eb) ** 2 / (ea ** 2 / (len(va) - 1) + eb ** 2 / (len(vb) - 1)) if se > 0 else math.inf
+    n = f"{min(len(va), len(vb))}" if len(va) == len(vb) else f"{len(va)} and {len(vb)}"
+    noise = "within noise" if abs(math.log(ratio)) <= t975(df) * se else "beyond noise"
+    return f"{ratio:.2f}× time per epoch (± {ratio * se:.2f} over {n} {over}, {noise})"
+
+
+def _latency(g: Group) -> Optional[tuple[float, str]]:
     """Batch-1 latency as a multiple of the fastest model's, timed in the same rounds: steadier than
-    milliseconds on a busy machine (models.measure.Latency.ratio); None when too few rounds to rank by."""
+    milliseconds on a busy machine (models.measure.Latency.ratio), with the model it is a multiple of; None
+    when its interval is too wide to rank by."""
     lat = g.latency.get("batch1") or {}
-    return None if lat.get("ratio_flagged", True) else lat.get("ratio")
+    return None if lat.get("ratio_flagged", True) or lat.get("ratio") is None else \
+        (lat["ratio"], str(lat.get("reference", "")))
+
+
+def _latency_ratio(a: Group, b: Group) -> Optional[str]:
+    """b's latency over a's, from their ratios to one reference (ratios to two references do not divide)."""
+    la, lb = _latency(a), _latency(b)
+    if la is None or lb is None or la[1] != lb[1]:
+        return None
+    return _ratio(la[0], lb[0], "latency")
 
 
 def _steps(groups: list[Group], size) -> list[tuple[Group, Group]]:
@@ -121,8 +164,7 @@ def findings(groups: list[Group]) -> list[str]:
             costs = [c for c in (
                 _ratio(size(a), size(b), "training FLOPs" if measure == "flops_training" else "params"),
                 _ratio(a.cost("params"), b.cost("params"), "params") if measure == "flops_training" else None,
-                _ratio(a.stat("time_per_epoch_s")[0], b.stat("time_per_epoch_s")[0], "time per epoch"),
-                _ratio(_latency(a), _latency(b), "latency")) if c]
+                time_ratio(a, b), _latency_ratio(a, b)) if c]
             lines.append(f"{short[b.label]} vs {short[a.label]}: {verdict(*difference(a, b))}"
                          + (f", for {', '.join(costs)}" if costs else "") + ".")
     if ranked and all(len(g.values(KEY)) < 2 for g in ranked):
@@ -134,15 +176,17 @@ def findings(groups: list[Group]) -> list[str]:
         lines.append(f"No completed run, so not ranked (their numbers are from stopped runs): {', '.join(unranked)}.")
     timed = [g for g in groups if g.latency.get("batch1")]
     unsteady = [g for g in timed if g.latency["batch1"].get("flagged")]
-    few_rounds = [short[g.label] for g in timed if g.latency["batch1"].get("ratio_flagged")]
+    unranked_latency = [f"{short[g.label]} ({ratio_why(g.latency['batch1'])})" for g in timed
+                        if g.latency["batch1"].get("ratio_flagged")]
     if unsteady:
         worst = max(g.latency["batch1"]["spread"] for g in unsteady)
         lines.append(f"Latency in milliseconds was unsteady on this machine for {len(unsteady)} of {len(timed)} "
                      f"models (spread up to {100 * worst:.0f}%): the latencies compared above are ratios to the "
                      "fastest model, timed in the same rounds, which such noise hits alike.")
-    if few_rounds:
-        lines.append(f"Latency left out of the comparison for {', '.join(few_rounds)}: too few rounds to rank by; "
-                     "measure again with a larger --latency-budget.")
+    if unranked_latency:
+        lines.append(f"Latency left out of the comparison for {', '.join(unranked_latency)}: its ratio to the "
+                     "fastest model has too few rounds, or too wide a 95% interval, to rank by; measure again "
+                     "with a larger --latency-budget, or on a quieter machine.")
     left_out = [r for g in groups if g.completed for r in g.runs if r not in g.counted]
     if left_out:
         what = ", ".join(f"{r.name} ({r.status})" for r in left_out)

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from plots import table
 from plots.page import Section
-from plots.runs import Group
+from plots.runs import Group, split_prefix
 
 
 def escape(value: Any) -> str:
@@ -33,7 +33,8 @@ def data_uri(path: Path) -> str:
 # data-sort (the mean of "mean ± std"), text by its text; empty cells ("–") go last either way.
 # ``?sort=COLUMN`` (or ``?sort=-COLUMN``, descending) sorts the results table on load, so a link, or a
 # headless browser's --dump-dom, can show a sorted table. On load the page also records in <body> how many
-# images decoded (data-images-ok="N/M") and which sort is shown (data-sorted); JS errors land in
+# images decoded (data-images-ok="N/M"), how far the page and its tables scroll sideways at this window's width
+# (data-overflow-x="page:0 results-table:0 runs-table:0") and which sort is shown (data-sorted); JS errors land in
 # <html data-js-errors>, so a test reading the DOM sees them.
 # The error hook sits in <head>, apart from the main script, so it also reports that script failing to parse.
 ON_ERROR = r"""
@@ -92,6 +93,12 @@ window.addEventListener("load", function () {
   var imgs = document.querySelectorAll("img"), ok = 0;
   imgs.forEach(function (img) { if (img.complete && img.naturalWidth > 0) { ok++; } });
   document.body.setAttribute("data-images-ok", ok + "/" + imgs.length);
+  // How far the page, and each table's box, would scroll sideways (px): 0 where everything fits the window.
+  var root = document.documentElement, wide = [];
+  document.querySelectorAll("div.wide > table").forEach(function (t) {
+    wide.push(t.id + ":" + (t.parentNode.scrollWidth - t.parentNode.clientWidth));
+  });
+  document.body.setAttribute("data-overflow-x", ["page:" + (root.scrollWidth - root.clientWidth)].concat(wide).join(" "));
 });
 })();
 """
@@ -107,11 +114,13 @@ font-size: .92em; } .meta code { word-break: break-all; }
 nav { margin: 1em 0; font-size: .93em; display: flex; flex-wrap: wrap; gap: .2em 1.2em; } nav a { white-space: nowrap; }
 .wide { overflow-x: auto; }
 table { border-collapse: collapse; font-size: .92em; font-variant-numeric: tabular-nums; }
-th, td { padding: .35em .6em; border-bottom: 1px solid #e3e7eb; text-align: left; vertical-align: top; }
+th, td { padding: .35em .45em; border-bottom: 1px solid #e3e7eb; text-align: left; vertical-align: top; }
 th { background: #eef1f4; position: sticky; top: 0; }
 table.sortable th { cursor: pointer; user-select: none; vertical-align: bottom; }
 th .arrow { white-space: nowrap; }
-#results-table td:first-child { min-width: 13em; }
+#results-table td:first-child { min-width: 10em; }
+td.num .spread { display: block; color: #4a5560; font-size: .85em; }
+td.num .flag { display: block; white-space: normal; min-width: 6em; font-size: .85em; color: #a33; text-align: left; }
 table.sortable th:hover { background: #dde3e9; }
 th .arrow { color: #8a96a3; margin-left: .3em; font-size: .85em; }
 th[aria-sort="ascending"] .arrow, th[aria-sort="descending"] .arrow { color: #1d232a; }
@@ -144,17 +153,41 @@ def _number(value: Optional[float]) -> str:
     return "" if value is None or not math.isfinite(float(value)) else repr(float(value))
 
 
+def breakable(text: Any) -> str:
+    """Escaped, with a line-break opportunity (``<wbr>``) after each ``-``, ``_``, ``.``, ``=`` and ``,``: run
+    names and dotted keys have no spaces, and one such name would otherwise set a column's width."""
+    return re.sub(r"(?<=[-_.=,])(?=\S)", "<wbr>", escape(text))  # none of these five occurs inside an entity
+
+
+def _number_cell(text: str, value: Optional[float]) -> str:
+    """A number stays on one line; its spread (``± 0.20``, ``(IQR 38%)``) goes on a second line and what flags
+    it (``⚠ spread 38% > 10%; ...``) on a third, which may wrap, so a table of a dozen columns fits a 1400 px
+    window. The whole text is the cell's tooltip."""
+    main, _, flag = text.partition(" ⚠ ")
+    number, spread = re.match(r"(.*?)(?: (±.*|\(.*\)))?$", main).groups()
+    if not (flag or spread):
+        return f'<td class="num" data-sort="{_number(value)}">{escape(text)}</td>'
+    return (f'<td class="num" data-sort="{_number(value)}" title="{escape(text)}">{escape(number)}'
+            + (f' <span class="spread">{escape(spread)}</span>' if spread else "")
+            + (f' <span class="flag">⚠ {escape(flag)}</span>' if flag else "") + "</td>")
+
+
 def results_table(groups: list[Group]) -> str:
     head, numeric, rows = table.summary_table(groups)
     ths = "".join(f'<th class="{"num" if n else "text"}" data-key="{escape(_id(h))}" aria-sort="none" '
-                  f'title="sort by {escape(h)}">{escape(h)}<span class="arrow">\u21c5</span></th>'
+                  f'title="sort by {escape(h)}">{breakable(h)}<span class="arrow">\u21c5</span></th>'
                   for h, n in zip(head, numeric))
+    # The experiments without the prefix they all share (the sweep's name and dataset), which the caption names.
+    prefix, short = split_prefix([g.label for g in groups])
     body = []
-    for cells in rows:
-        tds = "".join(f'<td class="num" data-sort="{_number(v)}">{escape(t)}</td>' if n else f"<td>{escape(t)}</td>"
-                      for (t, v), n in zip(cells, numeric))
+    for cells, label, name in zip(rows, [g.label for g in groups], short):
+        tds = f'<td title="{escape(label)}">{breakable(name)}</td>' if prefix else f"<td>{breakable(label)}</td>"
+        tds += "".join(_number_cell(t, v) if n else f"<td>{breakable(t)}</td>"
+                       for (t, v), n in zip(cells[1:], numeric[1:]))
         body.append(f"<tr>{tds}</tr>")
-    return (f'<div class="wide"><table id="results-table" class="sortable"><thead><tr>{ths}</tr></thead>'
+    return ((f'<p class="note">Experiments named without the prefix they share: <code>{escape(prefix)}</code>.</p>'
+             if prefix else "")
+            + f'<div class="wide"><table id="results-table" class="sortable"><thead><tr>{ths}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 

@@ -35,6 +35,8 @@ class AttentionComparison:
     missed_in_pool: int  # images of the pool some model gets wrong
     pool: int
     marked: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (row, column) framed in red
+    # [column]: which run's model it is, "seed 0, best.pt" (an experiment of several seeds shows one); "" unknown
+    runs: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -92,7 +94,7 @@ def draw_attention(shown: AttentionComparison, display, class_name: Callable[[in
     values = np.concatenate([np.asarray(g, dtype=np.float64).ravel() for g in shown.grids])
     top = max(1.5, float(values.max()), 1 / max(float(values.min()), 1e-3))
     norm = LogNorm(1 / top, top)
-    prefix, short = split_prefix(shown.labels)
+    short = split_prefix(shown.labels)[1]
     display = np.asarray(display)
     h, w = display.shape[1:3]
     for r in range(rows):
@@ -121,7 +123,8 @@ def draw_attention(shown: AttentionComparison, display, class_name: Callable[[in
         grid = np.asarray(shown.grids[c])
         read = "class token" if shown.class_token[c] else "mean of queries"
         label = _wrap(label, int(cell * 14))  # about 14 characters of the small font fit an inch
-        axes[0, 1 + c].set_title(f"{label}\n{grid.shape[1]}×{grid.shape[2]} tokens\n{read}",
+        run = shown.runs[c] if c < len(shown.runs) and shown.runs[c] else ""
+        axes[0, 1 + c].set_title(f"{label}\n{run + chr(10) if run else ''}{grid.shape[1]}×{grid.shape[2]} tokens\n{read}",
                                  fontsize="small" if cell >= 1.3 else "x-small")
     bar = fig.colorbar(image, ax=axes, shrink=min(1.0, 3.0 / rows), pad=0.02, aspect=30)
     ticks = [2.0 ** e for e in range(-8, 9) if 1 / top <= 2.0 ** e <= top]
@@ -130,8 +133,9 @@ def draw_attention(shown: AttentionComparison, display, class_name: Callable[[in
     bar.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
     bar.minorticks_off()
     bar.set_label("attention rollout ÷ uniform share (1 = uniform)", fontsize="small")
-    fig.suptitle(f"{prefix + '…: ' if prefix else ''}attention rollout on the same validation images "
-                 "(red frame: misclassified)", fontsize="medium")
+    # The title names no experiment: the columns do, without the prefix they share (the caption names it), as
+    # a prefix cut short in the title ("sizes-fashion_mnist-…") read as a name cut off.
+    fig.suptitle("Attention rollout on the same validation images (red frame: misclassified)", fontsize="medium")
     return save(fig, shown.path)
 
 
@@ -144,7 +148,7 @@ def stem_figure(stems: list[Stem], image, image_name: str, path: Path) -> Path:
     fig = plt.figure(figsize=(width, 1.0 * rows + 0.6 * len(stems) + 0.4), layout="constrained")
     subfigs = fig.subfigures(len(stems), 1, height_ratios=[len(stem.layers) + 0.5 for stem in stems],
                              squeeze=False)[:, 0]
-    prefix, short = split_prefix([label for stem in stems for label in [stem.label, *stem.others]])
+    short = split_prefix([label for stem in stems for label in [stem.label, *stem.others]])[1]
     names = iter(short)
     for sub, stem in zip(subfigs, stems):
         label, others = next(names), [next(names) for _ in stem.others]
@@ -171,7 +175,7 @@ def stem_figure(stems: list[Stem], image, image_name: str, path: Path) -> Path:
                     ax.set_title(f"ch {c}", fontsize="x-small")
             axes[row, 1].set_ylabel(f"{name}\n{out_channels} ch, {fmap.shape[1]}×{fmap.shape[2]}",
                                     fontsize="x-small")
-    fig.suptitle(f"{prefix + '…: ' if prefix else ''}first {len(stems[0].layers)} conv layers of each distinct stem, "
+    fig.suptitle(f"First {len(stems[0].layers)} conv layers of each distinct stem, "
                  f"first {FEATURE_CHANNELS} channels (conv outputs before normalisation; own scale per map)",
                  fontsize="small")
     return save(fig, path)
@@ -200,15 +204,24 @@ def attention_caption(shown: AttentionComparison) -> str:
                   f"({shown.missed_in_pool} of {first} are): red frame and prediction")
     else:
         missed = f"no row is misclassified ({shown.missed_in_pool} of {first} are)"
+    prefix = split_prefix(shown.labels)[0]
+    names = f' Columns are named without the prefix they share, "{prefix}".' if prefix else ""
+    runs = set(shown.runs)
+    which = "" if not shown.runs or "" in runs else \
+        (f" Each column is one run's model, for every experiment the run of {next(iter(runs))} (other seeds' "
+         "models are not shown)." if len(runs) == 1 else
+         " Each column is one run's model, its seed and checkpoint under the experiment's name (other seeds' "
+         "models are not shown).")
     return (f"The same {rows} validation images (rows; true class on the left) in every attention model "
             f"(columns): attention rollout over all layers, {read}, drawn as each model's token grid over the "
             f"image; colour = attention ÷ uniform share, one log scale for the whole figure (red: more than "
-            f"uniform, blue: less). {right}; {missed}.")
+            f"uniform, blue: less). {right}; {missed}.{which}{names}")
 
 
-def stems_caption(stems: int, models: int, image_index: int, patchify: list[str]) -> str:
+def stems_caption(stems: int, models: int, image_index: int, patchify: list[str], prefix: str = "") -> str:
+    """``prefix``: what the models' names share, which the figure leaves out of them."""
     return (f"{stems} different conv stem{'s' * (stems > 1)} among {models} models, one row block each (models "
             f"sharing a stem are named beside it): the first {FEATURE_CHANNELS} channels of their first "
             f"{FEATURE_LAYERS} conv layers on validation image #{image_index}"
             + (f"; {', '.join(patchify)} only patchif{'ies' if len(patchify) == 1 else 'y'} (no conv stem to draw)."
-               if patchify else "."))
+               if patchify else ".") + (f' Models are named without the prefix they share, "{prefix}".' if prefix else ""))

@@ -128,13 +128,14 @@ def render(out: Path, runs: list[Run], groups: list[Group], *, failures: Optiona
     sections: list[Section] = []
     if groups:
         seeds = " (mean over seeds, ±1 std band)" if any(len(g.counted) > 1 for g in groups) else ""
+        names = curves.names_note(groups)
         curve_figures = [
-            Figure("Validation accuracy", f"Validation top-1 accuracy per epoch, every experiment on one axis{seeds}.",
-                   curves.val_accuracy(groups, colour, out / "val_accuracy.png")),
+            Figure("Validation accuracy", f"Validation top-1 accuracy per epoch, every experiment on one axis{seeds}."
+                   + names, curves.val_accuracy(groups, colour, out / "val_accuracy.png")),
             Figure("Training and validation loss", "Training loss (left) and validation loss (right) per epoch, "
-                   f"on one scale{seeds}.", curves.losses(groups, colour, out / "loss.png")),
+                   f"on one scale{seeds}.{names}", curves.losses(groups, colour, out / "loss.png")),
             Figure("Convergence: training vs. validation loss", "Training (solid) vs. validation (dashed) loss per "
-                   "epoch, one panel per experiment: a widening gap is overfitting.",
+                   f"epoch, one panel per experiment: a widening gap is overfitting.{names}",
                    curves.convergence(groups, colour, out / "convergence.png")),
         ]
         sections += [Section(f.title, [f]) for f in curve_figures]

@@ -146,13 +146,22 @@ def latency_text(lat: Optional[dict[str, Any]]) -> str:
     return f"{text} ⚠ {lat.get('why') or 'unsteady'}" if lat.get("flagged") else text
 
 
+def ratio_why(lat: dict[str, Any]) -> str:
+    """Why a ratio is flagged, in words: too few rounds, or an interval too wide after many (latency.json's
+    ``ratio_why``; files written before it recorded one get the numbers)."""
+    if lat.get("ratio_why"):
+        return str(lat["ratio_why"])
+    ratio, ci, rounds = lat.get("ratio") or 1.0, lat.get("ratio_ci") or 0.0, lat.get("repeats")
+    return f"interval ±{100 * ci / ratio:.0f}% over {rounds} rounds" if rounds is not None else "interval too wide"
+
+
 def ratio_text(lat: Optional[dict[str, Any]]) -> str:
     """``1.37× ±0.01``: latency as a multiple of the fastest model's, timed in the same rounds, with its ~95%
-    interval; marked when that interval is too wide to rank by."""
+    interval; marked, with the reason, when too few rounds or too wide an interval cannot rank it."""
     if not lat or lat.get("ratio") is None:
         return "–"
     text = f"{lat['ratio']:.2f}× ±{lat['ratio_ci']:.2f}"
-    return text + " ⚠ few rounds" if lat.get("ratio_flagged") else text
+    return f"{text} ⚠ {ratio_why(lat)}" if lat.get("ratio_flagged") else text
 
 
 def summary_table(groups: list[Group]) -> tuple[list[str], list[bool], list[list[tuple[str, Optional[float]]]]]:

@@ -52,7 +52,9 @@ def test_end_to_end_training_run(tmp_path, fmnist_root, capsys):
     assert "Total params" in p.stdout
     (run_dir,) = out.iterdir()
     assert sorted(f.name for f in run_dir.iterdir()) == sorted(
-        [".lock", "config.yaml", "summary.txt", "metrics.jsonl", "results.json", "last.pt", "best.pt", "tb"])
+        [".lock", "config.yaml", "summary.txt", "metrics.jsonl", "results.json", "last.pt", "best.pt"]
+        + [f.name for f in run_dir.glob("events.out.tfevents.*")])
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # TensorBoard's, in the run directory itself
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     results = json.loads((run_dir / "results.json").read_text())

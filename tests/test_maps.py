@@ -94,7 +94,7 @@ def test_attention_figure_matches_the_checkpoints(runs, tmp_path):
     pool = load_pool(first[0], {})
     shown, notes = attention_comparison([(g.label, load_model(r.path, None)[1]) for g, r in zip(groups, first)], pool, 4,
                                         tmp_path / "attention.png")
-    assert notes == [] and shown.labels == [g.label for g in groups]
+    assert notes == [] and shown.labels == [g.label for g in groups] and shown.runs == ["", "", ""]
     rows = shown.indices
     assert len(rows) == len(set(rows)) == 4  # one set of images, shown to every model
     preds = []
@@ -161,6 +161,10 @@ def test_inspect_groups_one_attention_figure_and_only_different_stems(runs, tmp_
         attention, features, notes = inspect_groups(groups_of(runs, *MODELS), tmp_path, 4)
     assert [(t, p.name) for t, _, p in attention] == [("Attention maps", "attention.png")]
     assert "The same 4 validation images" in attention[0][1] and "attention rollout" in attention[0][1]
+    # Issue 24: which seed's model each column is, and the names' shared prefix the figure leaves out.
+    assert "for every experiment the run of seed 0, best.pt (other seeds' models are not shown)" in attention[0][1]
+    assert 'Columns are named without the prefix they share, "cmp-fashion_mnist-".' in attention[0][1]
+    assert features[0][1].endswith('Models are named without the prefix they share, "cmp-fashion_mnist-".')
     # cnn_tr, cnn_tr_1layer and simple_cnn share a stem (one block), mnist_cnn has its own; the ViT has none.
     assert [(t, p.name) for t, _, p in features] == [("Feature maps of the first conv layers", "features.png")]
     assert features[0][1].startswith("2 different conv stems among 4 models")

@@ -2,6 +2,7 @@
 that interleaves models, stops when steady and flags noise."""
 import itertools
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -191,3 +192,28 @@ def test_runs_of_one_architecture_count_its_flops_once(fmnist_root, tmp_path, mo
         saved.append(json.loads((path / "results.json").read_text())["flops_training"])
     assert counted == ["fashion_mnist", "fashion_mnist"]  # depth 1 once for seeds 0 and 1, then depth 2
     assert saved[0] == saved[1] < saved[2]
+
+
+def test_the_reference_is_the_model_faster_in_most_rounds_not_the_lower_median(clock):
+    """Load that moves between rounds can give the faster model the higher median of milliseconds (issue 24:
+    a reference at 1× beside a model at 0.73×): "a" is faster than "b" in 4 rounds of 5, yet its median is
+    10 ms against b's 4. The reference is a, and every ratio is at least 1."""
+    log = []
+    a, b = itertools.cycle([0.003, 0.003, 0.010, 0.010, 0.010]), itertools.cycle([0.004, 0.004, 0.011, 0.011, 0.001])
+    models = {"a": Sleeper("a", a.__next__, log, clock), "b": Sleeper("b", b.__next__, log, clock)}
+    out = measure_latency(models, FMNIST, batch=1, budget_s=30, target_spread=0.0, max_repeats=50)
+    assert out["a"].ms > out["b"].ms  # what picked the reference before
+    assert out["a"].reference == out["b"].reference == "a"
+    assert out["a"].ratio == 1.0 and out["b"].ratio == pytest.approx(1.1, rel=0.01)
+
+
+def test_a_ratio_flag_says_whether_rounds_or_their_spread_were_too_few(clock):
+    """"too few rounds" was shown for a model timed 550 times, flagged for its ratio's wide interval."""
+    log = []
+    noisy = itertools.cycle([0.002, 0.002, 0.004, 0.006])
+    models = {"fast": Sleeper("fast", lambda: 0.002, log, clock), "noisy": Sleeper("noisy", noisy.__next__, log, clock)}
+    many = measure_latency(models, FMNIST, batch=1, budget_s=30, target_spread=0.0, max_repeats=40)["noisy"]
+    assert many.ratio_flagged and many.repeats == 40
+    assert re.fullmatch(r"interval ±\d+% > ±3% over 40 rounds", many.ratio_why), many.ratio_why
+    few = measure_latency(models, FMNIST, batch=1, budget_s=30, target_spread=0.0, max_repeats=4)["noisy"]
+    assert few.ratio_flagged and few.ratio_why == "4 rounds < 7"

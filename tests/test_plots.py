@@ -423,3 +423,68 @@ def test_first_convs_skip_patch_embeddings():
     assert first_convs(vit) == []
     cnn = create_model("simple_cnn", num_classes=10, in_chans=1, image_size=28)
     assert len(first_convs(cnn)) == 2
+
+
+def synthetic_group(label: str, times: list[list[float]], flops: float, latency: dict = None):
+    """An experiment of len(times) completed runs, each with these epoch times (its time per epoch their mean)."""
+    from plots.runs import Group, Run
+
+    runs = [Run(Path(f"/{label}-{seed}"), {"model": {"name": label}, "data": {"name": "fashion_mnist"}, "seed": seed},
+                {"status": "completed", "experiment": label, "swept": {"model.name": label, "seed": seed},
+                 "best_val_acc": 80.0 + seed, "params": flops / 10, "flops_training": flops,
+                 "time_per_epoch_s": statistics.fmean(epochs)},
+                [{"epoch": e, "epoch_time_s": t, "val_acc": 80.0} for e, t in enumerate(epochs, 1)])
+            for seed, epochs in enumerate(times)]
+    return Group(label, runs, latency or {})
+
+
+def test_time_per_epoch_ratio_gets_a_noise_verdict():
+    """Issue 24: "cnn_tr_medium vs cnn_tr_small ... 0.84× time per epoch" on a loaded machine. The ratio of
+    mean times per epoch gets ± its standard error (delta method) and Welch's verdict on its logarithm, over
+    seeds, or over epochs with one run a side."""
+    from plots.findings import findings, t975, time_ratio
+
+    small = synthetic_group("small", [[10.0] * 3, [14.0] * 3, [12.0] * 3], 1e6)
+    medium = synthetic_group("medium", [[9.0] * 3, [11.0] * 3, [10.2] * 3], 2e6)
+    a, b = [12.0, 14.0, 10.0], [9.0, 11.0, 10.2]
+    ratio = statistics.fmean(b) / statistics.fmean(a)
+    ea, eb = (statistics.variance(v) / statistics.fmean(v) ** 2 / 3 for v in (a, b))
+    se = math.sqrt(ea + eb)
+    assert abs(math.log(ratio)) < t975((ea + eb) ** 2 / (ea ** 2 / 2 + eb ** 2 / 2)) * se  # inside the noise
+    assert time_ratio(small, medium) == f"{ratio:.2f}× time per epoch (± {ratio * se:.2f} over 3 seeds, within noise)"
+    line = next(s for s in findings([small, medium]) if s.startswith("medium vs small"))
+    assert f"{ratio:.2f}× time per epoch (± {ratio * se:.2f} over 3 seeds, within noise)" in line, line
+
+    steady = synthetic_group("big", [[20.0] * 3, [20.4] * 3, [19.8] * 3], 4e6)
+    assert time_ratio(small, steady).endswith("over 3 seeds, beyond noise)")
+    one_a, one_b = (synthetic_group(n, [t], f) for n, t, f in (("a", [10.0, 13.0, 11.0], 1e6),
+                                                                 ("b", [9.0, 12.5, 10.0], 2e6)))
+    assert re.fullmatch(r"0\.9\d× time per epoch \(± 0\.\d\d over 3 epochs, one run a side, within noise\)",
+                        time_ratio(one_a, one_b)), time_ratio(one_a, one_b)
+    assert time_ratio(synthetic_group("c", [[10.0]], 1e6), synthetic_group("d", [[12.0]], 2e6)) == \
+        "1.20× time per epoch (one epoch: no noise estimate)"
+
+
+def test_the_latency_reference_is_the_fastest_shown_and_flags_say_why():
+    """The latency axis says "× the fastest" only of a model no other shown model beats; a flagged ratio says
+    whether rounds were too few or their spread too wide."""
+    from plots.findings import findings
+    from plots.tradeoff import _latency_title
+
+    def lat(ratio, ref, flagged=False, why="", ms=4.0, repeats=550):
+        return {"batch1": {"ms": ms, "spread": 0.3, "repeats": repeats, "flagged": False, "reference": ref,
+                           "ratio": ratio, "ratio_ci": 0.2 if flagged else 0.01, "ratio_flagged": flagged,
+                           **({"ratio_why": why} if why else {})}}
+    cnn = synthetic_group("simple_cnn", [[5.0]], 1e6, lat(0.73, "cnn_tr_small", ms=4.5))
+    small = synthetic_group("cnn_tr_small", [[6.0]], 2e6, lat(1.0, "cnn_tr_small"))
+    assert _latency_title([cnn, small]) == "inference latency at batch 1, × cnn_tr_small's (4.00 ms)"
+    cnn.latency = lat(1.0, "simple_cnn", ms=4.5)
+    small.latency = lat(1.37, "simple_cnn")
+    assert _latency_title([cnn, small]) == "inference latency at batch 1, × the fastest (simple_cnn: 4.50 ms)"
+    assert _latency_title([small]) == "inference latency at batch 1, × that of simple_cnn (not shown)"
+
+    small.latency = lat(1.37, "simple_cnn", flagged=True, why="interval ±15% > ±3% over 550 rounds")
+    old = synthetic_group("old", [[6.0]], 3e6, lat(1.5, "simple_cnn", flagged=True))  # latency.json before ratio_why
+    text = " ".join(findings([cnn, small, old]))
+    assert "cnn_tr_small (interval ±15% > ±3% over 550 rounds)" in text and "old (interval ±13% over 550 rounds)" in text
+    assert "too few rounds to rank by" not in text

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from fixtures import TINY_VIT, built_once, missing, run_fit, tiny_config, write_mnist
+from fixtures import TINY_VIT, built_once, missing, run_fit, tiny_config, write_mnist, write_yaml
 from evaluate.compare import compare
 from plots import write_confusion
 
@@ -118,3 +118,57 @@ def test_screenshot_at_laptop_width(comparison, tmp_path):
         assert im.size == (1400, 3000)
         colours = im.convert("L").resize((70, 150)).getcolors(256 * 256)
     assert colours and len(colours) > 20  # not a blank page
+
+
+def synthetic_sweep(root):
+    """The run files of a 4-model x 3-seed sweep with a second swept key (no training: what the page reads),
+    and a latency.json whose every latency is flagged with the longest reasons: the widest results table a
+    size sweep makes."""
+    from models.measure import Latency
+
+    models = [("simple_cnn", 4.2e5, 1.1e8), ("cnn_tr_small", 1.3e6, 4.3e8), ("cnn_tr_medium", 2.1e6, 6.8e8),
+              ("cnn_tr_large", 3.4e6, 9.9e8)]
+    labels = [f"sizes-fashion_mnist-{model}-train.label_smoothing=0.1" for model, _, _ in models]
+    for i, (model, params, flops) in enumerate(models):
+        for seed in range(3):
+            d = root / "runs" / f"{labels[i]}-seed={seed}"
+            d.mkdir(parents=True)
+            write_yaml(d / "config.yaml", {"name": d.name, "seed": seed, "model": {"name": model},
+                                           "data": {"name": "fashion_mnist"}, "train": {"label_smoothing": 0.1}})
+            acc, times = [80.0 + i, 85.0 + seed, 88.0 + i / 2 + seed / 5], [31.5 + i + seed, 30.2 + i, 29.9 + seed]
+            (d / "metrics.jsonl").write_text("".join(json.dumps(
+                {"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_acc": a, "epoch_time_s": t}) + "\n"
+                for e, (a, t) in enumerate(zip(acc, times), 1)))
+            (d / "results.json").write_text(json.dumps({
+                "name": d.name, "status": "completed", "experiment": labels[i], "point": 3 * i + seed,
+                "swept": {"model.name": model, "train.label_smoothing": 0.1, "seed": seed}, "params": params,
+                "flops_inference": flops / 3, "flops_training": flops, "best_val_acc": max(acc),
+                "final_val_acc": acc[-1], "time_per_epoch_s": sum(times) / 3}))
+    out = root / "cmp"
+    out.mkdir()
+    latency = {label: {which: Latency(
+        ms=12.3456 * (1 + i / 3), p25_ms=10.0, p75_ms=15.0, spread=0.384, repeats=550, threads=1, batch=batch,
+        flagged=True, why="spread 38% > 10%; 3 samples < 7 (budget spent)", reference=labels[0], ratio=1 + i / 3,
+        ratio_ci=0.153, ratio_flagged=i > 0, ratio_why="interval ±15% > ±3% over 550 rounds" if i else "").to_dict()
+        for which, batch in (("batch1", 1), ("batched", 64))} for i, label in enumerate(labels)}
+    (out / "latency.json").write_text(json.dumps({"experiments": latency}))
+    return root / "runs", out
+
+
+@pytest.mark.system
+def test_the_page_fits_a_1400_px_window(tmp_path):
+    """Issue 24: the results table of a size sweep scrolled sideways at 1400 px (long names, latency cells with
+    their reasons on one line). Neither the page nor a table may scroll sideways at that width."""
+    from plots.report import main
+
+    runs, out = synthetic_sweep(tmp_path)
+    assert main([str(runs), "--out", str(out)]) == 0
+    text = (out / "index.html").read_text()
+    assert "⚠ spread 38% &gt; 10%" in text and "interval ±15% &gt; ±3% over 550 rounds" in text  # the long cells
+    dom = browse((out / "index.html").as_uri(), "--window-size=1400,900", "--dump-dom").stdout
+    assert attribute(dom, "html", "data-js-errors") == ""
+    assert attribute(dom, "body", "data-overflow-x") == "page:0 results-table:0 runs-table:0"
+    rows = result_rows(dom)
+    assert [r[0] for r in rows] == [f"{m}-train.label_smoothing=0.1" for m in ("simple_cnn", "cnn_tr_small",
+                                                                               "cnn_tr_medium", "cnn_tr_large")]
+    assert "sizes-fashion_mnist-" in dom.split('id="results-table"')[0].rsplit("<h2", 1)[1]  # the prefix, named

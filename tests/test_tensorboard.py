@@ -16,7 +16,7 @@ from train.rundir import RunDir
 
 
 def events(run_dir):
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     return acc
 
@@ -52,7 +52,7 @@ def test_off_writes_no_event_files(fmnist_root, tmp_path):
     cfg = tiny_config(fmnist_root, tmp_path, epochs=1)
     cfg.output.tensorboard = False
     run_dir, _ = run_fit(cfg)
-    assert not (run_dir / "tb").exists()
+    assert not (run_dir / "tb").exists() and not list(run_dir.glob("events.out.tfevents.*"))
 
 
 @pytest.mark.numeric
@@ -84,7 +84,7 @@ def test_a_resumed_run_drops_what_the_crashed_one_wrote_after_its_checkpoint(fmn
     r = open_for_resume(run_dir.path, [])
     fit(r.cfg, r.run_dir, resume=r.ckpt, progress=False)
     acc = events(run_dir.path)
-    assert len(list((run_dir.path / "tb").iterdir())) == 2  # the resumed run's file beside the first
+    assert len(list(run_dir.path.glob("events.out.tfevents.*"))) == 2  # the resumed run's file beside the first
     assert [s for s, _ in scalars(acc, "train/loss")] == [2, 4, 6, 8, 10, 12, 14, 16]
     assert [s for s, _ in scalars(acc, "epoch/val_acc")] == [8, 16]
     assert [v for _, v in scalars(acc, "epoch/val_acc")] == \
@@ -99,4 +99,27 @@ def test_without_the_package_a_run_warns_once_and_goes_on(tmp_path, monkeypatch,
     boards[0].epoch({"val_acc": 1.0}, 1)  # writes nothing, raises nothing
     err = capsys.readouterr().err
     assert err.count("warning: no TensorBoard event files") == 1 and "output.tensorboard: false" in err
-    assert not (tmp_path / "tb").exists()
+    assert not (tmp_path / "tb").exists() and not list(tmp_path.glob("events.out.tfevents.*"))
+
+
+def test_tensorboard_lists_each_run_under_its_own_name(fmnist_root, tmp_path):
+    """Issue 24: with the event files in RUN_DIR/tb, ``tensorboard --logdir runs/`` listed every run as
+    ``<run>/tb``. Read back as TensorBoard's multiplexer reads a logdir: one run per run directory, named so."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    run_dir, _ = run_fit(tiny_config(fmnist_root, tmp_path / "runs", epochs=1))
+    board = EventMultiplexer(size_guidance={"scalars": 0})
+    board.AddRunsFromDirectory(str(tmp_path / "runs"))  # what tensorboard --logdir runs/ does
+    board.Reload()
+    assert list(board.Runs()) == [run_dir.name]
+    assert "epoch/val_acc" in board.Runs()[run_dir.name]["scalars"]
+
+
+def test_a_run_from_before_keeps_its_tb_folder_when_resumed(tmp_path):
+    """A run that wrote RUN_DIR/tb before this layout appends there on --resume: its curves stay one run."""
+    (tmp_path / "tb").mkdir()
+    board = train.tb.open_board(True, tmp_path, purge_step=5)
+    board.epoch({"val_acc": 50.0}, 8)
+    board.close()
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1
+    assert not list(tmp_path.glob("events.out.tfevents.*"))

@@ -1,4 +1,7 @@
-"""TensorBoard event files for one run (``output.tensorboard``, on by default), in ``RUN_DIR/tb/``.
+"""TensorBoard event files for one run (``output.tensorboard``, on by default), in the run directory itself
+(``RUN_DIR/events.out.tfevents.*``), so that ``tensorboard --logdir runs/`` lists each run under its own
+name, the run directory's, as it lists Lightning's version folders (in a ``tb/`` folder, every run was
+``<run>/tb``). A run started before keeps writing into its ``tb/`` when resumed, so its curves stay one run.
 
   train/loss, train/acc, train/lr    every ``train.log_every`` steps: the epoch's running mean so far, from
                                      the host sync the loop does there anyway (the progress bar's readout)
@@ -23,7 +26,7 @@ from typing import Any, Optional
 
 from core.log import get_logger
 
-FOLDER = "tb"
+LEGACY_FOLDER = "tb"  # where runs wrote their event files before they went into the run directory
 _warned = False
 log = get_logger(__name__)
 
@@ -80,7 +83,8 @@ EPOCH_FIELDS = ("val_loss", "val_acc", "val_top5", "lr", "images_per_s", "train_
 
 
 def open_board(enabled: bool, run_path: Path, purge_step: Optional[int] = None) -> Board:
-    """``run_path/tb``'s writer (``purge_step``: where a resumed run continues), or a Board that writes nothing."""
+    """The writer of ``run_path``'s event files (``purge_step``: where a resumed run continues), or a Board that
+    writes nothing."""
     global _warned
     if not enabled:
         return Board()
@@ -94,7 +98,8 @@ def open_board(enabled: bool, run_path: Path, purge_step: Optional[int] = None) 
         return Board()
     # flush_secs: a run killed without a word loses at most this much of its step scalars (each epoch's
     # row is flushed at once); the event file format stays readable up to the last whole record.
-    return Board(SummaryWriter(log_dir=str(Path(run_path) / FOLDER), purge_step=purge_step, flush_secs=30))
+    folder = Path(run_path) / LEGACY_FOLDER if (Path(run_path) / LEGACY_FOLDER).is_dir() else Path(run_path)
+    return Board(SummaryWriter(log_dir=str(folder), purge_step=purge_step, flush_secs=30))
 
 
 def hparams_of(cfg, results: dict[str, Any]) -> dict[str, Any]:
