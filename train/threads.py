@@ -5,8 +5,9 @@ the numbers. ``auto`` resolves to a number when the run starts; that number is r
 ``threads``, last.pt's ``threads``) and a resume uses it (``train.checkpoint.use_threads``).
 
 On a busy machine torch's threads wait for each other at every op: ``python -m bench.threads`` measured one
-thread 3-4x faster than two on a 2-core machine with one other busy process (BENCHMARKS.md), the reverse of a
-quiet machine, so ``auto`` does not follow the load (two runs of one config would differ bit-wise); it warns.
+thread 1.7-5.4x faster than two on a 2-core machine beside one other busy process, and two 1.6x faster than one
+with the cores free (BENCHMARKS.md). ``auto`` does not follow the load (two runs of one config would differ
+bit-wise); it warns.
 """
 from __future__ import annotations
 
