@@ -29,7 +29,7 @@ def num(default: Any, *, ge: Optional[float] = None, gt: Optional[float] = None,
 
 def check_range(path: str, value: Any, spec: tuple) -> None:
     ge, gt, le, lt, null_ok = spec
-    if value is None and null_ok:
+    if (value is None and null_ok) or isinstance(value, str):  # null, or a named choice (train.threads: auto)
         return
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"{path}: got {value!r}; must be a finite number")
@@ -122,6 +122,10 @@ class TrainConfig:
     # lr used = lr x (global batch / lr_reference_batch) (linear) or its square root (sqrt); none = lr as given
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
     lr_reference_batch: int = num(256, ge=1, le=MAX_BATCH)  # the batch that train.lr was tuned for
+    # torch's CPU threads (torch.set_num_threads, before the model is built). auto = the cores this process may
+    # run on (os.sched_getaffinity, at most torch's own count), divided among --jobs workers. The count changes
+    # the order of a CPU's sums, so the numbers: the count used is recorded (results.json) and a resume keeps it.
+    threads: int | Literal["auto"] = num("auto", ge=1, le=1024)
 
     def check(self) -> None:
         if self.warmup_epochs > self.epochs:

@@ -1,5 +1,6 @@
 """A value from YAML checked against a type annotation: ``int``, ``float``, ``bool``, ``str``, ``Literal``,
-``Optional[X]`` and ``list[X]``; a mismatch is a ``UserError`` naming the path, the value and what is valid.
+``Optional[X]``, ``X | Literal[...]`` (a number or a named choice) and ``list[X]``; a mismatch is a ``UserError``
+naming the path, the value and what is valid.
 
 Numbers must also be usable as numbers: a float must be finite (``.inf``, ``.nan`` and ``1e400`` are refused,
 whatever the field's range) and an integer must fit in 64 bits, since every integer here ends up as a tensor
@@ -38,7 +39,8 @@ def type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(type_name(a) for a in args) + " or null"
+        null = " or null" if type(None) in typing.get_args(tp) else ""
+        return " or ".join(type_name(a) for a in args) + null
     if origin is list:
         return f"a list of {type_name(typing.get_args(tp)[0])}s"
     if origin is dict:
@@ -65,7 +67,15 @@ def convert(value: Any, tp: Any, path: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        assert len(inner) == 1, "only Optional[X] unions are supported"
+        named = [a for a in inner if typing.get_origin(a) is Literal]
+        if len(inner) == 2 and len(named) == 1:  # a number or a named choice: int | Literal["auto"]
+            if isinstance(value, str) and value in typing.get_args(named[0]):
+                return value
+            try:
+                return convert(value, next(a for a in inner if a is not named[0]), path)
+            except UserError:
+                raise _bad(path, value, tp) from None
+        assert len(inner) == 1, "only Optional[X] and X | Literal[...] unions are supported"
         check_number(value, path)  # "must be finite", not "expected a number or null, got inf"
         try:
             return convert(value, inner[0], path)

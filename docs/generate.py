@@ -104,6 +104,10 @@ def _describe_type(tp: Any) -> tuple[str, list[Any] | None, bool]:
         return words, choices, True
     if typing.get_origin(tp) is typing.Literal:
         return "string", list(args), False
+    named = [a for a in args if typing.get_origin(a) is typing.Literal]
+    if len(args) == 2 and len(named) == 1:  # a number or a named choice: int | Literal["auto"]
+        words, _, _ = _describe_type(next(a for a in args if a is not named[0]))
+        return f"{words} or string", list(typing.get_args(named[0])), False
     if typing.get_origin(tp) is list:
         return f"list of {_describe_type(args[0])[0]}", None, False
     if typing.get_origin(tp) is dict or tp is dict:
@@ -138,7 +142,7 @@ def config_rows(cls: type, comments: dict[str, str]) -> list[tuple[str, str, str
                                                 for k, v in loader._BOOL_CHOICES[f.name].items()))
         if "range" in f.metadata:
             ge, gt, le, lt, null_ok = f.metadata["range"]
-            allowed.append(schema._describe_range(ge, gt, le, lt))
+            allowed.append((", or " if allowed else "") + schema._describe_range(ge, gt, le, lt))
         if cls is schema.DataConfig and f.name == "name":
             allowed.append(", ".join(_code(d) for d in schema.DATASET_NAMES))
         if cls is schema.ModelConfig and f.name == "name":

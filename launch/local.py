@@ -31,6 +31,7 @@ from core.text import eta, format_duration
 from launch.board import StatusBoard, outcome_text, status_text
 from launch.plan import Job, Manifest, Outcome
 from launch.worker import job_spec
+from train.threads import auto_threads, available_cores
 
 WORKER = (sys.executable, "-m", "launch.worker")
 
@@ -70,8 +71,10 @@ def plan_workers(jobs: Optional[int], per_gpu: Optional[int], *, gpus: Optional[
 
     With GPUs, ``--jobs-per-gpu K`` alone means K points per GPU (N = K x GPUs); ``--jobs N`` alone shares the
     GPUs round-robin; both: at most K per GPU. Without a GPU, ``--jobs-per-gpu`` is an error. The threads one
-    run would use (``torch.get_num_threads()``) are divided between the N workers, at least one each, whatever
-    number of points is left: a point resumed with the same ``--jobs`` gets the same threads, and so the same
+    run would use (``train.threads: auto``: the cores here, at most torch's own count) are divided between the N
+    workers, at least one each, whatever number of points is left; that share is what ``auto`` means in a worker.
+    A point with a number in ``train.threads`` trains with that number (``oversubscribed`` warns when they add
+    up to more than the cores). A resumed point trains with the count its last.pt recorded, so the same
     floating-point bits on a CPU (the thread count changes the order of reductions)."""
     if per_gpu is None and jobs in (None, 1):
         return None  # today's path: nothing asked of CUDA
@@ -86,8 +89,24 @@ def plan_workers(jobs: Optional[int], per_gpu: Optional[int], *, gpus: Optional[
                         f"{per_gpu * len(gpus)}; lower --jobs or raise --jobs-per-gpu")
     if jobs == 1:
         return None
-    threads = torch.get_num_threads() if threads is None else threads
+    threads = auto_threads() if threads is None else threads  # the cores here, at most torch's own count
     return Workers(jobs, gpus, max(1, threads // jobs))
+
+
+def oversubscribed(workers: Workers, jobs: list[Job], cores: Optional[int] = None) -> Optional[str]:
+    """One line when the points' explicit ``train.threads`` (``auto`` takes the worker's share) add up to more
+    threads at once than this machine's cores: they would wait for each other at every op."""
+    if all(job.cfg.train.threads == "auto" for job in jobs):
+        return None  # divided by plan_workers: never more than the cores
+    cores = available_cores() if cores is None else cores
+    each = sorted((workers.threads if j.cfg.train.threads == "auto" else j.cfg.train.threads for j in jobs),
+                  reverse=True)
+    busiest = sum(each[:workers.count])
+    if busiest <= cores:
+        return None
+    return (f"warning: --jobs {workers.count} with the points' train.threads: up to {busiest} threads at once on "
+            f"{cores} core(s); they will fight for the cores, each run slower than alone; lower --jobs or "
+            f"train.threads (train.threads: auto divides the cores between the runs)")
 
 
 # ----------------------------------------------------------------------------- the workers
@@ -296,6 +315,9 @@ def run_parallel(jobs: list[Job], total: int, workers: Workers, *, manifest: Opt
     board = StatusBoard([j.point.name for j in jobs], out, live)
     board.note(f"{len(jobs)} of {total} run(s) to run, {workers.describe()}; each run's log goes to train.log "
                f"in its run directory")
+    crowded = oversubscribed(workers, jobs)
+    if crowded:
+        board.note(crowded)
     try:
         return _Launcher(jobs, workers, manifest, command, board, argv).run()
     finally:

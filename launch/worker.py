@@ -15,7 +15,7 @@ A spec:
     cwd         where the call started
     run_dir     continue this run directory from its last.pt (its own config.yaml then decides), or null:
                 a new run directory under the config's output.dir
-    threads     torch threads for this point (null: torch's default)
+    threads     this worker's share of the cores (null: torch's default): what train.threads: auto means here
     command     the command recorded in results.json
 
 An outcome: ``name``, ``status`` (completed / failed / diverged / interrupted), ``run_dir`` (null when the
@@ -142,7 +142,7 @@ def _job(spec: dict[str, Any], *, on_create=(), on_epoch=(), follower: bool = Fa
     from train.resume import anchor_paths, open_for_resume
 
     if spec.get("threads"):
-        torch.set_num_threads(int(spec["threads"]))  # recorded in results.json (provenance: threads)
+        torch.set_num_threads(int(spec["threads"]))  # train.threads: auto in this worker (train/threads.py)
     raw = spec["config"]
     if spec.get("cwd") and Path(spec["cwd"]).resolve() != Path.cwd().resolve():
         raw = anchor_paths(raw, spec["cwd"])  # started elsewhere (a cluster node): the call's relative paths

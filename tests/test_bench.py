@@ -253,3 +253,36 @@ def test_ab_unknown_model_is_one_line(capsys):
     assert ab.main(["--setting", "bf16", "--models", "simple_cnn,simple_cnm"]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'simple_cnm' (did you mean 'simple_cnn'?)" in err and err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+def test_threads_prints_a_row_per_load_and_model_and_stops_its_busy_loops(capsys, monkeypatch):
+    from bench import threads
+
+    started, real = [], threads.busy
+
+    def busy(n):
+        started.extend(real(n))
+        return started[len(started) - n:]
+
+    monkeypatch.setattr(threads, "busy", busy)
+    before = torch.get_num_threads()
+    assert threads.main(["--models", "simple_cnn", "--dataset", "mnist", "--threads", "1,2", "--load", "0,1",
+                         "--batch-size", "4", "--steps", "1", "--rounds", "1", "--warmup", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| simple_cnn |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["0", "1"]
+    for row in rows:
+        one, two, ratio = [c.strip().replace(",", "") for c in row.strip("|").split("|")][3:]
+        assert float(ratio[:-1]) == pytest.approx(float(two) / float(one), rel=0.05, abs=0.006)
+    assert len(started) == 1 and started[0].poll() is not None  # the busy loop was stopped
+    assert torch.get_num_threads() == before
+
+
+def test_threads_bad_counts_are_one_line(capsys):
+    from bench import threads
+
+    assert threads.main(["--threads", "0,2"]) == 2
+    err = capsys.readouterr().err
+    assert "--threads: got '0,2'; expected comma-separated integers >= 1" in err and err.count("\n") == 1

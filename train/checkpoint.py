@@ -78,6 +78,10 @@ def check_resumable(saved: Config, cfg: Config, epochs_done: int, where: str) ->
     and in a ``train.epochs`` that is at least the saved one."""
     old, new = math_keys(saved), math_keys(cfg)
     for key in sorted(old.keys() | new.keys()):
+        if old.get(key) != new.get(key) and key == "train.threads":
+            raise UserError(f"--resume {where}: train.threads is {new.get(key)!r} but the run used {old.get(key)!r}; "
+                            f"a resumed run keeps the threads it started with (the count changes the order of a "
+                            f"CPU's sums, so the numbers); leave train.threads out, or start a new run")
         if old.get(key) != new.get(key):
             raise UserError(f"--resume {where}: {key} is {new.get(key)!r} but the run used {old.get(key)!r}; "
                             f"a resumed run keeps its config except a longer train.epochs and "

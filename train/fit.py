@@ -25,7 +25,7 @@ from core.text import eta, format_duration
 from data import get_spec, load_data
 from models import build_model
 from models.measure import describe, flops_per_image
-from train import checkpoint
+from train import checkpoint, threads
 from train.distributed import Dist, PeerLost, launcher
 from train.ending import ending_of
 from train.engine import EpochMeter, NonFiniteLoss, evaluate, train_one_epoch
@@ -71,18 +71,19 @@ def fit(cfg: Config, run_dir: RunDir, *, progress: Optional[bool] = None, resume
     progress = (sys.stderr.isatty() if progress is None else progress) and dist.is_main
     if not dist.is_main:
         run_dir.follow()
-    threads = checkpoint.use_threads(resume) if resume is not None else None
+    before = torch.get_num_threads()
     try:
         return _fit(cfg, run_dir, progress, resume, command, dist)
     finally:
         run_dir.release()  # the directory's lock (held since it was made, or opened for --resume)
-        if threads is not None:
-            torch.set_num_threads(threads)  # this process's next run (a multi-run call) starts as it would have
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)  # this process's next run (a multi-run call) starts as it would have
 
 
 def _fit(cfg: Config, run_dir: RunDir, progress: bool, resume: Optional[dict[str, Any]], command: Optional[str],
          dist: Dist) -> dict[str, Any]:
     with only_rank0(dist.is_main), GracefulStop(announce=lambda text: log.info(text.strip())) as stop:
+        threads.apply(cfg.train.threads, resume)  # before the model is built; a resume: the run's recorded count
         seed_everything(cfg.seed)  # the one place a run is seeded: initial weights, dropout, MixUp/CutMix
         s, info, flops, data = _build(cfg, dist, counted=resume is None)
         loop = _Loop(cfg, s, run_dir, stop, progress)
@@ -101,7 +102,8 @@ def _fit(cfg: Config, run_dir: RunDir, progress: bool, resume: Optional[dict[str
             parts = [f"{t.batch_size}"] + ([f"{t.accumulate_steps} accumulated"] if t.accumulate_steps > 1 else []) \
                 + ([f"{dist.world_size} processes"] if dist.enabled else [])
             batch = f", global batch {global_batch(t, dist.world_size)} ({' x '.join(parts)})" if len(parts) > 1 else ""
-            log.info(f"run dir: {path}\ndevice: {s.describe()}, {len(data.train[1])} train / {len(data.val[1])} "
+            log.info(f"run dir: {path}\ndevice: {s.describe()}, {torch.get_num_threads()} CPU thread(s) "
+                     f"(train.threads: {cfg.train.threads}), {len(data.train[1])} train / {len(data.val[1])} "
                      f"val images, {len(s.train_loader)} steps/epoch{batch}")
             if t.lr_scaling != "none":
                 log.info(f"lr: {scaled_lr(t, dist.world_size):.6g} (train.lr {t.lr:g} x {t.lr_scaling} of global "
@@ -130,6 +132,8 @@ def _fit(cfg: Config, run_dir: RunDir, progress: bool, resume: Optional[dict[str
 def _build(cfg: Config, dist: Dist, counted: bool):
     """The run's setup (model, data, optimizer, ... on its device), its description and FLOPs, its data."""
     device = resolve_device(cfg.train.device, dist)
+    if device.type == "cpu":
+        threads.warn_if_busy(torch.get_num_threads())
     spec = get_spec(cfg.data.name)
     model = build_model(cfg, spec)  # the same initial weights in every process
     if dist.rank:
