@@ -258,6 +258,7 @@ def test_ab_unknown_model_is_one_line(capsys):
 # ----------------------------------------------------------------------------- threads
 
 
+@pytest.mark.system  # starts a real busy-loop process
 def test_threads_prints_a_row_per_load_and_model_and_stops_its_busy_loops(capsys, monkeypatch):
     from bench import threads
 
