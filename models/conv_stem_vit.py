@@ -44,7 +44,7 @@ class ConvStemViT(nn.Module):
         return self.vit(self.stem(x), return_attention)  # stem: (B, C, S, S) -> (B, 64, s, s)
 
 
-@register_model
+@register_model(inputs=(28, 32))  # native input sizes, px
 def convstem_vit_mini(*, num_classes: int, in_chans: int, image_size: int,
                       patch_size: Optional[int] = None) -> ConvStemViT:
     """MNIST-example conv stem (32, 64, pool) + vit_mini_patchnorm's ViT over the map (2x2 patches by default)."""

@@ -229,7 +229,7 @@ def vit_mini_patch4_32(*, num_classes: int, in_chans: int, image_size: int, drop
                drop_path=0.0)
 
 
-@register_model
+@register_model(inputs=(28, 32))  # native input sizes, px
 def vit_mini_patchnorm(*, num_classes: int, in_chans: int, image_size: int, patch_size: Optional[int] = None) -> ViT:
     """vit-pytorch-style ViT: normed patches, dim 128, depth 6, 4x64 heads, MLP 256, dropout 0.1; patch 7@28, 4@32."""
     return ViT(num_classes=num_classes, in_chans=in_chans, image_size=image_size,

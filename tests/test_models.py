@@ -508,3 +508,40 @@ def test_timm_is_imported_only_for_a_timm_name_and_listed_in_a_footer():
     from models.catalog import models_table
 
     assert "timm/<name>" in models_table(get_spec).splitlines()[-1]
+
+
+# ----------------------------------------------------------------------------- families
+
+
+def test_every_model_has_a_family_and_no_family_word_is_a_model():
+    from models.families import FAMILIES, TIMM_WORDS
+
+    titles = {MODELS.family(name).title for name in list_models()}
+    assert titles == {f.title for f in FAMILIES}  # every family has a model, every model a family
+    words = {w for f in FAMILIES for w in f.words} | set(TIMM_WORDS)
+    assert not words & set(list_models())  # vit, convmixer: models, not family words
+
+
+@pytest.mark.parametrize("word, says", [
+    ("hybrid", ["'hybrid' is a family", "hybrid CNN+Transformer: cnn_tr_huge", "conv-stem ViT hybrid: convstem_vit_mini"]),
+    ("CNN", ["CNN: mnist_cnn, simple_cnn"]),
+    ("resnet", ["ResNet: resnet18"]),
+    ("timm", ["timm/<name>", "timm/resnet18"]),
+])
+def test_a_family_word_as_model_name_lists_the_family(word, says):
+    with pytest.raises(UserError) as e:
+        create_model(word, num_classes=10, in_chans=1, image_size=28)
+    assert "\n" not in str(e.value) and all(s in str(e.value) for s in says), str(e.value)
+
+
+def test_list_models_groups_by_family_with_input_sizes():
+    from data import get_spec
+    from models.catalog import models_table
+
+    lines = models_table(get_spec).splitlines()
+    heads = [line for line in lines if line and not line.startswith(" ") and not line.startswith("timm")]
+    assert [h.split("  ")[0] for h in heads] == ["CNN", "hybrid CNN+Transformer", "ViT", "conv-stem ViT hybrid",
+                                                  "ConvMixer", "ResNet"]
+    assert "for 28 px inputs (MNIST, Fashion-MNIST): vit_mini_patchnorm" in next(h for h in heads if h.startswith("ViT"))
+    row = next(line for line in lines if line.split()[:1] == ["vit_mini_patchnorm"])
+    assert "28/32 px" in row
