@@ -82,7 +82,9 @@ def create_model(name: str, *, num_classes: int, in_chans: int, image_size: int,
     except UserError:
         raise
     except ValueError as e:  # architecture checks in __init__ (shapes, divisibility)
-        raise UserError(f"model '{name}': {e}") from None
+        fixed = "model.patch_size=" in str(e) and "patch_size" not in MODELS.parameters(name)
+        raise UserError(f"model '{name}': {e}" + (f"; {name} fixes its patch size, so for another use "
+                                                  f"model.name: vit" if fixed else "")) from None
     except (TypeError, RuntimeError) as e:  # arguments no check above caught (torch refusing a shape, ...)
         raise UserError(f"model '{name}': cannot build with {kwargs or 'its defaults'}: "
                         f"{(str(e).strip().splitlines() or [''])[0]}") from None

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torchvision.ops import StochasticDepth
 
 from models.factory import register_model
+from models.shapes import patch_problem
 
 
 class PatchEmbed(nn.Module):
@@ -130,10 +131,12 @@ class ViT(nn.Module):
         dim_head: Optional[int] = None,
         patch_norm: bool = False,
         attn_layer: type[Attention] = Attention,
+        image_what: str = "image",  # what the patches cover, for the error: a conv stem's map in the hybrid
     ):
         super().__init__()
-        if patch_size < 1 or image_size % patch_size:
-            raise ValueError(f"patch_size={patch_size} does not divide image size {image_size}")
+        problem = patch_problem(patch_size, image_size, what=image_what)
+        if problem:
+            raise ValueError(problem)
         if num_heads < 1 or (dim_head is None and embed_dim % num_heads):
             raise ValueError(f"num_heads={num_heads} does not divide embed_dim={embed_dim} (or set dim_head)")
         if dim_head is not None and dim_head < 1:
