@@ -574,3 +574,18 @@ def test_list_models_groups_by_family_with_input_sizes():
     assert "for 28 px inputs (MNIST, Fashion-MNIST): vit_mini_patchnorm" in next(h for h in heads if h.startswith("ViT"))
     row = next(line for line in lines if line.split()[:1] == ["vit_mini_patchnorm"])
     assert "28/32 px" in row
+
+
+def test_the_shipped_families_comparison_has_one_model_per_family_and_builds_at_28_px():
+    from pathlib import Path
+
+    from config.sweep import load_points
+
+    points = load_points([Path(__file__).resolve().parents[1] / "configs" / "families_fmnist.yaml"], warn=False)
+    assert [MODELS.family(p.cfg.model.name).title for p in points] == [
+        "CNN", "hybrid CNN+Transformer", "ViT", "conv-stem ViT hybrid", "ConvMixer"]
+    assert points[2].cfg.model.name == "vit_mini_patchnorm"  # the ViT for 28 px
+    for p in points:
+        assert p.cfg.data.name == "fashion_mnist" and p.name.startswith("families-fashion_mnist-")
+        with torch.device("meta"):
+            create_model(p.cfg.model.name, **FMNIST, **p.cfg.model.kwargs)
