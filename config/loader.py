@@ -23,6 +23,7 @@ from config.schema import REQUIRED, Config, ModelConfig, check_range
 from core.convert import FLOAT_RE, check_number, convert, short_repr
 from core.errors import UserError
 from core.registry import did_you_mean
+from core.text import flatten
 
 # A config is a few kilobytes; a larger file is the wrong file (a dataset, a checkpoint), not a config.
 MAX_CONFIG_BYTES = 1 << 20
@@ -278,6 +279,9 @@ class Raw:
 
     data: dict[str, Any]
     origins: dict[str, str] = dataclasses.field(default_factory=dict)
+    # The models in effect in the file that last wrote ``name`` (its fixed model.name, or the names its
+    # sweep gives model.name): the name is the run's only for them. None: no file wrote a name.
+    named_for: frozenset[str] | None = None
 
     def origin(self, dotted: str) -> str | None:
         """The file that set ``dotted`` or its closest section (None: no file, e.g. a default or --set)."""
@@ -317,7 +321,7 @@ def _resolve_file(path: Path, chain: tuple[tuple[Path, str], ...], referrer: str
     raw = _read_file(path, referrer)
     shown = str(path)
     if BASE_KEY not in raw:
-        return Raw(raw, _origins(raw, shown))
+        return Raw(raw, _origins(raw, shown), models_named(raw) if "name" in raw else None)
     bases = raw.pop(BASE_KEY)
     if isinstance(bases, str):
         bases = [bases]
@@ -348,7 +352,26 @@ def _resolve_file(path: Path, chain: tuple[tuple[Path, str], ...], referrer: str
         named.add(identity)
         _merge(merged, _resolve(target, here, shown, resolved))
     _merge(merged, Raw(raw, _origins(raw, shown)))
+    if "name" in raw:
+        merged.named_for = models_named(merged.data)
     return merged
+
+
+def models_named(raw: dict[str, Any]) -> frozenset[str]:
+    """The models a config trains: the names its sweep gives ``model.name``, else its ``model.name``.
+    Read leniently (a malformed sweep or model section is reported later, by the code that uses it)."""
+    sweep = raw.get("sweep")
+    swept: list[Any] = []
+    if isinstance(sweep, dict):
+        for key, values in flatten(sweep).items():
+            if isinstance(values, list) and key == "model.name":
+                swept += values
+            elif isinstance(values, list) and key == "model":  # model: [{name: a, ...}, ...]
+                swept += [v.get("name") for v in values if isinstance(v, dict)]
+    model = raw.get("model")
+    if not swept and isinstance(model, dict):
+        swept = [model.get("name")]
+    return frozenset(v for v in swept if isinstance(v, str))
 
 
 def _identity(path: Path) -> Path:
@@ -371,6 +394,8 @@ def _origins(raw: dict[str, Any], where: str, prefix: str = "") -> dict[str, str
 def _merge(into: Raw, child: Raw) -> None:
     """Deep-merge ``child`` over ``into`` in place (see the comment above ``BASE_KEY``)."""
     _merge_dict(into, child, into.data, child.data, "")
+    if "name" in child.data:
+        into.named_for = child.named_for
 
 
 def _merge_dict(into: Raw, child: Raw, old: dict[str, Any], new: dict[str, Any], path: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from config.loader import Raw, apply_override, from_dict, read_config, set_dotted
+from config.loader import Raw, apply_override, from_dict, models_named, read_config, set_dotted
 from config.schema import Config, run_name, setting_warnings
 from core.errors import UserError
 from core.log import get_logger
@@ -124,9 +124,14 @@ def expand(raw: dict[str, Any] | Raw, source: str, overrides: list[str] = ()) ->
     """
     origins = raw if isinstance(raw, Raw) else Raw({})
     raw = copy.deepcopy(origins.data if isinstance(raw, Raw) else raw)
+    named_for = origins.named_for if origins.named_for is not None else models_named(raw)
     for assignment in overrides:
         apply_override(raw, assignment)
     set_keys = [a.partition("=")[0].strip() for a in overrides]
+    if "name" in set_keys:
+        named_for = models_named(raw)
+    if not models_named(raw) <= named_for:  # the model changed after the name was written: the name was another model's
+        raw.pop("name", None)
     sweep = raw.pop("sweep", None)
     if sweep is None:
         raw["name"] = _with_dataset(raw, raw.get("name"))

@@ -191,20 +191,21 @@ def render_config() -> str:
 
 # ----------------------------------------------------------------------------- the models table
 
-def model_rows() -> list[tuple[str, str, str, str, str]]:
-    """(name, parameters, default dataset, model.* keys, description) for every registered model."""
+def model_rows() -> list[tuple[str, ...]]:
+    """(name, parameters, default dataset, input size, family, model.* keys, description) for every registered
+    model, grouped by family as --list-models prints them."""
     from data import get_spec
-    from models.catalog import catalog
+    from models.catalog import catalog, input_text
 
-    return [(_code(e.name), f"{e.params:,}", _code(e.dataset), ", ".join(_code(k) for k in e.keys) or "none", e.doc)
-            for e in catalog(get_spec)]
+    return [(_code(e.name), f"{e.params:,}", _code(e.dataset), input_text(e), e.family,
+             ", ".join(_code(k) for k in e.keys) or "none", e.doc) for e in catalog(get_spec)]
 
 
 def render_models() -> str:
-    header = ("model", "params", "dataset", "`model.*` keys", "what it is (its builder's docstring)")
+    header = ("model", "params", "dataset", "input", "family", "`model.*` keys", "what it is (its builder's docstring)")
     lines = _table(model_rows(), header)
     # right-align the parameter counts
-    lines[1] = "|---|---:|---|---|---|"
+    lines[1] = "|---|---:|---|---|---|---|---|"
     return "\n".join(lines)
 
 

@@ -28,12 +28,9 @@ class ConvStemViT(nn.Module):
             if side % 2:
                 raise ValueError(f"feature map {side}x{side} has no default patch size; set model.patch_size")
             patch_size = side // 2
-        if patch_size < 1 or side % patch_size:
-            raise ValueError(f"patch_size={patch_size} does not divide the conv stem's {side}x{side} feature map "
-                             f"(image size {image_size}); valid: "
-                             + ", ".join(str(p) for p in range(1, side + 1) if side % p == 0))
         self.stem = mnist_stem(in_chans)
-        self.vit = ViT(num_classes=num_classes, in_chans=64, image_size=side, patch_size=patch_size, **vit_kwargs)
+        self.vit = ViT(num_classes=num_classes, in_chans=64, image_size=side, patch_size=patch_size,
+                       image_what=f"conv stem's feature map (of {image_size} px images)", **vit_kwargs)
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -44,7 +41,7 @@ class ConvStemViT(nn.Module):
         return self.vit(self.stem(x), return_attention)  # stem: (B, C, S, S) -> (B, 64, s, s)
 
 
-@register_model
+@register_model(inputs=(28, 32))  # native input sizes, px
 def convstem_vit_mini(*, num_classes: int, in_chans: int, image_size: int,
                       patch_size: Optional[int] = None) -> ConvStemViT:
     """MNIST-example conv stem (32, 64, pool) + vit_mini_patchnorm's ViT over the map (2x2 patches by default)."""

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from models.factory import register_model
+from models.shapes import patch_problem
 
 
 class Residual(nn.Module):
@@ -29,8 +30,9 @@ class ConvMixer(nn.Module):
         for key, value in (("dim", dim), ("depth", depth), ("kernel_size", kernel_size), ("patch_size", patch_size)):
             if value < 1:
                 raise ValueError(f"{key} must be at least 1, got {value}")
-        if patch_size > image_size:
-            raise ValueError(f"patch_size={patch_size} is larger than the image ({image_size} px)")
+        problem = patch_problem(patch_size, image_size, remainder_ok=True)  # a stride-p conv: any grid of 2x2 or more
+        if problem:
+            raise ValueError(problem)
         self.stem = nn.Sequential(nn.Conv2d(in_chans, dim, patch_size, stride=patch_size), nn.GELU(),
                                   nn.BatchNorm2d(dim))
         self.blocks = nn.Sequential(*[

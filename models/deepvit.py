@@ -54,7 +54,7 @@ def deepvit(*, num_classes: int, in_chans: int, image_size: int, patch_size: int
                    dim_head=dim_head, patch_norm=patch_norm)
 
 
-@register_model
+@register_model(inputs=(28, 32))  # native input sizes, px
 def deepvit_mini_patchnorm(*, num_classes: int, in_chans: int, image_size: int,
                            patch_size: Optional[int] = None) -> DeepViT:
     """vit_mini_patchnorm with re-attention (+24 params per block); patch 7 at 28 px, 4 at 32 px."""

@@ -17,6 +17,7 @@ from core.convert import convert, supported
 from core.errors import UserError
 from core.registry import Registry
 from models import timm_adapter
+from models.families import TIMM_WORDS, families_named, family_of
 
 class ModelRegistry(Registry):
     """The registered models, and any timm model as ``timm/<name>`` (models/timm_adapter.py): those are not
@@ -24,7 +25,27 @@ class ModelRegistry(Registry):
     so every caller builds them like a registered model."""
 
     def get(self, name: str):
-        return timm_adapter.builder(name) if timm_adapter.is_timm(name) else super().get(name)
+        if timm_adapter.is_timm(name):
+            return timm_adapter.builder(name)
+        if name not in self._entries:
+            self._family_word(name)
+        return super().get(name)
+
+    def family(self, name: str):
+        """The family (models/families.py) of a registered model."""
+        return family_of(self.get(name).__module__)
+
+    def _family_word(self, word: str) -> None:
+        """A family's name given as a model's (``model.name: hybrid``): one line listing that family's models."""
+        if word.strip().lower() in TIMM_WORDS:
+            raise UserError(f"{self.key}: '{word}' is a library, not a model; name one of its models as "
+                            f"timm/<name>, e.g. timm/resnet18 (docs/models.md#timm-models)")
+        families = families_named(word)
+        if families:
+            listed = "; ".join(f"{f.title}: {', '.join(n for n in self.names() if self.family(n) is f)}"
+                               for f in families)
+            raise UserError(f"{self.key}: '{word}' is a family, not a model; did you mean one of {listed} "
+                            f"(python main.py --list-models)?")
 
     def meta(self, name: str) -> dict[str, Any]:
         if timm_adapter.is_timm(name):
@@ -61,7 +82,9 @@ def create_model(name: str, *, num_classes: int, in_chans: int, image_size: int,
     except UserError:
         raise
     except ValueError as e:  # architecture checks in __init__ (shapes, divisibility)
-        raise UserError(f"model '{name}': {e}") from None
+        fixed = "model.patch_size=" in str(e) and "patch_size" not in MODELS.parameters(name)
+        raise UserError(f"model '{name}': {e}" + (f"; {name} fixes its patch size, so for another use "
+                                                  f"model.name: vit" if fixed else "")) from None
     except (TypeError, RuntimeError) as e:  # arguments no check above caught (torch refusing a shape, ...)
         raise UserError(f"model '{name}': cannot build with {kwargs or 'its defaults'}: "
                         f"{(str(e).strip().splitlines() or [''])[0]}") from None

@@ -39,7 +39,7 @@ class MNISTCNN(nn.Module):
         return self.head(self.stem(x))  # (B, 64, s, s) -> (B, num_classes)
 
 
-@register_model
+@register_model(inputs=(28,))  # native input sizes, px
 def mnist_cnn(*, num_classes: int, in_chans: int, image_size: int) -> MNISTCNN:
     """pytorch/examples' MNIST CNN: 2 convs + pool, dense 128 (1,199,882 params on MNIST, 1,626,442 on CIFAR-10)."""
     return MNISTCNN(num_classes=num_classes, in_chans=in_chans, image_size=image_size)

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from core.errors import UserError, one_line
+from models.shapes import patch_problem
 
 PREFIX = "timm/"
 
@@ -77,8 +78,22 @@ def _create(timm, name: str, arch: str, num_classes: int, in_chans: int, image_s
             model = timm.create_model(arch, **common)  # a CNN: no img_size, it adapts to any input size
     except Exception as e:  # noqa: BLE001 - whatever timm raises while building comes from the arguments
         raise UserError(f"model '{name}': cannot build with {kwargs or 'its defaults'}: {one_line(e, limit=160)}") from None
+    _check_patches(model, name, in_chans, image_size)
     _check_input(model, name, in_chans, image_size, kwargs)
     return model
+
+
+def _check_patches(model: nn.Module, name: str, in_chans: int, image_size: int) -> None:
+    """timm's patch embedding crops what its patches do not cover and accepts a grid of one patch (a ViT's
+    patch 16 at 28 px: one token, 12 px dropped); both are errors here, as for our ViTs (models/shapes.py)."""
+    for module in model.modules():
+        patch, proj = getattr(module, "patch_size", None), getattr(module, "proj", None)
+        if (type(module).__name__ == "PatchEmbed" and isinstance(proj, nn.Conv2d) and proj.in_channels == in_chans
+                and patch is not None):
+            side = patch[0] if isinstance(patch, (tuple, list)) else patch
+            problem = patch_problem(int(side), image_size)
+            if problem:
+                raise UserError(f"model '{name}': {problem}")
 
 
 def _check_input(model: nn.Module, name: str, in_chans: int, image_size: int, kwargs: dict[str, Any]) -> None:
@@ -88,14 +103,31 @@ def _check_input(model: nn.Module, name: str, in_chans: int, image_size: int, kw
     device = param.device if param is not None else torch.device("cpu")
     was_training = model.training
     model.eval()
+    smallest: list[tuple[int, int, str]] = []  # the last feature map seen: (H, W, the module that made it)
+    names = {m: n for n, m in model.named_modules()}
+
+    def record(module, inputs, output):
+        if isinstance(output, torch.Tensor) and output.dim() == 4 and module is not model:
+            smallest[:] = [(output.shape[-2], output.shape[-1], names.get(module, "?"))]
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.MaxPool2d,
+                                                                                         nn.AvgPool2d))]
     try:
         with torch.no_grad():
             model(torch.zeros(1, in_chans, image_size, image_size, device=device))
     except (RuntimeError, AssertionError, ValueError, TypeError, IndexError, ArithmeticError) as e:
         size = f"{in_chans}x{image_size}x{image_size}"
+        if smallest and min(smallest[0][:2]) <= 1 and "size" in str(e).lower():
+            h, w, where = smallest[0]
+            raise UserError(
+                f"model '{name}': its feature map shrinks below 1x1 on this dataset's {size} images (already "
+                f"{h}x{w} after {where}); use a model that downsamples less (e.g. timm/resnet18, which pads) "
+                f"or larger images") from None
         raise UserError(
             f"model '{name}': cannot take this dataset's {size} images ({one_line(e, limit=160)}); try a model that "
             f"adapts to the size (a CNN such as timm/resnet18), or model arguments that fit {image_size}x"
             f"{image_size} (e.g. patch_size, window_size, fewer stages)") from None
     finally:
+        for hook in hooks:
+            hook.remove()
         model.train(was_training)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torchvision.ops import StochasticDepth
 
 from models.factory import register_model
+from models.shapes import patch_problem
 
 
 class PatchEmbed(nn.Module):
@@ -130,10 +131,12 @@ class ViT(nn.Module):
         dim_head: Optional[int] = None,
         patch_norm: bool = False,
         attn_layer: type[Attention] = Attention,
+        image_what: str = "image",  # what the patches cover, for the error: a conv stem's map in the hybrid
     ):
         super().__init__()
-        if patch_size < 1 or image_size % patch_size:
-            raise ValueError(f"patch_size={patch_size} does not divide image size {image_size}")
+        problem = patch_problem(patch_size, image_size, what=image_what)
+        if problem:
+            raise ValueError(problem)
         if num_heads < 1 or (dim_head is None and embed_dim % num_heads):
             raise ValueError(f"num_heads={num_heads} does not divide embed_dim={embed_dim} (or set dim_head)")
         if dim_head is not None and dim_head < 1:
@@ -229,7 +232,7 @@ def vit_mini_patch4_32(*, num_classes: int, in_chans: int, image_size: int, drop
                drop_path=0.0)
 
 
-@register_model
+@register_model(inputs=(28, 32))  # native input sizes, px
 def vit_mini_patchnorm(*, num_classes: int, in_chans: int, image_size: int, patch_size: Optional[int] = None) -> ViT:
     """vit-pytorch-style ViT: normed patches, dim 128, depth 6, 4x64 heads, MLP 256, dropout 0.1; patch 7@28, 4@32."""
     return ViT(num_classes=num_classes, in_chans=in_chans, image_size=image_size,

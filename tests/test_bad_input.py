@@ -140,6 +140,19 @@ CONFIG_CASES += [
                                                 names=["unknown timm model 'resnet1'", "did you mean 'timm/resnet18'"])),
     ("model.name: a timm model too deep for 28x28", override(
         "data.name=fashion_mnist", "model.name=timm/convnext_atto", key="timm/convnext_atto", names=["1x28x28"])),
+    ("model.patch_size: timm's ViT patch 16 on 28 px (one token, 12 px dropped)", override(
+        "data.name=fashion_mnist", "model.name=timm/vit_tiny_patch16_224", key="timm/vit_tiny_patch16_224",
+        names=["model.patch_size=16 does not tile the 28x28 image", "--set model.patch_size=7"])),
+    ("model.patch_size: a timm ViT's one-patch grid", override(
+        "data.name=fashion_mnist", "model.name=timm/vit_tiny_patch16_224", "model.patch_size=28",
+        key="timm/vit_tiny_patch16_224", names=["token grid of one patch", "--set model.patch_size=7"])),
+    ("model.patch_size: a ViT patch that does not tile", override(
+        "model.name=vit", "model.patch_size=5", key="model.patch_size", names=["does not tile the 32x32 image"])),
+    ("model.patch_size: a ConvMixer's one-patch grid", override(
+        "data.name=fashion_mnist", "model.name=convmixer", "model.patch_size=28", key="model.patch_size",
+        names=["token grid of one patch over the 28x28 image", "--set model.patch_size=7"])),
+    ("model.name: a family, not a model", override("model.name=hybrid", key="model.name",
+                                                   names=["'hybrid' is a family", "cnn_tr_small", "convstem_vit_mini"])),
     ("model.num_classes: set by the dataset for a timm model", override("model.name=timm/resnet10t",
                                                                         "model.num_classes=3")),
     ("yaml: a key twice", config_file("model: {name: vit}\ntrain: {lr: 0.1}\ndata: {name: cifar10}\ntrain: {epochs: 2}\n",

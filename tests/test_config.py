@@ -320,6 +320,35 @@ def test_a_run_is_named_after_its_dataset(tmp_path):
     assert p.cfg.run_name == "timm_resnet18-mnist"  # one directory name
 
 
+def test_a_run_is_named_after_the_model_it_trains(tmp_path):
+    """A name belongs to the model(s) in effect where it was written: changing the model later (--set, a sweep
+    axis, a child file) drops it, and the run is named after what it trains; never simple_cnn-... for a ResNet."""
+    fmnist = CONFIG_DIR / "fashion_mnist.yaml"  # name: simple_cnn, model.name: simple_cnn
+    names = lambda paths, sets=(): [p.name for p in load_points(paths, list(sets))]  # noqa: E731
+    assert names([fmnist]) == ["simple_cnn-fashion_mnist"]
+    assert names([fmnist], ["model.name=timm/resnet10t"]) == ["timm_resnet10t-fashion_mnist"]
+    assert names([fmnist], ["model.name=simple_cnn"]) == ["simple_cnn-fashion_mnist"]  # the same model: kept
+    assert names([fmnist], ["model.name=resnet18", "name=mine"]) == ["mine-fashion_mnist"]  # named with it
+    assert names([fmnist], ["name=mine"]) == ["mine-fashion_mnist"]
+    assert names([fmnist], ["sweep.model.name=[simple_cnn, resnet18]"]) == [
+        "simple_cnn-fashion_mnist", "resnet18-fashion_mnist"]
+    assert names([fmnist], ["sweep.model.name=[resnet18]", "name=mine"]) == ["mine-fashion_mnist-resnet18"]
+    # a sweep over models in the file that names it keeps its name (fmnist_sizes: name: sizes)
+    assert names([CONFIG_DIR / "sweeps" / "fmnist_sizes.yaml"], ["sweep.seed=[0]"])[-1] == (
+        "sizes-fashion_mnist-cnn_tr_large-seed=0")
+    # a child file that changes its base's model drops the base's name; one that names itself keeps its name
+    write(tmp_path / "child.yaml", f"base: {fmnist}\nmodel: {{name: resnet18}}\n")
+    assert names([tmp_path / "child.yaml"]) == ["resnet18-fashion_mnist"]
+    write(tmp_path / "named.yaml", f"base: {fmnist}\nname: r18\nmodel: {{name: resnet18}}\n")
+    assert names([tmp_path / "named.yaml"]) == ["r18-fashion_mnist"]
+    write(tmp_path / "sweep.yaml", f"base: {fmnist}\nsweep: {{model: [{{name: resnet18}}, {{name: vit, depth: 2}}]}}\n")
+    assert names([tmp_path / "sweep.yaml"]) == ["resnet18-fashion_mnist", "vit-fashion_mnist-depth=2"]
+    # a child that only names the run keeps its base's model
+    write(tmp_path / "renamed.yaml", f"base: {fmnist}\nname: cnn\n")
+    assert names([tmp_path / "renamed.yaml"]) == ["cnn-fashion_mnist"]
+    assert names([tmp_path / "renamed.yaml"], ["model.name=resnet18"]) == ["resnet18-fashion_mnist"]
+
+
 def test_the_dataset_names_in_config_are_the_registered_ones():
     from config.schema import DATASET_NAMES
     from data import list_datasets

@@ -126,8 +126,9 @@ def test_models_table_lists_every_registered_model(rendered):
     from models import list_models
 
     table = rendered["models.md"]["models"]
-    assert re.findall(r"^\| `([\w/]+)` \|", table, re.M) == list_models()
-    assert "| `simple_cnn` | 431,594 | `cifar10` |" in table  # the CNN vs. CNN+Transformer write-up's CNN
+    assert sorted(re.findall(r"^\| `([\w/]+)` \|", table, re.M)) == list_models()  # grouped by family
+    assert "| `simple_cnn` | 431,594 | `cifar10` | 32 px | CNN |" in table  # the CNN vs. CNN+Transformer write-up's CNN
+    assert "| `vit_mini_patchnorm` | 1,202,410 | `cifar10` | 28/32 px | ViT |" in table
 
 
 # ----------------------------------------------------------------------------- README and links

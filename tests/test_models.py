@@ -200,11 +200,13 @@ def test_named_sizes_cannot_be_resized():
     ("vit", {"qkv_bias": "false"}, "model.qkv_bias: expected true or false, got 'false' (str)"),
     ("vit", {"embed_dim": 0}, "embed_dim must be at least 1, got 0"),
     ("vit", {"mlp_ratio": -1.0}, "mlp_ratio must give an MLP at least 1 wide"),
-    ("vit", {"patch_size": 5}, "patch_size=5 does not divide image size 32"),
+    ("vit", {"patch_size": 5}, "model.patch_size=5 does not tile the 32x32 image, dropping 2 px of each row and column; --set model.patch_size=8"),
+    ("vit", {"patch_size": 32}, "model.patch_size=32 makes a token grid of one patch over the 32x32 image; --set model.patch_size=8"),
     ("vit", {"num_heads": 5}, "num_heads=5 does not divide embed_dim=192"),
     ("vit", {"drop_path": 1.0}, "drop_path must be in [0, 1)"),
     ("deepvit", {"depth": 0}, "depth must be at least 1"),
-    ("convmixer", {"patch_size": 64}, "patch_size=64 is larger than the image (32 px)"),
+    ("convmixer", {"patch_size": 64}, "model.patch_size=64 does not tile the 32x32 image; --set model.patch_size=8"),
+    ("convmixer", {"patch_size": 17}, "model.patch_size=17 does not tile the 32x32 image, dropping 15 px"),
     ("resnet18", {"stem": "tiny"}, "model.stem: got 'tiny'; valid: auto, cifar, imagenet"),
 ])
 def test_architecture_errors_are_user_errors(name, kwargs, message):
@@ -427,9 +429,29 @@ def test_resnet18_stems():
 
 
 def test_conv_stem_patch_must_divide_the_feature_map():
-    with pytest.raises(UserError, match=r"patch_size=5 does not divide the conv stem's 12x12 feature map "
-                                        r"\(image size 28\); valid: 1, 2, 3, 4, 6, 12"):
+    with pytest.raises(UserError, match=r"model.patch_size=5 does not tile the 12x12 conv stem's feature map \(of 28 "
+                                        r"px images\), dropping 2 px of each row and column; --set model.patch_size=3 "
+                                        r"\(the sizes that tile it: 1, 2, 3, 4, 6\)"):
         make("convstem_vit_mini", MNIST, patch_size=5)
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if "patch_size" in MODELS.parameters(n)])
+def test_every_patch_size_that_cannot_tile_or_gives_one_token_is_one_line(name):
+    """Every model with a patch_size: a patch that drops pixels, or one patch for the whole input, is refused
+    with the size and a patch that fits (models/shapes.py), as timm's ViTs are (test_timm_mistakes...)."""
+    side = 12 if name == "convstem_vit_mini" else 28  # the hybrid's patches cover its conv stem's 12x12 map
+    odd = 15 if name == "convmixer" else 5  # a ConvMixer's stride-p conv may drop pixels, not make a 1x1 grid
+    for patch, says in ((odd, f"model.patch_size={odd} does not tile the {side}x{side}"),
+                        (side, f"model.patch_size={side} makes a token grid of one patch over the {side}x{side}")):
+        with pytest.raises(UserError) as e:
+            with torch.device("meta"):
+                create_model(name, **FMNIST, patch_size=patch)
+        assert says in str(e.value) and "--set model.patch_size=" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_fixed_patch_that_cannot_tile_points_to_the_open_vit():
+    with pytest.raises(UserError, match=r"vit_mini_patch4_32 fixes its patch size, so for another use model.name: vit"):
+        create_model("vit_mini_patch4_32", num_classes=10, in_chans=1, image_size=30)
 
 
 def test_mini_vit_needs_a_patch_for_unknown_sizes():
@@ -470,7 +492,14 @@ def test_a_timm_model_builds_for_the_dataset_and_round_trips_its_state_dict(name
 @pytest.mark.parametrize("name, kwargs, says", [
     ("timm/resnet1", {}, "model.name: unknown timm model 'resnet1' (did you mean 'timm/resnet18'?)"),
     ("timm/", {}, "model.name: unknown timm model ''"),
-    ("timm/convnext_atto", {}, "model 'timm/convnext_atto': cannot take this dataset's 1x28x28 images"),
+    ("timm/convnext_atto", {}, "model 'timm/convnext_atto': its feature map shrinks below 1x1 on this dataset's "
+                               "1x28x28 images"),
+    ("timm/vit_tiny_patch16_224", {}, "model 'timm/vit_tiny_patch16_224': model.patch_size=16 does not tile the 28x28 "
+                                      "image, dropping 12 px of each row and column; --set model.patch_size=7"),
+    ("timm/vit_tiny_patch16_224", {"patch_size": 28}, "model 'timm/vit_tiny_patch16_224': model.patch_size=28 makes a "
+                                                      "token grid of one patch over the 28x28 image"),
+    ("timm/deit_tiny_patch16_224", {"patch_size": 5}, "model 'timm/deit_tiny_patch16_224': model.patch_size=5 does not "
+                                                      "tile the 28x28 image"),
     ("timm/resnet10t", {"bogus": 1}, "model 'timm/resnet10t': cannot build with {'bogus': 1}: TypeError"),
     ("timm/resnet10t", {"img_size": 32}, "model.img_size: set by the dataset, not the config"),
     ("timm/resnet10t", {"num_classes": 3}, "model.num_classes: set by the dataset, not the config"),
@@ -482,8 +511,8 @@ def test_timm_mistakes_are_one_line_user_errors(name, kwargs, says):
     with pytest.raises(UserError) as e:
         build_model(cfg, SimpleNamespace(**FMNIST))
     assert str(e.value).startswith(says) and "\n" not in str(e.value)
-    if "cannot take" in says:
-        assert "try a model that adapts to the size" in str(e.value)
+    if "shrinks below 1x1" in says:
+        assert "use a model that downsamples less" in str(e.value)
 
 
 def test_timm_without_timm_installed_is_a_user_error(monkeypatch):
@@ -508,3 +537,55 @@ def test_timm_is_imported_only_for_a_timm_name_and_listed_in_a_footer():
     from models.catalog import models_table
 
     assert "timm/<name>" in models_table(get_spec).splitlines()[-1]
+
+
+# ----------------------------------------------------------------------------- families
+
+
+def test_every_model_has_a_family_and_no_family_word_is_a_model():
+    from models.families import FAMILIES, TIMM_WORDS
+
+    titles = {MODELS.family(name).title for name in list_models()}
+    assert titles == {f.title for f in FAMILIES}  # every family has a model, every model a family
+    words = {w for f in FAMILIES for w in f.words} | set(TIMM_WORDS)
+    assert not words & set(list_models())  # vit, convmixer: models, not family words
+
+
+@pytest.mark.parametrize("word, says", [
+    ("hybrid", ["'hybrid' is a family", "hybrid CNN+Transformer: cnn_tr_huge", "conv-stem ViT hybrid: convstem_vit_mini"]),
+    ("CNN", ["CNN: mnist_cnn, simple_cnn"]),
+    ("resnet", ["ResNet: resnet18"]),
+    ("timm", ["timm/<name>", "timm/resnet18"]),
+])
+def test_a_family_word_as_model_name_lists_the_family(word, says):
+    with pytest.raises(UserError) as e:
+        create_model(word, num_classes=10, in_chans=1, image_size=28)
+    assert "\n" not in str(e.value) and all(s in str(e.value) for s in says), str(e.value)
+
+
+def test_list_models_groups_by_family_with_input_sizes():
+    from data import get_spec
+    from models.catalog import models_table
+
+    lines = models_table(get_spec).splitlines()
+    heads = [line for line in lines if line and not line.startswith(" ") and not line.startswith("timm")]
+    assert [h.split("  ")[0] for h in heads] == ["CNN", "hybrid CNN+Transformer", "ViT", "conv-stem ViT hybrid",
+                                                  "ConvMixer", "ResNet"]
+    assert "for 28 px inputs (MNIST, Fashion-MNIST): vit_mini_patchnorm" in next(h for h in heads if h.startswith("ViT"))
+    row = next(line for line in lines if line.split()[:1] == ["vit_mini_patchnorm"])
+    assert "28/32 px" in row
+
+
+def test_the_shipped_families_comparison_has_one_model_per_family_and_builds_at_28_px():
+    from pathlib import Path
+
+    from config.sweep import load_points
+
+    points = load_points([Path(__file__).resolve().parents[1] / "configs" / "families_fmnist.yaml"], warn=False)
+    assert [MODELS.family(p.cfg.model.name).title for p in points] == [
+        "CNN", "hybrid CNN+Transformer", "ViT", "conv-stem ViT hybrid", "ConvMixer"]
+    assert points[2].cfg.model.name == "vit_mini_patchnorm"  # the ViT for 28 px
+    for p in points:
+        assert p.cfg.data.name == "fashion_mnist" and p.name.startswith("families-fashion_mnist-")
+        with torch.device("meta"):
+            create_model(p.cfg.model.name, **FMNIST, **p.cfg.model.kwargs)
