@@ -23,7 +23,7 @@ MODELS = {
 def runs(tmp_path_factory):
     """One short real run per model on MNIST-format files (64 validation images), by label."""
     def build(tmp):
-        root = write_mnist(tmp / "fmnist", n_train=128, n_test=64)
+        root = write_mnist(tmp / "fmnist", n_train=64, n_test=64)  # one training step: the maps need a checkpoint
         dirs = {}
         for label, model in MODELS.items():
             cfg = tiny_config(root, tmp / "runs", name=label, model=model, epochs=1, batch_size=64)

@@ -32,11 +32,12 @@ POINTS = [("cnn_tr", 0), ("cnn_tr", 1), ("vit", 0), ("vit", 1), ("cnn", 0)]
 def runs(tmp_path_factory):
     """Five real runs on MNIST-format files: a CNN+Transformer and a ViT over two seeds, a CNN."""
     def build(tmp):
-        root = write_mnist(tmp / "fmnist", n_train=128, n_test=64)
+        # 64 training images in batches of 32: two steps an epoch, as few images as that takes (time: the CNNs).
+        root = write_mnist(tmp / "fmnist", n_train=64, n_test=64)
         dirs = []
         for i, (label, seed) in enumerate(POINTS):
             cfg = tiny_config(root, tmp / "runs", name=f"{label}-seed={seed}", seed=seed, model=TINY[label],
-                              epochs=2, batch_size=64)
+                              epochs=2, batch_size=32)
             # What a sweep point records: its experiment (its name without the seed), its swept values, its place.
             dirs.append(run_fit(cfg, experiment=label, swept={"model.name": label, "seed": seed}, point=i)[0])
         return dirs

@@ -27,7 +27,7 @@ def comparison(tmp_path_factory):
 
 
 def build_comparison(tmp):
-    root = write_mnist(tmp / "fmnist", n_train=96, n_test=48)
+    root = write_mnist(tmp / "fmnist", n_train=48, n_test=48)  # one step an epoch: the page needs runs, not learning
     dirs = []
     for name, model in (("vit", dict(TINY_VIT)), ("cnn", {"name": "simple_cnn"})):
         cfg = tiny_config(root, tmp / "runs", name=name, model=model, epochs=2, batch_size=48)
