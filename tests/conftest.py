@@ -17,9 +17,17 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("VITLAB_CPU_BF16", "0")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
-torch.set_num_threads(1)
+
+def pytest_sessionstart(session):
+    """One torch thread in every process that runs tests, set before any test module is collected. Not in
+    pytest-xdist's controller (the ``dsession`` plugin), which runs no test: it would spend seconds importing
+    torch before it starts the workers."""
+    if session.config.pluginmanager.has_plugin("dsession"):
+        return
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
