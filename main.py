@@ -18,7 +18,7 @@ MODES = ("cfg", "resume", "eval", "predict", "compare", "list_models")
 ONLY_WITH = {"--set": ("overrides", ("cfg", "resume")), "--jobs": ("jobs", ("cfg", "resume")),
              "--jobs-per-gpu": ("jobs_per_gpu", ("cfg", "resume")), "--dry-run": ("dry_run", ("cfg",)),
              "--launcher": ("launcher", ("cfg",)), "--out": ("out", ("cfg", "compare")),
-             "--allow-data-change": ("allow_data_change", ("resume",))}
+             "--allow-data-change": ("allow_data_change", ("resume",)), "--storage": ("storage", ("cfg",))}
 
 
 # A command-line override (Hydra style, ``train.lr=3e-4``): a dotted key, then ``=``.
@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     many.add_argument("--launcher", choices=("local", "slurm"), default="local",
                       help="slurm: submit each point as a SLURM job with submitit (its config's slurm: section), "
                            "wait, and write the comparison; --resume COMPARE_DIR gathers it later (default: local)")
+    many.add_argument("--storage", metavar="URL",
+                      help="the study database of a tune: section, any URL Optuna's RDB storage takes, e.g. "
+                           "postgresql://user@host/db for workers on several machines (default: sqlite:///"
+                           "COMPARE_DIR/study.db)")
     use = p.add_argument_group("using a checkpoint (--eval, --predict)")
     use.add_argument("--ckpt", choices=("best", "last", "best_ema"), default="best",
                      help="the checkpoint --eval and --predict use (default: best; best_ema: the weight EMA's, "
@@ -223,7 +227,7 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         return resume(args.resume, args.overrides, command, args.jobs, args.jobs_per_gpu,
                       allow_data_change=args.allow_data_change)
     return train(args.cfg, args.overrides, command, out=args.out, jobs=args.jobs, jobs_per_gpu=args.jobs_per_gpu,
-                 launcher=args.launcher, dry_run=args.dry_run)
+                 launcher=args.launcher, dry_run=args.dry_run, storage=args.storage)
 
 
 if __name__ == "__main__":

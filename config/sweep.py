@@ -9,14 +9,15 @@ import copy
 import itertools
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
 from config.loader import Raw, apply_override, from_dict, models_named, read_config, set_dotted
 from config.schema import Config, run_name, setting_warnings
+from config.tune import TuneSpec, parse as parse_tune
 from core.errors import UserError
 from core.log import get_logger
 from core.text import flatten
@@ -48,10 +49,13 @@ class Point:
     cfg: Config
     source: str
     experiment: str = ""  # the name without its seed: points that differ only in seed are repeats of one
+    tune: Optional[TuneSpec] = None  # its config's tune: section (config/tune.py): the point is searched first
+    extra: dict[str, Any] = field(default_factory=dict)  # more for results.json (a tuned run's search, launch/tune.py)
 
     def record(self) -> dict[str, Any]:
         """What the run directory keeps of its place in the sweep (results.json), for the comparison."""
-        return {"experiment": self.experiment or self.name, "swept": self.values} if self.values else {}
+        return {**({"experiment": self.experiment or self.name, "swept": self.values} if self.values else {}),
+                **self.extra}
 
 
 def _flatten_axes(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -133,6 +137,7 @@ def expand(raw: dict[str, Any] | Raw, source: str, overrides: list[str] = ()) ->
     if not models_named(raw) <= named_for:  # the model changed after the name was written: the name was another model's
         raw.pop("name", None)
     sweep = raw.pop("sweep", None)
+    tune = _tune_of(raw, source, set_keys)
     if sweep is None:
         raw["name"] = _with_dataset(raw, raw.get("name"))
         try:
@@ -140,7 +145,7 @@ def expand(raw: dict[str, Any] | Raw, source: str, overrides: list[str] = ()) ->
         except UserError as e:
             where = _written_in(e, origins, source, set_keys)
             raise UserError(f"{where}: {e}" if where else str(e)) from None
-        return [Point(cfg.run_name, {}, cfg, source)]
+        return _searchable([Point(cfg.run_name, {}, cfg, source, tune=tune)], raw, source)
     if not isinstance(sweep, dict) or not sweep:
         raise UserError(f"{source}: sweep: expected a mapping of dotted keys to lists of values, "
                         f"e.g. sweep: {{seed: [0, 1, 2]}}; got {sweep!r}")
@@ -174,7 +179,45 @@ def expand(raw: dict[str, Any] | Raw, source: str, overrides: list[str] = ()) ->
         point_raw["name"] = name
         experiment = _point_name(raw, {k: v for k, v in values.items() if k != "seed"}, short)
         points.append(Point(name, values, _point_config(point_raw, source, name, origins, set_keys + keys),
-                            source, experiment))
+                            source, experiment, tune))
+    for key in (tune.params if tune else ()):
+        for k in keys:
+            if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+                raise UserError(f"{source}: tune.params.{key}: also swept by sweep.{k}; search it or sweep it")
+    return _searchable(points, raw, source)
+
+
+def _tune_of(raw: dict[str, Any], source: str, set_keys: list[str]) -> Optional[TuneSpec]:
+    """The config's ``tune:`` section (popped from ``raw``), checked on its own (config/tune.py)."""
+    if "tune" not in raw:
+        return None
+    try:
+        spec = parse_tune(raw.pop("tune"))
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+    for key in spec.params:
+        for set_key in set_keys:
+            if set_key == key or key.startswith(set_key + ".") or set_key.startswith(key + "."):
+                raise UserError(f"--set {set_key}: also searched by tune.params.{key} in {source}; set it in one place")
+    return spec
+
+
+def _searchable(points: list[Point], raw: dict[str, Any], source: str) -> list[Point]:
+    """``points``, once every searched value at the edges of its range is a valid value of its key in each of
+    them (``train.lr: {uniform: [0, 0.1]}``: 0 is not a learning rate), so no trial fails on its config."""
+    spec = points[0].tune if points else None
+    if spec is None:
+        return points
+    for p in points:
+        for key, dist in spec.params.items():
+            for value in dist.corners():
+                trial_raw = p.cfg.to_dict()
+                set_dotted(trial_raw, key, copy.deepcopy(value), f"tune.params.{key}")
+                try:
+                    from_dict(trial_raw)
+                except UserError as e:
+                    raise UserError(f"{source}: tune.params.{key}: the value {value!r} does not fit "
+                                    f"({e})") from None
     return points
 
 

@@ -26,10 +26,17 @@ log = get_logger(__name__)
 
 
 def run_call(points: list[Point], out: Optional[str], command: str, jobs: Optional[int] = None,
-             jobs_per_gpu: Optional[int] = None, launcher: str = "local") -> int:
+             jobs_per_gpu: Optional[int] = None, launcher: str = "local", storage: Optional[str] = None) -> int:
     """Several runs, then their comparison in ``out`` (default: a new ``compare-DATE-TIME`` directory under the
-    first point's ``output.dir``)."""
+    first point's ``output.dir``). Points with a ``tune:`` section are searched first (launch/tune.py), in the
+    study ``storage`` (default: study.db in the comparison directory)."""
     check_points(points)
+    tuned = any(p.tune is not None for p in points)
+    if storage is not None and not tuned:
+        raise UserError("--storage: the study database of a tune: section; this call has none")
+    if tuned and launcher == "slurm":
+        raise UserError("--launcher slurm: a tune: search runs here or with --jobs N (its workers share the study "
+                        "in --storage); SLURM workers for it are not built yet")
     workers = plan_workers(jobs, jobs_per_gpu)  # None: one after another, in this process
     if launcher == "slurm":
         from launch.slurm import Slurm, check_available
@@ -42,17 +49,39 @@ def run_call(points: list[Point], out: Optional[str], command: str, jobs: Option
         check_worker_imports()  # before anything is made
     out_dir, lock = _comparison_dir(out, points)
     with lock:
-        manifest = Manifest.start(out_dir, points, command, launcher)
+        if tuned:
+            from launch.tune import start_block
+
+            manifest = Manifest.start(out_dir, [], command, launcher, tune=start_block(points, out_dir, storage))
+        else:
+            manifest = Manifest.start(out_dir, points, command, launcher)
         log.info(f"comparison directory: {out_dir} (if this call stops: {manifest.resume_command()})")
-        return _finish(manifest, [], jobs_for(points, manifest), executor, command)
+        if not tuned:
+            return _finish(manifest, [], jobs_for(points, manifest), executor, command)
+        return _search_then_finish(manifest, workers, executor, command)
+
+
+def _search_then_finish(manifest: Manifest, workers, executor: Executor, command: str) -> int:
+    """A tuned call: the search (launch/tune.py; skipped when done before), then its finals and the comparison."""
+    if not manifest.tune.get("searched"):
+        from launch.tune import search
+
+        code = search(manifest, workers, command)
+        if code is not None:
+            return code
+    done, todo = plan(manifest)
+    return _finish(manifest, done, todo, executor, command)
 
 
 def resume_call(folder: Path, overrides: list[str], command: str, jobs: Optional[int] = None,
-                jobs_per_gpu: Optional[int] = None) -> int:
+                jobs_per_gpu: Optional[int] = None, storage: Optional[str] = None) -> int:
     """``--resume COMPARE_DIR``: the points still to run (``launch.plan.plan``), then the comparison."""
     if overrides:
         raise UserError(f"--set: not used when resuming the multi-run call in {folder}; its points keep their "
                         f"configs (extend a single run with --resume RUN_DIR --set train.epochs=N)")
+    if storage is not None:
+        raise UserError(f"--storage: {folder} keeps the study storage it started with (sweep.json); a resume "
+                        f"continues there")
     workers = plan_workers(jobs, jobs_per_gpu)
     with DirLock(folder, "comparison directory"):  # one call finishes it; a second one at once is refused
         return _resume(folder, command, workers)
@@ -73,6 +102,9 @@ def _resume(folder: Path, command: str, workers) -> int:
         executor = Sequential() if workers is None else Local(workers)
         if workers is not None:
             check_worker_imports()
+    if manifest.tune is not None and not manifest.tune.get("searched"):
+        log.info(f"{folder}: continuing the search")
+        return _search_then_finish(manifest, workers, executor, command)
     done, todo = plan(manifest, attached=frozenset(attach))
     log.info(f"{folder}: {len(done)} of {len(manifest.points)} runs already finished; "
              + (f"{len(attach)} still queued or running on SLURM; " if attach else "")

@@ -89,15 +89,18 @@ class Manifest:
     FILE = "sweep.json"
 
     def __init__(self, folder: Path, command: str, points: list[Point], run_dirs: list[Optional[str]],
-                 cwd: Optional[str] = None, launcher: str = "local", slurm_jobs: Optional[list[Optional[str]]] = None):
+                 cwd: Optional[str] = None, launcher: str = "local", slurm_jobs: Optional[list[Optional[str]]] = None,
+                 tune: Optional[dict[str, Any]] = None):
         self.folder, self.command, self.points, self.run_dirs = folder, command, points, run_dirs
+        self.tune = tune  # a tuned call's search (launch/tune.py): its spec, storage, experiments, whether done
         self.cwd = cwd or os.getcwd()  # where the call started: its configs' relative paths start there
         self.launcher = launcher  # local (in this process, or --jobs N) or slurm (launch/slurm.py)
         self.slurm_jobs = slurm_jobs or [None] * len(points)  # each point's latest SLURM job id
 
     @classmethod
-    def start(cls, folder: Path, points: list[Point], command: str, launcher: str = "local") -> "Manifest":
-        m = cls(folder, command, points, [None] * len(points), launcher=launcher)
+    def start(cls, folder: Path, points: list[Point], command: str, launcher: str = "local",
+              tune: Optional[dict[str, Any]] = None) -> "Manifest":
+        m = cls(folder, command, points, [None] * len(points), launcher=launcher, tune=tune)
         m.save()
         return m
 
@@ -112,15 +115,18 @@ class Manifest:
         try:
             raw = json.loads(path.read_text())
             points = [Point(p["name"], p["values"], from_dict(anchor_paths(p["config"], raw["cwd"])), p["source"],
-                            p["experiment"]) for p in raw["points"]]
+                            p["experiment"], extra=dict(p.get("extra") or {})) for p in raw["points"]]
             run_dirs = [p.get("run_dir") for p in raw["points"]]
             slurm_jobs = [p.get("slurm_job") for p in raw["points"]]
             command, cwd, launcher = raw["command"], raw["cwd"], raw.get("launcher", "local")
+            tune = raw.get("tune")
+            if tune is not None and not isinstance(tune, dict):
+                raise TypeError(f"tune: expected a mapping, got {type(tune).__name__}")
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"{path}: not a readable sweep manifest ({type(e).__name__}: {e})") from None
         except UserError as e:
             raise UserError(f"{path}: a point's config is not valid here ({e})") from None
-        return cls(folder, command, points, run_dirs, cwd, launcher, slurm_jobs)
+        return cls(folder, command, points, run_dirs, cwd, launcher, slurm_jobs, tune)
 
     def resume_command(self) -> str:
         """The command that finishes this call (quoted: it runs as printed)."""
@@ -130,17 +136,27 @@ class Manifest:
         self.run_dirs[i] = str(Path(path).resolve())  # absolute: a resume may start in another directory
         self.save()
 
+    def add_points(self, points: list[Point], run_dirs: Optional[list[Optional[str]]] = None) -> None:
+        """More points for the call (a tuned call's finals, launch/tune.py), recorded at once."""
+        self.points += points
+        self.run_dirs += run_dirs or [None] * len(points)
+        self.slurm_jobs += [None] * len(points)
+        self.save()
+
     def set_slurm_job(self, i: int, job_id: str) -> None:
         self.slurm_jobs[i] = job_id
         self.save()
 
     def save(self) -> None:
         points = [{"name": p.name, "values": p.values, "experiment": p.experiment, "source": p.source,
-                   "config": p.cfg.to_dict(), "run_dir": d, **({"slurm_job": j} if j else {})}
+                   "config": p.cfg.to_dict(), "run_dir": d, **({"slurm_job": j} if j else {}),
+                   **({"extra": p.extra} if p.extra else {})}
                   for p, d, j in zip(self.points, self.run_dirs, self.slurm_jobs)]
         try:
             atomic_write(self.folder / self.FILE, strict_json({"command": self.command, "cwd": self.cwd,
-                                                               "launcher": self.launcher, "points": points}, indent=2))
+                                                               "launcher": self.launcher, "points": points,
+                                                               **({"tune": self.tune} if self.tune else {})},
+                                                              indent=2))
         except OSError as e:
             raise RunFailed(f"cannot write {self.folder / self.FILE}: {e.strerror or e}") from None
 

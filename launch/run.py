@@ -20,18 +20,20 @@ from launch.plan import Job, Manifest, Outcome
 from train.distributed import Dist
 from train.ending import Ending, ending_of
 from train.fit import fit
+from train.stopping import Stopper
 
 log = get_logger(__name__)
 
 
 def run_one(job: Job, *, command: Optional[str] = None, progress: Optional[bool] = None,
-            dist: Dist = Dist()) -> Outcome:
+            dist: Dist = Dist(), stopper: Optional[Stopper] = None) -> Outcome:
     """Train one job; every way it can end becomes its Outcome, a stop signal included (``interrupted``, with
     the signal's exit code), so one broken point never costs the rest of the sweep."""
     run_dir = job.run_dir
     try:
-        results = fit(job.cfg, run_dir, resume=job.ckpt, command=command, progress=progress, dist=dist)
-        return Outcome(job.point, results["status"], run_dir.path, results)  # completed or stopped_early
+        results = fit(job.cfg, run_dir, resume=job.ckpt, command=command, progress=progress, dist=dist,
+                      stopper=stopper)
+        return Outcome(job.point, results["status"], run_dir.path, results)  # completed, stopped_early or pruned
     except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001 - one broken point must not cost the rest
         ending = ending_of(e)
         recorded = run_dir.results if run_dir.path else {}  # what fit wrote in results.json, if it got that far

@@ -15,14 +15,16 @@ log = get_logger(__name__)
 
 def train(cfg_files: list[str], overrides: list[str], command: str, *, out: Optional[str] = None,
           jobs: Optional[int] = None, jobs_per_gpu: Optional[int] = None, launcher: str = "local",
-          dry_run: bool = False) -> int:
+          dry_run: bool = False, storage: Optional[str] = None) -> int:
     points = load_points(cfg_files, overrides)  # before torch is imported: a typo costs no wait
     if dry_run:
         return _dry_run(points)
-    if len(points) > 1 or points[0].values or launcher == "slurm":
+    if len(points) > 1 or points[0].values or points[0].tune or launcher == "slurm":
         from launch.call import run_call
 
-        return run_call(points, out, command, jobs, jobs_per_gpu, launcher)
+        return run_call(points, out, command, jobs, jobs_per_gpu, launcher, storage)
+    if storage is not None:
+        raise UserError("--storage: the study database of a tune: section; this config has none")
     if out is not None:
         raise UserError("--out: only used to compare several runs (several --cfg files, or a sweep: section)")
     _single_run_note(jobs, jobs_per_gpu)
@@ -147,7 +149,9 @@ def _dry_run(points: list[Point]) -> int:
     from models import build_model
     from models.measure import describe
 
-    if len(points) == 1 and not points[0].values:
+    if points[0].tune is not None:
+        _dry_run_tune(points)
+    if len(points) == 1 and not points[0].values and points[0].tune is None:
         cfg = points[0].cfg
         spec = get_spec(cfg.data.name)
         model = build_model(cfg, spec)  # checks the model name, its arguments and the shapes
@@ -167,6 +171,20 @@ def _dry_run(points: list[Point]) -> int:
             status = f"error: {e}"
         print(f"{i:>4}. {p.name}  ({swept})  {p.cfg.model.name} on {p.cfg.data.name}: {status}")
     return EXIT_USER_ERROR if failed else 0
+
+
+def _dry_run_tune(points: list[Point]) -> None:
+    """What a tune: section would search: the space, the budget and pruner, the experiments and their seeds."""
+    spec = points[0].tune
+    seeds: dict[str, list[int]] = {}
+    for p in points:
+        seeds.setdefault(p.experiment or p.name, []).append(p.cfg.seed)
+    print(f"tune: {spec.describe()}")
+    print(f"{len(seeds)} experiment(s), each its own study, then its best setting over its seeds"
+          + (" and its config's own values over them (tune.untuned)" if spec.untuned else "") + ":")
+    for name, s in seeds.items():
+        trial_seed = spec.seed if spec.seed is not None else s[0]
+        print(f"  {name}: trials at seed {trial_seed}; finals at seed(s) {', '.join(map(str, s))}")
 
 
 def _run_facts(cfg) -> str:

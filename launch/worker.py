@@ -56,7 +56,7 @@ def job_spec(job, *, command: Optional[str] = None, threads: Optional[int] = Non
     return {"index": job.index, "name": p.name, "values": p.values, "experiment": p.experiment, "source": p.source,
             "config": job.cfg.to_dict(), "cwd": cwd or os.getcwd(),
             "run_dir": str(job.run_dir.path) if job.run_dir.resuming else None, "threads": threads,
-            "command": command}
+            "command": command, **({"extra": p.extra} if p.extra else {})}
 
 
 def run_point(spec: dict[str, Any], events: Optional[Event] = None, dist=None) -> dict[str, Any]:
@@ -149,7 +149,7 @@ def _job(spec: dict[str, Any], *, on_create=(), on_epoch=(), follower: bool = Fa
     cfg = from_dict(raw)
     index = spec.get("index", 0)
     point = Point(spec["name"], dict(spec.get("values") or {}), cfg, spec.get("source", ""),
-                  spec.get("experiment", ""))
+                  spec.get("experiment", ""), extra=dict(spec.get("extra") or {}))
     if spec.get("run_dir"):
         r = open_for_resume(spec["run_dir"], on_epoch=on_epoch, follower=follower)
         return Job(index, point, r.run_dir, r.cfg, r.ckpt)

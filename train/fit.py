@@ -21,6 +21,7 @@ from config import Config, dump_config
 from core.errors import Interrupted, RunFailed, UserError, one_line
 from core.log import SUMMARY, get_logger, only_rank0
 from core.signals import GracefulStop
+from core.status import PRUNED
 from core.text import eta, format_duration
 from data import get_spec, load_data
 from models import build_model
@@ -32,8 +33,7 @@ from train.engine import EpochMeter, NonFiniteLoss, evaluate, train_one_epoch
 from train.provenance import now, provenance
 from train.rundir import RunDir, config_text
 from train.setup import Setup, global_batch, prepare, resolve_device, scaled_lr, seed_everything
-from train.setup import Setup, prepare, resolve_device, seed_everything
-from train.stopping import stop_reason
+from train.stopping import Stopper, stop_reason
 from train.tb import Board, hparams_of, open_board
 
 log = get_logger(__name__)
@@ -54,13 +54,15 @@ def resume_command(run_dir: RunDir, dist: Dist = Dist()) -> str:
 
 
 def fit(cfg: Config, run_dir: RunDir, *, progress: Optional[bool] = None, resume: Optional[dict[str, Any]] = None,
-        command: Optional[str] = None, dist: Dist = Dist()) -> dict[str, Any]:
+        command: Optional[str] = None, dist: Dist = Dist(), stopper: Optional[Stopper] = None) -> dict[str, Any]:
     """Train ``cfg`` end to end into ``run_dir`` (from ``resume``, a loaded last.pt, if given); returns
     results.json's content.
 
     Bad input (unknown model, missing dataset, ...) raises ``UserError`` before the directory exists.
     Once it exists, every way out records its own status in results.json (train/ending.py): ``completed``,
-    ``stopped_early`` (train.early_stopping_patience, train/stopping.py; returns like ``completed``),
+    ``stopped_early`` (train.early_stopping_patience, train/stopping.py; returns like ``completed``), ``pruned``
+    (``stopper``, asked after every epoch but the last with the run's history so far, returned a reason: a
+    search's pruner, launch/tune.py; returns like ``completed``),
     ``diverged`` (``NonFiniteLoss`` is re-raised), ``interrupted`` (``Interrupted`` / ``KeyboardInterrupt``,
     re-raised, with a resumable checkpoint when the stop was graceful) or ``failed`` with the error (re-raised;
     an error that is not the user's becomes ``RunFailed`` with the first line, the traceback in results.json).
@@ -73,7 +75,7 @@ def fit(cfg: Config, run_dir: RunDir, *, progress: Optional[bool] = None, resume
         run_dir.follow()
     before = torch.get_num_threads()
     try:
-        return _fit(cfg, run_dir, progress, resume, command, dist)
+        return _fit(cfg, run_dir, progress, resume, command, dist, stopper)
     finally:
         run_dir.release()  # the directory's lock (held since it was made, or opened for --resume)
         if torch.get_num_threads() != before:
@@ -81,12 +83,12 @@ def fit(cfg: Config, run_dir: RunDir, *, progress: Optional[bool] = None, resume
 
 
 def _fit(cfg: Config, run_dir: RunDir, progress: bool, resume: Optional[dict[str, Any]], command: Optional[str],
-         dist: Dist) -> dict[str, Any]:
+         dist: Dist, stopper: Optional[Stopper] = None) -> dict[str, Any]:
     with only_rank0(dist.is_main), GracefulStop(announce=lambda text: log.info(text.strip())) as stop:
         threads.apply(cfg.train.threads, resume)  # before the model is built; a resume: the run's recorded count
         seed_everything(cfg.seed)  # the one place a run is seeded: initial weights, dropout, MixUp/CutMix
         s, info, flops, data = _build(cfg, dist, counted=resume is None)
-        loop = _Loop(cfg, s, run_dir, stop, progress)
+        loop = _Loop(cfg, s, run_dir, stop, progress, stopper)
         loop.data = data.fingerprint()
         if resume is not None:
             checkpoint.check_data(resume, loop.data, str(run_dir.path))
@@ -114,7 +116,7 @@ def _fit(cfg: Config, run_dir: RunDir, progress: bool, resume: Optional[dict[str
                 loop.tb.hparams(hparams_of(cfg, run_dir.results), {"hparams/best_val_acc": summary["best_val_acc"],
                                 "hparams/final_val_acc": summary["final_val_acc"]}, loop.global_step)
                 stopped = {"stopped_epoch": loop.epoch, "stop_reason": loop.stopped} if loop.stopped else {}
-                return _end(run_dir, "stopped_early" if loop.stopped else "completed",
+                return _end(run_dir, loop.stop_status if loop.stopped else "completed",
                             **{**loop.progress(), "resume_command": None, **summary, **stopped})
         except BaseException as e:
             with stop.holding():
@@ -276,8 +278,10 @@ class _Loop:
     """The epoch loop with its position (``epoch`` finished epochs, ``step`` steps into the next), so that
     it can checkpoint and stop anywhere and continue from there."""
 
-    def __init__(self, cfg: Config, s: Setup, run_dir: RunDir, stop: GracefulStop, progress: bool):
+    def __init__(self, cfg: Config, s: Setup, run_dir: RunDir, stop: GracefulStop, progress: bool,
+                 stopper: Optional[Stopper] = None):
         self.cfg, self.s, self.run_dir, self.stop, self.bar = cfg, s, run_dir, stop, progress
+        self.stopper = stopper
         self.epoch = 0  # finished epochs
         self.step = 0  # optimizer steps into epoch + 1
         self.global_step = 0
@@ -287,6 +291,7 @@ class _Loop:
         self.best_acc_ema, self.best_epoch_ema = -1.0, 0  # the weight EMA's (train.ema_decay)
         self.patience_from = 0  # early stopping counts epochs without improvement from here (train/stopping.py)
         self.stopped: Optional[str] = None  # why the run stopped early, once it has
+        self.stop_status = "stopped_early"  # or pruned: who stopped it (``stopper``)
         self.saved_at: Optional[str] = None  # the position of the last checkpoint written, in words
         self.last_save = time.monotonic()
         self.tb = Board()  # TensorBoard's writer, opened once the run directory exists
@@ -299,7 +304,8 @@ class _Loop:
         self.best_acc, self.best_epoch = ckpt["best_acc"], ckpt["best_epoch"]
         self.best_acc_ema, self.best_epoch_ema = ckpt.get("best_acc_ema", -1.0), ckpt.get("best_epoch_ema", 0)
         self.patience_from = ckpt.get("patience_from", 0)
-        if self.cfg.train.epochs > ckpt["config"]["train"]["epochs"] and self._stop_reason():
+        if self.cfg.train.epochs > ckpt["config"]["train"]["epochs"] and \
+                stop_reason(self.history, self.cfg.train, self.patience_from):
             # Extended after it stopped early: it gets its patience again, counted from here.
             self.patience_from = self.epoch
         if ckpt["meter"] is not None:
@@ -333,7 +339,13 @@ class _Loop:
         self.last_save = time.monotonic()
 
     def _stop_reason(self) -> Optional[str]:
-        return stop_reason(self.history, self.cfg.train, self.patience_from)
+        reason = stop_reason(self.history, self.cfg.train, self.patience_from)
+        if reason:
+            self.stop_status = "stopped_early"
+        elif self.stopper is not None and self.history and self.epoch < self.cfg.train.epochs:
+            reason = self.stopper(self.history)  # after a resume too: a stop it decided is decided again
+            self.stop_status = PRUNED
+        return reason
 
     def _stop_requested(self) -> bool:
         """Whether to stop now; with several processes, whether any of them got a stop signal."""
@@ -373,7 +385,8 @@ class _Loop:
             # At an epoch's end (or a resume's start there, when a shorter patience now applies).
             self.stopped = self._stop_reason() if self.step == 0 else None
             if self.stopped:
-                log.info(f"stopping early after epoch {self.epoch}: {self.stopped}")
+                log.info(f"{'pruned' if self.stop_status == PRUNED else 'stopping early'} after epoch {self.epoch}: "
+                         f"{self.stopped}")
                 return
             n = self.epoch + 1
             finished = self.step == len(s.train_loader)  # stopped between the epoch's training and its eval

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from config import Config, apply_override, from_dict, read_yaml
+from core.status import PRUNED
 from core.errors import UserError
 from core.log import get_logger
 from train import checkpoint
@@ -126,4 +127,8 @@ def _open(path: Path, run_dir: RunDir, overrides: list[str], check_live: bool) -
                                                     f"train on: python main.py --resume {quoted} --set "
                                                     f"train.early_stopping_patience=N (more, or 0: off), or --set "
                                                     f"train.epochs=N (longer: patience counts anew)")
+    if status == PRUNED and cfg.train.epochs == saved.train.epochs:
+        return Resumption(cfg, run_dir, ckpt, True, f"{path}: a trial its search pruned after epoch {ckpt['epoch']} "
+                                                    f"({results.get('stop_reason')}); to train it on regardless: "
+                                                    f"python main.py --resume {quoted} --set train.epochs=N")
     return Resumption(cfg, run_dir, ckpt, False)

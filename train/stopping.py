@@ -7,9 +7,13 @@ its last epoch (a stop after the last epoch is just the end: ``completed``).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from config import TrainConfig
+
+# Asked after each epoch but the last, with the run's history so far: a reason to stop there, or None (a search's
+# pruner, launch/tune.py; the run then ends ``pruned``).
+Stopper = Callable[[list[dict[str, Any]]], Optional[str]]
 
 
 def last_improvement(history: list[dict[str, Any]], min_delta: float) -> int:
