@@ -18,8 +18,8 @@ import math
 import statistics
 from typing import Optional
 
-from plots.runs import Group, short_labels, size_measure
-from plots.table import count, ratio_why
+from plots.runs import SETTINGS, Group, short_labels, size_measure, unmarked
+from plots.table import count, param, params_text, ratio_why
 
 KEY = "best_val_acc"
 
@@ -120,7 +120,8 @@ def _steps(groups: list[Group], size) -> list[tuple[Group, Group]]:
     """Pairs (smaller, next larger) that differ along one swept key only, so the difference is that key's:
     for each key, the groups alike in every other swept key, in order of size. Runs of no sweep: all of them
     in order of size."""
-    keys = list(dict.fromkeys(k for g in groups for k in g.swept))
+    # Not along "tuned": a tuned experiment beside its baseline is no step in size (``_tuning`` compares them).
+    keys = list(dict.fromkeys(k for g in groups for k in g.swept if k != "tuned"))
     partitions: list[list[Group]] = []
     for key in keys or [None]:
         alike: dict[str, list[Group]] = {}
@@ -133,6 +134,31 @@ def _steps(groups: list[Group], size) -> list[tuple[Group, Group]]:
         ordered = sorted(part, key=size)
         pairs += [(a, b) for a, b in zip(ordered, ordered[1:]) if size(a) != size(b) and (a, b) not in pairs]
     return pairs
+
+
+def _step_names(a: Group, b: Group, short: dict[str, str]) -> str:
+    """``b vs a``; for a step between tuned experiments (or between baselines), without the marks both share,
+    and which settings the step is at."""
+    if a.tuned is not None and a.tuned == b.tuned:
+        return f"{unmarked(short[b.label])} vs {unmarked(short[a.label])} {SETTINGS[a.tuned]}"
+    return f"{short[b.label]} vs {short[a.label]}"
+
+
+def _tuning(groups: list[Group], short: dict[str, str]) -> list[str]:
+    """Per experiment run both at its search's best setting and at the config's own: what tuning changed,
+    judged against seed noise like any other difference."""
+    lines = []
+    for tuned in (g for g in groups if g.tuned):
+        baseline = next((g for g in groups if g.tuned is False and g.experiment == tuned.experiment), None)
+        if baseline is None:
+            continue
+        params = tuned.tuned_params
+        keys = list(params)
+        best = (param(params[keys[0]]) if len(keys) == 1 else params_text(params)) if keys else "not recorded"
+        what = (", ".join(keys[:-1]) + " and " + keys[-1] if len(keys) > 1 else keys[0]) if keys else "its settings"
+        lines.append(f"Tuning {what} (best {best}) changed {unmarked(short[tuned.label])}'s best val acc by "
+                     f"{verdict(*difference(baseline, tuned))}.")
+    return lines
 
 
 def findings(groups: list[Group]) -> list[str]:
@@ -165,8 +191,9 @@ def findings(groups: list[Group]) -> list[str]:
                 _ratio(size(a), size(b), "training FLOPs" if measure == "flops_training" else "params"),
                 _ratio(a.cost("params"), b.cost("params"), "params") if measure == "flops_training" else None,
                 time_ratio(a, b), _latency_ratio(a, b)) if c]
-            lines.append(f"{short[b.label]} vs {short[a.label]}: {verdict(*difference(a, b))}"
+            lines.append(f"{_step_names(a, b, short)}: {verdict(*difference(a, b))}"
                          + (f", for {', '.join(costs)}" if costs else "") + ".")
+        lines += _tuning(mine, short)
     if ranked and all(len(g.values(KEY)) < 2 for g in ranked):
         lines.append("One seed per experiment: differences cannot be told from seed-to-seed noise; sweep "
                      "`seed: [0, 1, 2]` to get error bars.")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from plots import table
-from plots.page import Section
+from plots.page import Section, Table
 from plots.runs import Group, split_prefix
 
 
@@ -201,12 +201,24 @@ def runs_table(groups: list[Group]) -> str:
             f"<tbody>{body}</tbody></table></div>")
 
 
+def section_table(t: Table) -> str:
+    ths = "".join(f'<th class="{"num" if n else "text"}">{breakable(h)}</th>' for h, n in zip(t.head, t.numeric))
+    # The first column names the row (a run's name: breakable); the rest are values, kept whole.
+    body = "".join(f"<tr><td>{breakable(row[0])}</td>"
+                   + "".join(f'<td class="{"num" if n else "text"}">{escape(c)}</td>'
+                             for c, n in zip(row[1:], t.numeric[1:])) + "</tr>" for row in t.rows)
+    return (f'<div class="wide"><table id="{escape(t.id)}"><thead><tr>{ths}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
+
+
 def _sections(sections: list[Section]) -> list[str]:
     parts = []
     for s in sections:
         parts.append(f'<h2 id="{_id(s.title)}">{escape(s.title)}</h2>')
         if s.intro:
             parts.append(f'<p class="note">{_prose(s.intro)}</p>')
+        if s.table:
+            parts.append(section_table(s.table))
         parts.append('<div class="grid">' if s.side_by_side and len(s.figures) > 1 else "<div>")
         for fig in s.figures:
             heading = f"<h3>{escape(fig.title)}</h3>" if fig.title != s.title else ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from core.errors import RunFailed
 from core.files import Payload, atomic_write
@@ -26,6 +27,16 @@ class Figure:
 
 
 @dataclass
+class Table:
+    """A section's table: column titles, which columns hold numbers (right-aligned), rows of cell texts."""
+
+    id: str  # the HTML table's id
+    head: list[str]
+    numeric: list[bool]
+    rows: list[list[str]]
+
+
+@dataclass
 class Section:
     """A heading of the index with its figures (a figure titled like its section gets no heading of its own)."""
 
@@ -33,3 +44,4 @@ class Section:
     figures: list[Figure] = field(default_factory=list)
     intro: str = ""
     side_by_side: bool = False  # narrow, tall figures (one per experiment): two to a row in index.html
+    table: Optional[Table] = None  # shown after the intro, before the figures

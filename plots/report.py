@@ -20,7 +20,7 @@ from core.cli import run_cli
 from core.errors import UserError
 from core.lock import DirLock
 from core.log import get_logger
-from plots import curves, html, table, tradeoff
+from plots import curves, html, table, tradeoff, tune
 from plots.findings import findings
 from plots.page import Figure, Section, write
 from plots.runs import Group, Run, find_runs, group_runs, read_latency
@@ -93,6 +93,7 @@ def render(out: Path, runs: list[Run], groups: list[Group], *, failures: Optiona
     """
     failures, notes = failures or [], list(notes)
     colour = curves.colours(groups)
+    tuning = _tuning(out, notes)
     title = f"Comparison of {len(runs)} run{'s' * (len(runs) != 1)}"
     written, command = f"{datetime.now():%Y-%m-%d %H:%M}", command or "python -m plots"
     lines = [f"# {title}", "",
@@ -125,7 +126,7 @@ def render(out: Path, runs: list[Run], groups: list[Group], *, failures: Optiona
             write(out / "failures.log", "\n".join(f"== {f['name']}\n{f['traceback']}" for f in logged))
             lines += ["", "Tracebacks: [failures.log](failures.log)."]
         lines.append("")
-    sections: list[Section] = []
+    sections: list[Section] = [tune.section(tuning, groups, colour, out)] if tuning else []
     if groups:
         seeds = " (mean over seeds, ±1 std band)" if any(len(g.counted) > 1 for g in groups) else ""
         names = curves.names_note(groups)
@@ -166,8 +167,24 @@ def render(out: Path, runs: list[Run], groups: list[Group], *, failures: Optiona
     return index
 
 
+def _tuning(out: Path, notes: list[str]) -> Optional[tune.Tuning]:
+    """``out/tune.json`` (a tune: search's trials), None when there is none; one that cannot be used is a
+    warning and a note, and the page goes without its tuning section."""
+    try:
+        return tune.read(out)
+    except UserError as e:
+        log.warning(f"warning: {e}; the comparison has no tuning section")
+        notes.append(f"No tuning section: {e}")
+        return None
+
+
 def _section_lines(s: Section, out: Path) -> list[str]:
     lines = [f"## {s.title}", ""] + ([s.intro, ""] if s.intro else [])
+    if s.table:
+        cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731
+        lines += ["| " + " | ".join(map(cell, s.table.head)) + " |",
+                  "|" + "".join("---:|" if n else "---|" for n in s.table.numeric)]
+        lines += ["| " + " | ".join(map(cell, row)) + " |" for row in s.table.rows] + [""]
     for f in s.figures:
         lines += ([f"### {f.title}", ""] if f.title != s.title else [])
         lines += [f"![{f.title}]({Path(os.path.relpath(f.path, out)).as_posix()})", "", f"*{f.caption}*", ""]
@@ -187,6 +204,8 @@ def _tradeoff_sections(groups: list[Group], colour: dict, out: Path) -> list[Sec
         spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed, so no error bars"
         hollow = "; a hollow point has no completed run" if not all(g.completed for g in mine) else ""
         for key in table.swept_keys(mine):
+            if key == "tuned":  # tuned against untuned: the summary's sentence and the tuning section say it
+                continue
             if len({json.dumps(g.swept.get(key)) for g in mine if key in g.swept}) < 2:
                 continue
             path = out / f"accuracy_vs_{_slug(key)}{suffix}.png"

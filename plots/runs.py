@@ -14,7 +14,7 @@ import yaml
 from core.convert import short_repr
 from core.errors import UserError, one_line
 from core.lock import writer_alive
-from core.status import FINISHED
+from core.status import FINISHED, PRUNED
 from core.text import flatten
 
 RUN_FILES = "config.yaml, metrics.jsonl and results.json"
@@ -63,6 +63,10 @@ class Run:
                     f"{self.results.get('stop_reason') or 'no improvement'}")
         if self.status == "killed":
             return "its process ended without recording why (SIGKILL, out of memory, a power cut)"
+        if self.status == PRUNED:
+            trial = self.results.get("trial") or {}
+            return (f"pruned by the tuning search after epoch {len(self.metrics)} of {self.results.get('epochs')}"
+                    + (f" (trial {trial.get('number')} of {trial.get('study')})" if trial else ""))
         return str(self.results.get("error") or "")
 
     @property
@@ -152,6 +156,11 @@ def _results(path: Path) -> dict[str, Any]:
             raise _wrong(str(path), key, results[key], "a number or null")
     if not isinstance(results.get("swept") or {}, dict):
         raise _wrong(str(path), "swept", results["swept"], "a mapping of swept keys to values")
+    for key in ("tuned", "trial"):  # a tune: final run's best setting; a trial's own (launch/tune.py)
+        if not isinstance(results.get(key) or {}, dict):
+            raise _wrong(str(path), key, results[key], "a mapping (study, params, ...)")
+        if not isinstance((results.get(key) or {}).get("params") or {}, dict):
+            raise _wrong(str(path), f"{key}.params", results[key]["params"], "a mapping of searched keys to values")
     return results
 
 
@@ -270,6 +279,24 @@ class Group:
         swept = next((r.swept for r in self.runs if r.swept), {})
         return {k: v for k, v in swept.items() if k != "seed"}
 
+    @property
+    def tuned(self) -> Optional[bool]:
+        """True: a tune: search's best setting, run over the seeds; False: the same experiment at the config's
+        own values, its baseline; None: no tuning involved (results.json ``swept.tuned``)."""
+        tuned = self.swept.get("tuned")
+        return tuned if isinstance(tuned, bool) else None
+
+    @property
+    def tuned_params(self) -> dict[str, Any]:
+        """The searched keys' best values it was trained with (results.json ``tuned.params``); empty if none."""
+        return next((dict(r.results["tuned"].get("params") or {}) for r in self.runs
+                     if isinstance(r.results.get("tuned"), dict)), {})
+
+    @property
+    def experiment(self) -> str:
+        """The experiment it belongs to: its label without `` (tuned)`` / `` (untuned)``."""
+        return unmarked(self.label)
+
     def stat(self, key: str) -> tuple[Optional[float], Optional[float]]:
         """(mean, sample std) over the counted runs that have the value; std is None for a single value."""
         values = self.values(key)
@@ -290,15 +317,44 @@ class Group:
         return epochs, means, stds
 
 
-def _experiment_key(config: dict[str, Any]) -> str:
-    c = json.loads(json.dumps(config))  # a deep copy
+def _experiment_key(run: Run) -> str:
+    c = json.loads(json.dumps(run.config))  # a deep copy
     for section, keys in _NOT_THE_EXPERIMENT.items():
         if keys is None:
             c.pop(section, None)
         elif isinstance(c.get(section), dict):
             for k in keys:
                 c[section].pop(k, None)
+    if isinstance(run.swept.get("tuned"), bool):  # a search whose best is the config's own values: still two
+        c["tuned"] = run.swept["tuned"]
     return json.dumps(c, sort_keys=True)
+
+
+# How a tune: call's runs are labelled: its experiment ``x-tuned`` (the best setting) reads ``x (tuned)``, its
+# baseline ``x-untuned`` (the config's own values) ``x (untuned)``.
+TUNING_MARKS = {True: " (tuned)", False: " (untuned)"}
+SETTINGS = {True: "at tuned settings", False: "at the config's settings"}  # swept.tuned, in words
+
+
+def swept_text(key: str, value: Any) -> str:
+    """A swept value as a legend says it: ``train.lr=0.001``; ``tuned`` in words."""
+    return SETTINGS[value] if key == "tuned" and isinstance(value, bool) else f"{key}={value}"
+
+
+def unmarked(label: str) -> str:
+    """A label without its tuning mark: the experiment a search tuned."""
+    for mark in TUNING_MARKS.values():
+        if label.endswith(mark):
+            return label[: -len(mark)]
+    return label
+
+
+def _tuning_label(g: Group) -> str:
+    if g.tuned is None:
+        return g.label
+    suffix = "-tuned" if g.tuned else "-untuned"
+    base = g.label[: -len(suffix)] if g.label.endswith(suffix) else g.label
+    return base + TUNING_MARKS[g.tuned]
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
@@ -307,9 +363,10 @@ def group_runs(runs: list[Run]) -> list[Group]:
     ``x [train.epochs=5]``."""
     groups: dict[str, Group] = {}
     for r in runs:
-        groups.setdefault(_experiment_key(r.config), Group("")).runs.append(r)
+        groups.setdefault(_experiment_key(r), Group("")).runs.append(r)
     for g in groups.values():  # the sweep's experiment name, from any run that recorded it
         g.label = next((str(r.results["experiment"]) for r in g.runs if r.results.get("experiment")), g.first.name)
+        g.label = _tuning_label(g)
     by_label: dict[str, list[tuple[str, Group]]] = {}
     for key, g in groups.items():
         by_label.setdefault(g.label, []).append((key, g))
@@ -338,12 +395,14 @@ def size_measure(groups: list[Group]) -> str:
 def split_prefix(labels: list[str]) -> tuple[str, list[str]]:
     """(the prefix all labels share up to a ``-``, the labels without it), for figures where the full names
     would crowd the points ("sizes-fashion_mnist-cnn_tr_small" -> "cnn_tr_small"); nothing is cut from one
-    label, nor when that would leave a label empty."""
-    if len(labels) < 2:
+    label, nor when that would leave a label empty. Tuning marks count for nothing: "x-mnist (tuned)" and
+    "x-mnist (untuned)" are one experiment, kept whole."""
+    bases = [unmarked(label) for label in labels]
+    if len(set(bases)) < 2:
         return "", list(labels)
-    common = labels[0][: next((i for i, c in enumerate(zip(*labels)) if len(set(c)) > 1), min(map(len, labels)))]
+    common = bases[0][: next((i for i, c in enumerate(zip(*bases)) if len(set(c)) > 1), min(map(len, bases)))]
     cut = common.rfind("-") + 1
-    if any(len(label) == cut for label in labels):
+    if any(len(base) == cut for base in bases):
         cut = 0
     return labels[0][:cut], [label[cut:] for label in labels]
 

@@ -26,6 +26,28 @@ def swept_keys(groups: list[Group]) -> list[str]:
     return list(keys)
 
 
+def param(value: Any) -> str:
+    """A searched or swept value as a page writes it: ``0.0021``, ``3e-05``, ``4``, ``true``, ``gelu``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """``train.lr=0.0021, model.depth=4``."""
+    return ", ".join(f"{k}={param(v)}" for k, v in params.items())
+
+
+def tuned_text(g: Group) -> str:
+    """The "tuned" column: the best values a search found and the group was trained with; "no" for the baseline
+    at the config's own values."""
+    if g.tuned is None:
+        return "–"
+    return (params_text(g.tuned_params) or "yes") if g.tuned else "no"
+
+
 def cell(value: Any) -> Any:
     """A swept value as a CSV cell: lists and mappings as JSON, the rest as they are."""
     return json.dumps(value) if isinstance(value, (list, dict)) else value
@@ -107,13 +129,16 @@ def summary_rows(groups: list[Group]) -> list[dict[str, Any]]:
                                **{k: g.cost(k) for k in COSTS}}
         for key, _, _ in STATS:
             row[f"{key}_mean"], row[f"{key}_std"] = g.stat(key)
+        if g.tuned is not None:
+            row["tuned_params"] = cell(g.tuned_params)
         rows.append({**row, **_latency_columns(g)})
     return rows
 
 
 def summary_csv(groups: list[Group]) -> str:
-    columns = ["experiment", *swept_keys(groups), "model", "dataset", "runs", "counted", "seeds", "completed",
-               "status", *COSTS]
+    keys = swept_keys(groups)
+    columns = ["experiment", *keys, *(["tuned_params"] if "tuned" in keys else []), "model", "dataset", "runs",
+               "counted", "seeds", "completed", "status", *COSTS]
     columns += [f"{key}_{s}" for key, _, _ in STATS for s in ("mean", "std")] + LATENCY_COLUMNS
     return csv_text(summary_rows(groups), columns)
 
@@ -184,8 +209,8 @@ def summary_table(groups: list[Group]) -> tuple[list[str], list[bool], list[list
     for g, row in zip(groups, summary_rows(groups)):
         runs = str(len(g.runs)) if len(g.counted) == len(g.runs) else f"{len(g.counted)} of {len(g.runs)}"
         cells = [(g.label, None)]
-        cells += [(str(row[k]) if row[k] is not None else "–", row[k] if numeric[i] else None)
-                  for i, k in enumerate(keys, 1)]
+        cells += [(tuned_text(g) if k == "tuned" else str(row[k]) if row[k] is not None else "–",
+                   row[k] if numeric[i] else None) for i, k in enumerate(keys, 1)]
         cells += [(row["model"], None)] + [(row["dataset"], None)] * datasets + [(runs, len(g.counted)),
                   (count(row["params"]), row["params"]), (count(row["flops_inference"]), row["flops_inference"]),
                   (count(row["flops_training"]), row["flops_training"])]

@@ -14,7 +14,7 @@ from typing import Any, Optional
 from matplotlib.ticker import EngFormatter
 
 from plots.curves import plt, save
-from plots.runs import Group, short_labels, size_measure
+from plots.runs import Group, short_labels, size_measure, swept_text
 from plots.table import cell, csv_text
 
 # (results key, axis label) of the costs accuracy is drawn against; latency is the comparison's measurement.
@@ -177,7 +177,7 @@ def swept_figure(groups: list[Group], key: str, colour: dict, path: Path, rows: 
         position = {v: i for i, v in enumerate(order)}
     series: dict[str, list[Group]] = {}
     for g in having:
-        rest = ", ".join(f"{k}={v}" for k, v in g.swept.items() if k != key)
+        rest = ", ".join(swept_text(k, v) for k, v in g.swept.items() if k != key)
         series.setdefault(rest, []).append(g)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
     for ax, (acc, title) in zip(axes, ACCURACY):
