@@ -368,15 +368,16 @@ def _trial_of(study, storage, number: int):
 
 def _tell(study, storage, number: int, state, value: Optional[float] = None,
           attrs: Optional[dict[str, Any]] = None) -> bool:
-    """Tell the study how trial ``number`` ended; False when another worker told it first."""
+    """Tell the study how trial ``number`` ended; False when it had ended already (another worker told it)."""
+    trial = _trial_of(study, storage, number)
+    if storage.get_trial(trial._trial_id).state.is_finished():  # noqa: SLF001 - the id _trial_of looked up
+        return False
     try:
-        if attrs:
-            trial = _trial_of(study, storage, number)
-            for k, v in attrs.items():
-                trial.set_user_attr(k, v)
-        before = study.tell(number, value, state=state, skip_if_finished=True)
-        return before.state == state
-    except (RuntimeError, ValueError):
+        for k, v in (attrs or {}).items():
+            trial.set_user_attr(k, v)
+        study.tell(number, value, state=state)
+        return True
+    except (RuntimeError, ValueError):  # told by another worker between the look and the tell
         return False
 
 
