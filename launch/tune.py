@@ -152,9 +152,10 @@ class Search:
                                     pruner=_pruner(self.spec, self.epochs(i)))
         seed = hash((self.spec.sampler_seed, i, rank, len(study.get_trials(deepcopy=False)))) % 2 ** 32
         # TPE's random start is a third of the budget (at most its default 10), so a budget of 8 trials still
-        # ends with 5 that TPE proposes.
+        # ends with 5 that TPE proposes; constant_liar: workers at once do not all propose the same point
+        # (Optuna's advice for distributed optimization).
         startup = max(2, min(10, (self.spec.trials or 30) // 3))
-        study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+        study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True)
         return study
 
     def epochs(self, i: int) -> int:
