@@ -160,9 +160,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, dest) not in (None, False, [], "local") and args.mode not in modes:
             raise UserError(f"{flag}: only used with {' or '.join('--' + m for m in modes)}")
     _take_assignments(args)
-    if args.launcher == "slurm" and (args.jobs is not None or args.jobs_per_gpu is not None):
-        raise UserError("--jobs: only with --launcher local; with slurm, each point is a job and the cluster "
-                        "runs as many at once as it has room for")
     if args.mode == "compare" and args.out is None:
         p.error("--compare RUN_DIR...: give --out DIR, where the comparison goes")
     return args

@@ -189,7 +189,8 @@ def expand(raw: dict[str, Any] | Raw, source: str, overrides: list[str] = ()) ->
 
 def _tune_of(raw: dict[str, Any], source: str, set_keys: list[str]) -> Optional[TuneSpec]:
     """The config's ``tune:`` section (popped from ``raw``), checked on its own (config/tune.py)."""
-    if "tune" not in raw:
+    if raw.get("tune") is None:  # none, or tune: null (a base file's search, dropped)
+        raw.pop("tune", None)
         return None
     try:
         spec = parse_tune(raw.pop("tune"))

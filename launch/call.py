@@ -34,9 +34,12 @@ def run_call(points: list[Point], out: Optional[str], command: str, jobs: Option
     tuned = any(p.tune is not None for p in points)
     if storage is not None and not tuned:
         raise UserError("--storage: the study database of a tune: section; this call has none")
-    if tuned and launcher == "slurm":
-        raise UserError("--launcher slurm: a tune: search runs here or with --jobs N (its workers share the study "
-                        "in --storage); SLURM workers for it are not built yet")
+    slurm_jobs = 1
+    if launcher == "slurm" and (jobs is not None or jobs_per_gpu is not None):
+        if not tuned or jobs_per_gpu is not None:
+            raise UserError("--jobs: only with --launcher local; with slurm, each point is a job and the cluster "
+                            "runs as many at once as it has room for (a tune: search: --jobs N worker jobs)")
+        slurm_jobs, jobs = jobs, None
     workers = plan_workers(jobs, jobs_per_gpu)  # None: one after another, in this process
     if launcher == "slurm":
         from launch.slurm import Slurm, check_available
@@ -58,15 +61,15 @@ def run_call(points: list[Point], out: Optional[str], command: str, jobs: Option
         log.info(f"comparison directory: {out_dir} (if this call stops: {manifest.resume_command()})")
         if not tuned:
             return _finish(manifest, [], jobs_for(points, manifest), executor, command)
-        return _search_then_finish(manifest, workers, executor, command)
+        return _search_then_finish(manifest, workers, executor, command, slurm_jobs)
 
 
-def _search_then_finish(manifest: Manifest, workers, executor: Executor, command: str) -> int:
+def _search_then_finish(manifest: Manifest, workers, executor: Executor, command: str, slurm_jobs: int = 1) -> int:
     """A tuned call: the search (launch/tune.py; skipped when done before), then its finals and the comparison."""
     if not manifest.tune.get("searched"):
         from launch.tune import search
 
-        code = search(manifest, workers, command)
+        code = search(manifest, workers, command, slurm_jobs)
         if code is not None:
             return code
     done, todo = plan(manifest)
@@ -82,13 +85,20 @@ def resume_call(folder: Path, overrides: list[str], command: str, jobs: Optional
     if storage is not None:
         raise UserError(f"--storage: {folder} keeps the study storage it started with (sweep.json); a resume "
                         f"continues there")
-    workers = plan_workers(jobs, jobs_per_gpu)
     with DirLock(folder, "comparison directory"):  # one call finishes it; a second one at once is refused
-        return _resume(folder, command, workers)
+        return _resume(folder, command, jobs, jobs_per_gpu)
 
 
-def _resume(folder: Path, command: str, workers) -> int:
+def _resume(folder: Path, command: str, jobs: Optional[int], jobs_per_gpu: Optional[int]) -> int:
     manifest = Manifest.load(folder)
+    if manifest.launcher == "slurm" and manifest.tune is not None and not manifest.tune.get("searched"):
+        from launch.slurm import Slurm
+
+        if jobs_per_gpu is not None:
+            raise UserError(f"--jobs-per-gpu: {folder} is a SLURM call; its search runs in SLURM jobs (--jobs N)")
+        log.info(f"{folder}: continuing the search")
+        return _search_then_finish(manifest, None, Slurm(), command, jobs or 1)
+    workers = plan_workers(jobs, jobs_per_gpu)
     attach: dict[int, str] = {}
     if manifest.launcher == "slurm":
         from launch.slurm import Slurm, attached_jobs, record_run_dirs

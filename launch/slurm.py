@@ -122,10 +122,16 @@ def check_available() -> None:
 
 def parameters(job: Job) -> dict[str, Any]:
     """submitit's parameters for one point from its ``slurm:`` section."""
-    s = job.cfg.slurm
-    gpus, tasks = s.gpus_per_node, s.tasks_per_node or max(1, s.gpus_per_node)
+    return slurm_parameters(job.cfg, job.point.name)
+
+
+def slurm_parameters(cfg, name: str, tasks: Optional[int] = None) -> dict[str, Any]:
+    """submitit's parameters for a job named ``name`` from ``cfg``'s ``slurm:`` section (``tasks`` per node:
+    the section's unless given)."""
+    s = cfg.slurm
+    gpus, tasks = s.gpus_per_node, tasks or s.tasks_per_node or max(1, s.gpus_per_node)
     params: dict[str, Any] = {"timeout_min": s.time_min, "nodes": s.nodes, "tasks_per_node": tasks,
-                              "name": job.point.name[:100], "slurm_additional_parameters": dict(s.sbatch)}
+                              "name": name[:100], "slurm_additional_parameters": dict(s.sbatch)}
     if gpus:
         params["gpus_per_node"] = gpus
     if s.partition:

@@ -185,6 +185,8 @@ def _dry_run_tune(points: list[Point]) -> None:
     for name, s in seeds.items():
         trial_seed = spec.seed if spec.seed is not None else s[0]
         print(f"  {name}: trials at seed {trial_seed}; finals at seed(s) {', '.join(map(str, s))}")
+    print("each point below trains after the search as <experiment>-tuned"
+          + (" and <experiment>-untuned (its values as listed)" if spec.untuned else "") + ":")
 
 
 def _run_facts(cfg) -> str:

@@ -195,3 +195,131 @@ def test_dry_run_shows_the_search_space_budget_and_experiments(tmp_path, capsys)
                         "whichever ends first; maximize best_val_acc; hyperband pruning after epoch 1")
     assert lines[2] == "  t-fashion_mnist: trials at seed 7; finals at seed(s) 0, 1"
     assert "and its config's own values over them (tune.untuned)" in lines[1]
+
+
+def test_whose_trial_is_orphaned_and_a_resumed_call_releases_its_own(tmp_path):
+    """A trial is continued by another worker only when its process is gone (this host: pid and start time) or
+    released it; a trial held on another host is never taken from it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import optuna
+
+    from core.procs import process_start
+    from launch.tune import RELEASED, _orphaned
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(done.stdout)  # a pid that was a process a moment ago
+    here = socket.gethostname()
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s", direction="maximize")
+    live = os.getppid()  # a live process other than this one (this one asking is between trials: its are done)
+    owners = {"a live process": {"host": here, "pid": live, "started": process_start(live)},
+              "a gone process": {"host": here, "pid": dead, "started": 1},
+              "this pid, another start": {"host": here, "pid": live, "started": 1},
+              "another host": {"host": here + "-elsewhere", "pid": os.getpid(), "started": 1},
+              "released": RELEASED, "no owner recorded": None}
+    for owner in owners.values():
+        t = study.ask()
+        if owner is not None:
+            t.set_user_attr("owner", owner)
+    got = {name: _orphaned(t) for name, t in zip(owners, study.get_trials())}
+    assert got == {"a live process": False, "a gone process": True, "this pid, another start": True,
+                   "another host": False, "released": True, "no owner recorded": False}
+
+
+def test_an_orphan_whose_directory_is_held_waits_and_a_stopped_trial_continues(fmnist_root, tmp_path, capsys,
+                                                                              plain_comparisons, monkeypatch):
+    """A worker does not take a released trial whose run directory another process still holds (it is finishing
+    its checkpoint); once the directory is free, the trial continues from its last.pt, in place."""
+    import signal
+    import os
+
+    import optuna
+
+    import train.engine
+    from fixtures import hold_lock, read_metrics
+
+    cfg = tune_yaml(fmnist_root, tmp_path, tune={**SEARCH, "trials": 2, "pruner": "none"})
+    compare = tmp_path / "compare"
+    real, calls = train.engine.train_step, [0]
+
+    def step_then_signal(*args):  # SIGTERM in trial 1's second epoch (3 epochs of 8 steps a trial)
+        out = real(*args)
+        calls[0] += 1
+        if calls[0] == 24 + 8 + 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(train.engine, "train_step", step_then_signal)
+    r = call_main(capsys, "--cfg", cfg, "--out", compare)
+    assert r.returncode == 143, r.stderr
+    monkeypatch.setattr(train.engine, "train_step", real)
+    (study, trials), = study_trials(compare).items()
+    assert [t.state.name for t in trials] == ["COMPLETE", "RUNNING"]
+    assert trials[1].user_attrs["owner"] == {"released": True}
+    stopped = Path(trials[1].user_attrs["run_dir"])
+    assert read_results(stopped)["status"] == "interrupted"
+
+    from launch.plan import Manifest
+    from launch.tune import Search, Worker
+
+    holder = hold_lock(stopped)  # the stopped trial's process, still finishing
+    try:
+        worker = Worker(Search(Manifest.load(compare)), None)
+        task, held = worker._next()
+        assert task is None and held  # nothing to ask (the budget is spent), the orphan is held: wait
+    finally:
+        holder.kill()
+        holder.wait()
+    r = call_main(capsys, "--resume", compare)
+    assert r.returncode == 0, r.stderr
+    (trials,) = study_trials(compare).values()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert [row["epoch"] for row in read_metrics(stopped)] == [1, 2, 3]  # continued in place, each epoch once
+    assert sorted(trials[1].intermediate_values) == [1, 2, 3]  # every epoch reported, the last one too
+    assert len(list((compare / "trials").glob("*/"))) == 2
+
+
+def test_budgets_in_epochs_and_the_median_pruners_first_epoch(fmnist_root, tmp_path, capsys, plain_comparisons):
+    import optuna
+
+    from config.tune import parse
+    from launch.tune import _pruner
+
+    # 5 epochs for trials of 2: two trials (4 epochs); a third would make 6.
+    cfg = tune_yaml(fmnist_root, tmp_path, epochs=2,
+                    tune={"params": {"train.lr": {"log_uniform": [1.0e-3, 1.0e-2]}}, "epochs": 5, "pruner": "none"})
+    r = call_main(capsys, "--cfg", cfg, "--out", tmp_path / "compare")
+    assert r.returncode == 0, r.stderr
+    (trials,) = study_trials(tmp_path / "compare").values()
+    assert [sorted(t.intermediate_values) for t in trials] == [[1, 2], [1, 2]]
+
+    # tune.min_epochs: 2: no trial is pruned after its first epoch, however far behind.
+    pruner = _pruner(parse({**BASE, "pruner": "median", "min_epochs": 2}), 4)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for _ in range(3):
+        t = study.ask()
+        t.report(90.0, 1)
+        t.report(90.0, 2)
+        study.tell(t, 90.0)
+    t = study.ask()
+    t.report(10.0, 1)
+    assert not t.should_prune()
+    t.report(10.0, 2)
+    assert t.should_prune()
+
+
+def test_study_names_are_the_calls_and_a_relative_sqlite_path_is_made_absolute(tmp_path, monkeypatch):
+    from config.sweep import load_points
+    from launch.tune import _absolute, experiments_of
+
+    a = tune_yaml(tmp_path / "d", tmp_path, tune=BASE, name="a.yaml")
+    b = tune_yaml(tmp_path / "d", tmp_path, tune=BASE, name="b.yaml")  # the same experiment name, another file
+    studies = [e.study for e in experiments_of(load_points([a, b], warn=False), "c0ffee")]
+    assert studies == ["t-fashion_mnist [c0ffee.0]", "t-fashion_mnist [c0ffee.1]"]
+    monkeypatch.chdir(tmp_path)
+    assert _absolute("sqlite:///x.db") == f"sqlite:///{tmp_path / 'x.db'}"
+    assert _absolute("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+    assert _absolute("postgresql://u:p@h/db") == "postgresql://u:p@h/db"

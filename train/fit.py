@@ -13,6 +13,7 @@ import signal
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -24,6 +25,7 @@ from core.signals import GracefulStop
 from core.status import PRUNED
 from core.text import eta, format_duration
 from data import get_spec, load_data
+from data.locate import locate
 from models import build_model
 from models.measure import describe, flops_per_image
 from train import checkpoint, threads
@@ -142,7 +144,8 @@ def _build(cfg: Config, dist: Dist, counted: bool):
         torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)  # its own dropout and MixUp/CutMix draws
     info = describe(model, spec)
     flops = _count_flops(cfg, model, spec) if counted else None
-    log.info(f"loading {cfg.data.name} from {cfg.data.root}")
+    _files, found_in, _looked = locate(spec, Path(cfg.data.root).expanduser())  # where load_data will read it
+    log.info(f"loading {cfg.data.name} from {found_in or cfg.data.root}")
     data = load_data(cfg.data)
     if not dist.enabled:  # several processes: each copies its part to its device (make_loaders)
         data = data.to(device)
