@@ -4,6 +4,7 @@ skipped with the reason, and fail under CI=true; the checks that need none run i
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -161,3 +162,32 @@ def test_slurm_section_becomes_submitit_parameters_and_does_not_change_the_math(
                                "slurm_partition": "gpu", "cpus_per_task": 8, "mem_gb": 64,
                                "slurm_additional_parameters": {"account": "lab", "qos": "high"}}
     assert fingerprint(cfg) == fingerprint(plain)  # a run moved to another cluster still resumes
+
+
+@pytest.mark.system
+def test_a_tune_search_runs_in_slurm_worker_jobs_then_its_finals_as_jobs(cluster, data_root, tmp_path, capsys):
+    """--launcher slurm --jobs 2 with a tune: section: two SLURM jobs draw the trials from the call's SQLite
+    study, then the best setting's other seed trains as a job of its own and the comparison is written."""
+    import optuna
+
+    raw = sweep_raw(data_root, tmp_path / "runs", epochs=2)
+    raw["data"]["limit_train"] = 128
+    raw["sweep"] = {"seed": [0, 1]}
+    raw["tune"] = {"params": {"train.lr": {"log_uniform": [1.0e-3, 1.0e-2]}}, "trials": 3, "pruner": "none"}
+    cmp = tmp_path / "cmp"
+    r = call_main(capsys, "--cfg", write_yaml(tmp_path / "tune.yaml", raw), "--launcher", "slurm", "--jobs", "2",
+                  "--out", cmp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = manifest(cmp)
+    assert len(m["tune"]["slurm_workers"]) == 2 and m["tune"]["searched"] is True
+    storage = f"sqlite:///{cmp / 'study.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+    assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "COMPLETE")]
+    assert all(t.user_attrs["owner"]["pid"] != os.getpid() for t in trials)  # trained in the jobs, not here
+    best = max(trials, key=lambda t: t.value)
+    seed0, seed1 = m["points"]
+    assert read_results(seed0["run_dir"])["trial"]["number"] == best.number  # the trials' seed: the best trial
+    assert seed1["slurm_job"] and read_results(seed1["run_dir"])["status"] == "completed"
+    assert seed1["config"]["train"]["lr"] == best.params["train.lr"]
+    assert "## Tuning" in (cmp / "index.md").read_text()
