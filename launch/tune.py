@@ -14,10 +14,16 @@ A call with a ``tune:`` section (config/tune.py) runs in two phases in one compa
    which reads ``tune.json`` (every trial, written here) for its tuning section.
 
 Faults: a trial's state lives in the storage (written at each report and at its end) and in its run directory.
-``--resume COMPARE_DIR`` continues the search: a trial left ``RUNNING`` by a process that is gone continues
-from its last.pt (or is told from its results.json, when it ended before it was told); one that never started
-training is marked failed (``not_started``, not counted against the budget) and its place is asked again.
-No finished trial is run again.
+A worker stopped by a signal checkpoints its trial and releases it. ``--resume COMPARE_DIR`` releases every
+trial the call's workers left ``RUNNING`` (none of them is alive then) and continues the search: a released
+trial, or one whose process on this host is gone, continues from its last.pt under its run directory's lock
+(or is told from its results.json, when it ended before it was told); one that never started training is
+marked failed (``not_counted``: not counted against the budget) and its place is asked again. A trial held by
+a process on another host is never taken from it. No finished trial is run again.
+
+Optuna's heartbeats (``RDBStorage(heartbeat_interval=...)``) would fail a dead worker's trial, but only inside
+``study.optimize``, and a failed trial cannot be continued from its checkpoint; hence pid, start time and the run
+directory's lock here.
 """
 from __future__ import annotations
 
