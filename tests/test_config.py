@@ -145,7 +145,10 @@ def test_shipped_configs_build(path, capsys):
     assert main(["--cfg", str(path), "--dry-run"]) == 0  # builds the model for the dataset, torchinfo summary
     out = capsys.readouterr().out
     points = load_points([path])
-    if points[0].values:  # a sweep: one line per point, each model built
+    if points[0].tune is not None:  # a search: its space and experiments first, then each point built
+        assert out.startswith("tune: search ") and f"\n{len(points)} runs:\n" in out
+        assert out.count(" params\n") == len(points)
+    elif points[0].values:  # a sweep: one line per point, each model built
         assert out.startswith(f"{len(points)} runs:") and out.count(" params\n") == len(points)
     else:
         assert "Total params" in out and f"name: {points[0].cfg.model.name}" in out
