@@ -44,6 +44,20 @@ def fmnist_root(tmp_path):
 
 
 @pytest.fixture
+def no_comparison(monkeypatch):
+    """A multi-run call that ends with an index.md listing its runs instead of the comparison (figures, tables,
+    latency): for tests about what the call trains and records, which read no page."""
+    import launch.call
+
+    def listed(run_dirs, out, **_):
+        index = out / "index.md"
+        index.write_text("".join(f"- {d}\n" for d in run_dirs))
+        return index
+
+    monkeypatch.setattr(launch.call, "compare", listed)
+
+
+@pytest.fixture
 def plain_comparisons(monkeypatch):
     """The comparison a multi-run call of ``main`` ends with, without attention and feature maps (drawn and
     checked in tests/test_maps.py and test_plots.py): for tests about runs' bookkeeping, where the maps are

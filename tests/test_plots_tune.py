@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import call_main, log_lines, png_size, write_yaml
+from fixtures import built_once, call_main, log_lines, png_size, write_yaml
 from plots import tune
 from plots.runs import find_runs, group_runs
 
@@ -99,16 +99,19 @@ def tune_json(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    """``python -m plots`` over the finals, into a directory that holds tune.json: (out, tune.json's data, log)."""
-    tmp = tmp_path_factory.mktemp("tune")
-    runs = write_finals(tmp / "runs")
-    out = tmp / "cmp"
-    data = tune_json(out)
-    from plots.report import main
+    """``python -m plots`` over the finals, into a directory that holds tune.json: (out, tune.json's data, log);
+    rendered once per session (``built_once``): the tests only read it."""
+    def build(tmp: Path):
+        runs = write_finals(tmp / "runs")
+        out = tmp / "cmp"
+        data = tune_json(out)
+        from plots.report import main
 
-    with log_lines() as lines:
-        assert main([str(runs), "--out", str(out)]) == 0
-    return out, data, lines
+        with log_lines() as lines:
+            assert main([str(runs), "--out", str(out)]) == 0
+        return out, data, list(lines)
+
+    return built_once(tmp_path_factory, "tune_page", build)
 
 
 def section(text: str, title: str) -> str:
@@ -257,8 +260,20 @@ def edit(out: Path, change) -> None:
 
 
 @pytest.mark.parametrize("bad", list(BAD))
-def test_a_bad_tune_json_is_one_warning_and_the_page_renders_without_it(tmp_path, capsys, bad):
+def test_a_bad_tune_json_is_one_line_naming_the_field(tmp_path, bad):
+    from core.errors import UserError
+
     write_bad, message = BAD[bad]
+    out = tmp_path / "cmp"
+    out.mkdir()
+    write_bad(out)
+    with pytest.raises(UserError) as e:
+        tune.read(out)
+    assert message in str(e.value) and "\n" not in str(e.value), e.value
+
+
+def test_a_bad_tune_json_is_one_warning_and_the_page_renders_without_it(tmp_path, capsys):
+    write_bad, message = BAD["wrong type"]
     run = write_run(tmp_path / "runs" / "one", experiment="one", model="cnn_tr_small", seed=0, settings=CONFIG,
                     best=80.0)
     out = tmp_path / "cmp"

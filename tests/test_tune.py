@@ -92,7 +92,7 @@ def test_a_study_prunes_and_the_comparison_matches_the_trials_files(fmnist_root,
 
 
 def test_finals_train_the_best_over_the_seeds_beside_the_untuned_values(fmnist_root, tmp_path, capsys,
-                                                                       plain_comparisons):
+                                                                       no_comparison):
     cfg = tune_yaml(fmnist_root, tmp_path, epochs=1, sweep={"seed": [0, 1]},
                     tune={"params": {"train.lr": {"log_uniform": [1.0e-3, 1.0e-2]}}, "trials": 2, "pruner": "none",
                           "untuned": True})
@@ -230,7 +230,7 @@ def test_whose_trial_is_orphaned_and_a_resumed_call_releases_its_own(tmp_path):
 
 
 def test_an_orphan_whose_directory_is_held_waits_and_a_stopped_trial_continues(fmnist_root, tmp_path, capsys,
-                                                                              plain_comparisons, monkeypatch):
+                                                                              no_comparison, monkeypatch):
     """A worker does not take a released trial whose run directory another process still holds (it is finishing
     its checkpoint); once the directory is free, the trial continues from its last.pt, in place."""
     import signal
@@ -282,7 +282,7 @@ def test_an_orphan_whose_directory_is_held_waits_and_a_stopped_trial_continues(f
     assert len(list((compare / "trials").glob("*/"))) == 2
 
 
-def test_budgets_in_epochs_and_the_median_pruners_first_epoch(fmnist_root, tmp_path, capsys, plain_comparisons):
+def test_budgets_in_epochs_and_the_median_pruners_first_epoch(fmnist_root, tmp_path, capsys, no_comparison):
     import optuna
 
     from config.tune import parse
