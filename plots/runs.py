@@ -109,7 +109,7 @@ NUMBERS = ("params", "mult_adds", "flops_inference", "flops_training", "best_val
            "final_val_acc", "final_val_top5", "time_per_epoch_s", "images_per_s")
 
 
-def _text(path: Path) -> str:
+def file_text(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8")
     except OSError as e:
@@ -118,14 +118,14 @@ def _text(path: Path) -> str:
         raise UserError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     """A JSON number a float can hold, or null."""
     if value is None or isinstance(value, float):
         return True
     return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
 
 
-def _wrong(where: str, key: str, value: Any, expected: str) -> UserError:
+def wrong_type(where: str, key: str, value: Any, expected: str) -> UserError:
     return UserError(f"{where}: {key}: expected {expected}, got {short_repr(value)} ({type(value).__name__})")
 
 
@@ -137,36 +137,36 @@ def _mapping(where: str, value: Any) -> dict[str, Any]:
 
 def _config(path: Path) -> dict[str, Any]:
     try:
-        config = _mapping(str(path), yaml.safe_load(_text(path)) or {})
+        config = _mapping(str(path), yaml.safe_load(file_text(path)) or {})
     except (yaml.YAMLError, RecursionError) as e:
         raise UserError(f"{path}: cannot read ({one_line(e, 200)})") from None
     for section in ("model", "data"):
         if not isinstance(config.get(section, {}), dict):
-            raise _wrong(str(path), section, config[section], "a section (name: value lines)")
+            raise wrong_type(str(path), section, config[section], "a section (name: value lines)")
     return config
 
 
 def _results(path: Path) -> dict[str, Any]:
     try:
-        results = _mapping(str(path), json.loads(_text(path)))
+        results = _mapping(str(path), json.loads(file_text(path)))
     except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise UserError(f"{path}: cannot read ({one_line(e, 200)})") from None
     for key in NUMBERS:
-        if not _is_number(results.get(key)):
-            raise _wrong(str(path), key, results[key], "a number or null")
+        if not is_number(results.get(key)):
+            raise wrong_type(str(path), key, results[key], "a number or null")
     if not isinstance(results.get("swept") or {}, dict):
-        raise _wrong(str(path), "swept", results["swept"], "a mapping of swept keys to values")
+        raise wrong_type(str(path), "swept", results["swept"], "a mapping of swept keys to values")
     for key in ("tuned", "trial"):  # a tune: final run's best setting; a trial's own (launch/tune.py)
         if not isinstance(results.get(key) or {}, dict):
-            raise _wrong(str(path), key, results[key], "a mapping (study, params, ...)")
+            raise wrong_type(str(path), key, results[key], "a mapping (study, params, ...)")
         if not isinstance((results.get(key) or {}).get("params") or {}, dict):
-            raise _wrong(str(path), f"{key}.params", results[key]["params"], "a mapping of searched keys to values")
+            raise wrong_type(str(path), f"{key}.params", results[key]["params"], "a mapping of searched keys to values")
     return results
 
 
 def _metrics(path: Path) -> list[dict[str, Any]]:
     rows = []
-    for i, line in enumerate(_text(path).splitlines(), 1):
+    for i, line in enumerate(file_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -176,10 +176,10 @@ def _metrics(path: Path) -> list[dict[str, Any]]:
         where = f"{path}: line {i}"
         epoch = _mapping(where, row).get("epoch")
         if not isinstance(epoch, int) or isinstance(epoch, bool):
-            raise _wrong(where, "epoch", epoch, "an integer")
+            raise wrong_type(where, "epoch", epoch, "an integer")
         for key, value in row.items():
-            if not _is_number(value):
-                raise _wrong(where, key, value, "a number or null")
+            if not is_number(value):
+                raise wrong_type(where, key, value, "a number or null")
         rows.append(row)
     return rows
 

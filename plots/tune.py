@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 from core.errors import UserError
 from plots.curves import PALETTE, colour_slot, plt, save
 from plots.page import Figure, Section, Table, write
-from plots.runs import Group, _is_number, _text, _wrong, split_prefix
+from plots.runs import Group, file_text, is_number, split_prefix, wrong_type
 from plots.table import csv_text, param
 
 TUNE_FILE = "tune.json"
@@ -96,7 +96,7 @@ def _int(v: Any) -> bool:
 
 
 def _number(v: Any) -> bool:
-    return v is not None and _is_number(v) and math.isfinite(v)
+    return v is not None and is_number(v) and math.isfinite(v)
 
 
 def _str(v: Any) -> bool:
@@ -125,7 +125,7 @@ class _Reader:
                 return None
             raise UserError(f"{self.where}: {key}: missing (expected {expected})")
         if not check(self.obj[key]):
-            raise _wrong(self.where, key, self.obj[key], expected)
+            raise wrong_type(self.where, key, self.obj[key], expected)
         return self.obj[key]
 
     def at(self, key: str) -> str:
@@ -158,7 +158,7 @@ def _params(r: _Reader, space: dict[str, Dimension]) -> dict[str, Any]:
         valid = (json.dumps(value) in map(json.dumps, dim.args) if dim.kind == "choice"
                  else _number(value) and not isinstance(value, bool) and (value > 0 or not dim.log))
         if not valid:
-            raise _wrong(r.at("params"), key, value, dim.describe())
+            raise wrong_type(r.at("params"), key, value, dim.describe())
     return dict(params)
 
 
@@ -167,7 +167,7 @@ def _trial(where: str, obj: Any, space: dict[str, Dimension]) -> Trial:
     state = r.get("state", lambda v: v in STATES, f"one of {', '.join(STATES)}")
     value = r.get("value", _or_null(_number), "a number or null")
     if value is None and state == "COMPLETE":
-        raise _wrong(where, "value", value, "a number (the trial is COMPLETE)")
+        raise wrong_type(where, "value", value, "a number (the trial is COMPLETE)")
     return Trial(r.get("number", _int, "an integer"), state, None if value is None else float(value),
                  _params(r, space), r.get("epochs", _or_null(_int), "an integer or null"),
                  r.get("run_dir", _or_null(_str), "a path or null", optional=True),
@@ -201,7 +201,7 @@ def read(out: Path) -> Optional[Tuning]:
     if not path.is_file():
         return None
     try:
-        raw = json.loads(_text(path))
+        raw = json.loads(file_text(path))
     except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise UserError(f"{path}: cannot read ({str(e)[:200]})") from None
     r = _Reader(str(path), raw)
