@@ -341,12 +341,14 @@ class Worker:
                         continue
                 trial_id = _trial_id(study, self.storage, t.number)
                 if self.storage.get_trial(trial_id).state != TrialState.RUNNING:  # told while we looked
-                    lock and lock.release()
+                    if lock is not None:
+                        lock.release()
                     continue
                 if lock is None or not (Path(run_dir) / "config.yaml").is_file():
                     _tell(study, self.storage, t.number, TrialState.FAIL,
                           attrs={NOT_COUNTED: "its process ended before it started training"})
-                    lock and lock.release()
+                    if lock is not None:
+                        lock.release()
                     log.info(f"{e.name}: trial {t.number} never started training; it is not counted")
                     continue
                 self.storage.set_trial_user_attr(trial_id, "owner", _me())
@@ -355,7 +357,8 @@ class Worker:
                 trial = study.ask()
                 trial.set_user_attr("owner", _me())
                 if self._over_budget(study, trial.number):  # another worker asked the last one first
-                    _tell(study, self.storage, trial.number, TrialState.FAIL, attrs={NOT_COUNTED: "asked past the budget"})
+                    _tell(study, self.storage, trial.number, TrialState.FAIL,
+                          attrs={NOT_COUNTED: "asked past the budget"})
                     continue
                 return (i, study, trial, None, set()), held
         return None, held
@@ -659,7 +662,8 @@ def _local_workers(s: Search, workers, command: Optional[str], storage) -> Optio
             env["CUDA_VISIBLE_DEVICES"] = workers.gpu(k)
         with open(s.folder / TRIALS / f"worker-{k}.log", "ab") as out:
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "launch.tune", str(s.folder), "--threads", str(workers.threads), "--rank", str(k + 1),
+                [sys.executable, "-m", "launch.tune", str(s.folder), "--threads", str(workers.threads),
+                 "--rank", str(k + 1),
                  "--parent", str(os.getpid()), *(["--command", command] if command else [])],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True))
     got: list[int] = []  # the stop signals this process received
