@@ -68,3 +68,26 @@ def plain_comparisons(monkeypatch):
     from evaluate.compare import compare
 
     monkeypatch.setattr(launch.call, "compare", functools.partial(compare, inspect_models=False))
+
+
+@pytest.fixture
+def unsaved_figures(monkeypatch):
+    """Every figure is built (its axes, lines, legend: the plotting code runs) but not drawn: ``savefig`` writes
+    a 1x1 PNG instead. For tests about a comparison's bookkeeping (tables, index, resumes) that read no figure;
+    drawing is most of a comparison's time (plots.curves.save, dpi 120). The figures themselves are checked, as
+    real PNGs, in tests/test_plots.py, test_maps.py, test_plots_tune.py and test_one_line.py."""
+    import io
+
+    import matplotlib.figure
+    from PIL import Image
+
+    blank = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(blank, format="PNG")
+
+    def savefig(self, fname, **_):
+        if hasattr(fname, "write"):
+            fname.write(blank.getvalue())
+        else:
+            open(fname, "wb").write(blank.getvalue())
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)

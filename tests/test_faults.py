@@ -123,8 +123,8 @@ def sweep_yaml(root, tmp_path, name="s.yaml"):
 
 
 @pytest.mark.numeric
-def test_a_stopped_sweep_resumes_without_training_anything_twice(plain_comparisons, data_root, tmp_path, capsys,
-                                                                  monkeypatch):
+def test_a_stopped_sweep_resumes_without_training_anything_twice(plain_comparisons, unsaved_figures, data_root,
+                                                                 tmp_path, capsys, monkeypatch):
     cfg = sweep_yaml(data_root, tmp_path)
     ref_runs = {}  # each point trained alone, uninterrupted
     for seed in (0, 1, 2):
@@ -171,7 +171,8 @@ def test_a_stopped_sweep_resumes_without_training_anything_twice(plain_compariso
     assert r.returncode == 0 and "3 of 3 runs already finished; 0 to run" in r.stdout
 
 
-def test_a_sweep_resumes_from_another_directory_and_after_a_kill_before_a_config(plain_comparisons, data_root, tmp_path,
+def test_a_sweep_resumes_from_another_directory_and_after_a_kill_before_a_config(plain_comparisons, unsaved_figures,
+                                                                                 data_root, tmp_path,
                                                                                  capsys, monkeypatch):
     """Relative output.dir / data.root are taken from where the call started; a point killed right after its
     directory was made (no config.yaml yet) starts afresh."""
@@ -198,7 +199,8 @@ def test_a_sweep_resumes_from_another_directory_and_after_a_kill_before_a_config
     assert not (elsewhere / "runs").exists()
 
 
-def test_a_resumed_sweep_reruns_failed_points(plain_comparisons, data_root, tmp_path, capsys, monkeypatch):
+def test_a_resumed_sweep_reruns_failed_points(plain_comparisons, unsaved_figures, data_root, tmp_path, capsys,
+                                              monkeypatch):
     cfg = sweep_yaml(data_root, tmp_path)
     real, calls = train.engine.train_step, [0]
 

@@ -155,7 +155,7 @@ def test_a_pid_is_its_process_only_with_its_start_time():
     assert process_alive("another-host", parent, started) is None
 
 
-def test_a_comparison_directory_held_by_another_process_is_refused(runs, tmp_path, capsys):
+def test_a_comparison_directory_held_by_another_process_is_refused(unsaved_figures, runs, tmp_path, capsys):
     _, (a, b) = runs
     out = tmp_path / "cmp"
     out.mkdir()

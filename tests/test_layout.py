@@ -9,6 +9,7 @@ included), so an arrow the wrong way or a circle fails here, not in a review:
     plots/     renders run files only (core, matplotlib, numpy); bench/ measures beside everything
 """
 import ast
+import functools
 import sys
 from pathlib import Path
 
@@ -47,14 +48,16 @@ def modules() -> dict[str, Path]:
 MODULES = modules()
 
 
-def imports(path: Path):
+@functools.cache  # the source does not change during a session; the tests ask for each file's imports often
+def imports(path: Path) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """(imported module, imported names) for every import statement anywhere in the file."""
+    found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            yield node.module, [a.name for a in node.names]
+            found.append((node.module, tuple(a.name for a in node.names)))
         elif isinstance(node, ast.Import):
-            for alias in node.names:
-                yield alias.name, []
+            found.extend((alias.name, ()) for alias in node.names)
+    return tuple(found)
 
 
 def project_edges(name: str) -> set[str]:

@@ -259,7 +259,7 @@ def test_summary_sentences_follow_from_the_numbers(runs, comparison):
     assert text.index("## Summary") < text.index("## What size buys") < text.index("## Results")
 
 
-def test_a_run_that_did_not_complete_is_listed_but_not_averaged(runs, tmp_path):
+def test_a_run_that_did_not_complete_is_listed_but_not_averaged(unsaved_figures, runs, tmp_path):
     """A stopped repeat of a seed beside its completed run: one experiment, its status and reason shown, the
     means over the completed runs only."""
     import shutil
@@ -365,7 +365,7 @@ def test_every_figure_is_a_sensible_png_and_linked_from_the_index(comparison):
     assert not list(out.glob(".*tmp*"))  # no temporary files left behind
 
 
-def test_compare_cli_on_a_folder_of_runs(runs, tmp_path, capsys):
+def test_compare_cli_on_a_folder_of_runs(unsaved_figures, runs, tmp_path, capsys):
     p = call_main(capsys, runs[0].parent, "--out", tmp_path / "c", "--no-maps", "--no-latency",
                   module="evaluate.compare")
     assert p.returncode == 0, p.stderr
@@ -373,7 +373,7 @@ def test_compare_cli_on_a_folder_of_runs(runs, tmp_path, capsys):
     assert not list((tmp_path / "c").glob("attention*.png")) and not (tmp_path / "c" / "latency.json").exists()
 
 
-def test_plots_cli_renders_from_files_with_the_latency_its_out_holds(runs, tmp_path, capsys):
+def test_plots_cli_renders_from_files_with_the_latency_its_out_holds(unsaved_figures, runs, tmp_path, capsys):
     """python -m plots runs no model: the page from the run files, and the latency an earlier comparison into
     the same --out measured (latency.json), for the experiments it names."""
     label = group_runs(find_runs(runs))[0].label

@@ -272,7 +272,7 @@ def test_a_bad_tune_json_is_one_line_naming_the_field(tmp_path, bad):
     assert message in str(e.value) and "\n" not in str(e.value), e.value
 
 
-def test_a_bad_tune_json_is_one_warning_and_the_page_renders_without_it(tmp_path, capsys):
+def test_a_bad_tune_json_is_one_warning_and_the_page_renders_without_it(unsaved_figures, tmp_path, capsys):
     write_bad, message = BAD["wrong type"]
     run = write_run(tmp_path / "runs" / "one", experiment="one", model="cnn_tr_small", seed=0, settings=CONFIG,
                     best=80.0)

@@ -112,7 +112,8 @@ def tiny_config(path, root, out, **extra):
     return write_yaml(path, {**tiny_raw(root, out, name=None), **extra})
 
 
-def test_sweep_with_a_failing_point_goes_on_and_compares(plain_comparisons, fmnist_root, tmp_path, capsys, monkeypatch):
+def test_sweep_with_a_failing_point_goes_on_and_compares(plain_comparisons, unsaved_figures, fmnist_root, tmp_path,
+                                                         capsys, monkeypatch):
     import functools
 
     import launch.call
@@ -143,7 +144,7 @@ def test_sweep_with_a_failing_point_goes_on_and_compares(plain_comparisons, fmni
     assert latency["threads"] == 1 and set(latency["experiments"]) == {"tiny-fashion_mnist-num_heads=2"}
 
 
-def test_a_numeric_sweep_is_an_axis_of_its_comparison(plain_comparisons, fmnist_root, tmp_path, capsys):
+def test_a_numeric_sweep_is_an_axis_of_its_comparison(plain_comparisons, unsaved_figures, fmnist_root, tmp_path, capsys):
     """A sweep of ViT depths over two seeds, as a user runs it: accuracy against depth from the runs' files, and
     the summary's step from depth 1 to 2."""
     import csv
@@ -168,7 +169,7 @@ def test_a_numeric_sweep_is_an_axis_of_its_comparison(plain_comparisons, fmnist_
     assert f"- depth=2 vs depth=1: {diff:+.2f} ± " in summary
 
 
-def test_several_configs_then_a_comparison(fmnist_root, tmp_path, capsys):
+def test_several_configs_then_a_comparison(unsaved_figures, fmnist_root, tmp_path, capsys):
     a = tiny_config(tmp_path / "a.yaml", fmnist_root, tmp_path / "runs", name="a")
     b = tiny_config(tmp_path / "b.yaml", fmnist_root, tmp_path / "runs", name="b")
     p = call_main(capsys, "--cfg", a, b, "--set", "train.epochs=1", "--set", "output.checkpoints=false")

@@ -42,7 +42,8 @@ SEARCH = {"params": {"train.lr": {"log_uniform": [1.0e-4, 1.0e-1]}}, "trials": 5
           "sampler_seed": SEED}
 
 
-def test_a_study_prunes_and_the_comparison_matches_the_trials_files(fmnist_root, tmp_path, capsys, plain_comparisons):
+def test_a_study_prunes_and_the_comparison_matches_the_trials_files(unsaved_figures, fmnist_root, tmp_path, capsys,
+                                                                    plain_comparisons):
     cfg = tune_yaml(fmnist_root, tmp_path, tune=SEARCH)
     compare = tmp_path / "compare"
     r = call_main(capsys, "--cfg", cfg, "--out", compare)
