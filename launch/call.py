@@ -77,14 +77,11 @@ def _search_then_finish(manifest: Manifest, workers, executor: Executor, command
 
 
 def resume_call(folder: Path, overrides: list[str], command: str, jobs: Optional[int] = None,
-                jobs_per_gpu: Optional[int] = None, storage: Optional[str] = None) -> int:
+                jobs_per_gpu: Optional[int] = None) -> int:
     """``--resume COMPARE_DIR``: the points still to run (``launch.plan.plan``), then the comparison."""
     if overrides:
         raise UserError(f"--set: not used when resuming the multi-run call in {folder}; its points keep their "
                         f"configs (extend a single run with --resume RUN_DIR --set train.epochs=N)")
-    if storage is not None:
-        raise UserError(f"--storage: {folder} keeps the study storage it started with (sweep.json); a resume "
-                        f"continues there")
     with DirLock(folder, "comparison directory"):  # one call finishes it; a second one at once is refused
         return _resume(folder, command, jobs, jobs_per_gpu)
 
