@@ -145,7 +145,7 @@ def expand(raw: dict[str, Any] | Raw, source: str, overrides: list[str] = ()) ->
         except UserError as e:
             where = _written_in(e, origins, source, set_keys)
             raise UserError(f"{where}: {e}" if where else str(e)) from None
-        return _searchable([Point(cfg.run_name, {}, cfg, source, tune=tune)], raw, source)
+        return _searchable([Point(cfg.run_name, {}, cfg, source, tune=tune)], source)
     if not isinstance(sweep, dict) or not sweep:
         raise UserError(f"{source}: sweep: expected a mapping of dotted keys to lists of values, "
                         f"e.g. sweep: {{seed: [0, 1, 2]}}; got {sweep!r}")
@@ -184,7 +184,7 @@ def expand(raw: dict[str, Any] | Raw, source: str, overrides: list[str] = ()) ->
         for k in keys:
             if key == k or key.startswith(k + ".") or k.startswith(key + "."):
                 raise UserError(f"{source}: tune.params.{key}: also swept by sweep.{k}; search it or sweep it")
-    return _searchable(points, raw, source)
+    return _searchable(points, source)
 
 
 def _tune_of(raw: dict[str, Any], source: str, set_keys: list[str]) -> Optional[TuneSpec]:
@@ -203,7 +203,7 @@ def _tune_of(raw: dict[str, Any], source: str, set_keys: list[str]) -> Optional[
     return spec
 
 
-def _searchable(points: list[Point], raw: dict[str, Any], source: str) -> list[Point]:
+def _searchable(points: list[Point], source: str) -> list[Point]:
     """``points``, once every searched value at the edges of its range is a valid value of its key in each of
     them (``train.lr: {uniform: [0, 0.1]}``: 0 is not a learning rate), so no trial fails on its config."""
     spec = points[0].tune if points else None
