@@ -80,15 +80,19 @@ class SlurmPoint:
         code = outcome.get("exit_code")
         if outcome["status"] == "interrupted" and code:
             if code == 128 + signal.SIGUSR2 and dist.is_main:
-                # Time limit or preemption: continue in a new allocation (from last.pt, see __init__).
-                job_id = os.environ.get("SLURM_JOB_ID", "")
-                done = subprocess.run(["scontrol", "requeue", job_id], check=False, capture_output=True, text=True)
-                if done.returncode != 0:
-                    log.warning(f"scontrol requeue {job_id} failed: {done.stderr.strip() or done.returncode}; "
-                                f"continue the point with --resume COMPARE_DIR")
+                requeue("continue the point with --resume COMPARE_DIR")  # from last.pt, see __init__
             sys.exit(code)  # no result: the job is requeued (SLURM, or just above) or was cancelled
         # Plain data (a NumPy scalar becomes a float, NaN null), all that read_result accepts.
         return json.loads(strict_json(outcome))
+
+
+def requeue(otherwise: str) -> None:
+    """Time limit or preemption (SIGUSR2): this job continues in a new allocation (``scontrol requeue``); if
+    SLURM refuses, a warning that ends with ``otherwise``, what the user can do instead."""
+    job_id = os.environ.get("SLURM_JOB_ID", "")
+    done = subprocess.run(["scontrol", "requeue", job_id], check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        log.warning(f"scontrol requeue {job_id} failed: {done.stderr.strip() or done.returncode}; {otherwise}")
 
 
 def _dist_from_slurm():

@@ -90,8 +90,9 @@ class Experiment:
     def from_dict(cls, d: dict[str, Any], cwd: str) -> "Experiment":
         return cls(d["name"], d["study"], anchor_paths(d["config"], cwd), d["values"], list(d["seeds"]), d["source"])
 
-    def trial_config(self, params: dict[str, Any]):
-        raw = copy.deepcopy(self.config)
+    def trial_config(self, params: dict[str, Any], **top: Any):
+        """The experiment's config with the searched ``params`` set (and ``top``-level keys: seed, name)."""
+        raw = {**copy.deepcopy(self.config), **top}
         for key, value in params.items():
             set_dotted(raw, key, value, f"tune.params.{key}")
         return from_dict(raw)
@@ -623,14 +624,10 @@ def _final(e: Experiment, seed: int, params: dict[str, Any], best: Optional[dict
     tuned = best is not None
     label = f"{e.name}-{'tuned' if tuned else 'untuned'}"
     name = f"{label}-seed={seed}" if len(e.seeds) > 1 else label
-    raw = copy.deepcopy(e.config)
-    for key, value in params.items():
-        set_dotted(raw, key, value, f"tune.params.{key}")
-    raw["seed"], raw["name"] = seed, name
     values = {**e.values, "tuned": tuned, **({"seed": seed} if len(e.seeds) > 1 else {})}
     extra = {"tuned": {"study": e.study, "trial": best["number"], "params": params, "value": best["value"],
                        "trials": len(row["trials"])}} if tuned else {}
-    return Point(name, values, from_dict(raw), e.source, label, extra=extra)
+    return Point(name, values, e.trial_config(params, seed=seed, name=name), e.source, label, extra=extra)
 
 
 def _adopt(run_dir: str, point: Point, index: int) -> str:
@@ -725,11 +722,9 @@ class SlurmWorker:
         also_stop_on(signal.SIGUSR2)
         code = Worker(Search(Manifest.load(Path(self.folder))), self.command, rank=self.rank, wait=False).run()
         if code == 128 + signal.SIGUSR2:
-            job_id = os.environ.get("SLURM_JOB_ID", "")
-            done = subprocess.run(["scontrol", "requeue", job_id], check=False, capture_output=True, text=True)
-            if done.returncode != 0:
-                log.warning(f"scontrol requeue {job_id} failed: {done.stderr.strip() or done.returncode}; "
-                            f"continue the search with --resume {self.folder}")
+            from launch.slurm import requeue
+
+            requeue(f"continue the search with --resume {self.folder}")
         if code is not None:
             sys.exit(code)  # no result: requeued, or cancelled
         return {"status": "done"}  # plain data, all launch.slurm.read_result accepts
