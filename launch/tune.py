@@ -217,12 +217,13 @@ def _pruner(spec: TuneSpec, epochs: int):
 
 
 def _safe_url(url: str) -> str:
-    """A storage URL without its password, for messages."""
-    head, at, tail = url.rpartition("@")
-    if not at or "://" not in head:
-        return url
-    scheme, _, user = head.partition("://")
-    return f"{scheme}://{user.split(':')[0]}:***@{tail}"
+    """A storage URL without its password, for messages and tune.json (SQLAlchemy's own masking)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: say nothing of what it holds
+        return "(a storage URL that does not parse)"
 
 
 # ----------------------------------------------------------------------------- one worker
