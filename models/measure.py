@@ -97,28 +97,41 @@ def _extra_formulas() -> dict:
     return formulas
 
 
+def _count(model: nn.Module, spec, *, training: bool, batch: int = 2):
+    """A ``FlopCounterMode`` that counted one forward (eval mode, no grad) or one training forward and
+    backward of a cross-entropy loss (no optimizer step) on ``batch`` random images of the dataset's shape.
+    It runs on a deep copy, inside a forked RNG, so the model (weights, BatchNorm statistics, mode) and the
+    run's random stream (dropout draws, the inputs) are untouched."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = copy.deepcopy(model).cpu()
+    with torch.random.fork_rng(devices=[]):
+        x = torch.randn(batch, spec.in_chans, spec.image_size, spec.image_size)
+        with FlopCounterMode(display=False, custom_mapping=_extra_formulas()) as counter:
+            if training:
+                with torch.enable_grad():
+                    F.cross_entropy(m.train()(x), torch.zeros(batch, dtype=torch.long)).backward()
+            else:
+                with torch.no_grad():
+                    m.eval()(x)
+    return counter
+
+
 def flops_per_image(model: nn.Module, spec) -> Flops:
     """Inference and training FLOPs per image of the dataset's shape, counted on the CPU.
 
     Inference: one forward in eval mode without grad. Training: forward in train mode and backward of a
     cross-entropy loss (no optimizer step). Each on a batch of 2, halved: BatchNorm1d in train mode
-    refuses a batch of 1. The count runs on a deep copy, inside a forked RNG, so the model (weights,
-    BatchNorm statistics, mode) and the run's random stream (dropout draws, the inputs) are untouched.
+    refuses a batch of 1.
     """
-    from torch.utils.flop_counter import FlopCounterMode
+    return Flops(_count(model, spec, training=False).get_total_flops() // 2,
+                 _count(model, spec, training=True).get_total_flops() // 2)
 
-    batch = 2
-    m = copy.deepcopy(model).cpu()
-    with torch.random.fork_rng(devices=[]):
-        x = torch.randn(batch, spec.in_chans, spec.image_size, spec.image_size)
-        with FlopCounterMode(display=False, custom_mapping=_extra_formulas()) as counter, torch.no_grad():
-            m.eval()(x)
-        inference = counter.get_total_flops()
-        y = torch.zeros(batch, dtype=torch.long)
-        with FlopCounterMode(display=False, custom_mapping=_extra_formulas()) as counter, torch.enable_grad():
-            F.cross_entropy(m.train()(x), y).backward()
-        training = counter.get_total_flops()
-    return Flops(inference // batch, training // batch)
+
+def training_flops_by_op(model: nn.Module, spec) -> dict[str, int]:
+    """Training FLOPs per image (as ``flops_per_image`` counts them) split by aten op: ``{"aten.mm": n, ...}``."""
+    counts = _count(model, spec, training=True).get_flop_counts().get("Global", {})
+    return {str(op).removesuffix(".default"): n // 2 for op, n in counts.items() if n}
 
 
 # ----------------------------------------------------------------------------- latency
