@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.attention import attend, softmax_maps
 from models.factory import register_model
 from models.simple_cnn import CONV_LAYERS, ConvBackbone, PredictionHead, check_feature_map
 
@@ -48,6 +49,8 @@ class SelfAttention(nn.Module):
     dropout on the attention weights.
     """
 
+    maps_on_cpu = True  # models.attention.attend: the weights written out when dropping on the CPU
+
     def __init__(self, dim: int, num_heads: int, dropout: float):
         super().__init__()
         self.num_heads = num_heads
@@ -65,11 +68,11 @@ class SelfAttention(nn.Module):
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         if return_attention:
-            attn = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)  # (B, H, N, N)
+            attn = softmax_maps(q, k)  # (B, H, N, N)
             out = self.attn_drop(attn) @ v
         else:
             attn = None
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+            out = attend(q, k, v, self.attn_drop, maps_on_cpu=self.maps_on_cpu)
         return self.proj(out.transpose(1, 2).reshape(b, n, d)), attn  # out: (B, H, N, Dh) -> (B, N, D)
 
 

@@ -4,7 +4,7 @@ Patch embedding, class token, learned position embedding, pre-norm blocks
 (multi-head self-attention + GELU MLP, each residual branch with stochastic
 depth at a rate growing linearly with depth), final LayerNorm, linear head on
 the class token. Attention runs through ``F.scaled_dot_product_attention``
-unless the weights are requested.
+unless the weights are requested, or dropped out on the CPU (models/attention.py).
 
 Two options follow lucidrains' vit-pytorch: ``patch_norm`` (LayerNorm on the
 flattened patch, linear, LayerNorm; instead of one strided conv) and
@@ -17,9 +17,9 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torchvision.ops import StochasticDepth
 
+from models.attention import attend, softmax_maps
 from models.factory import register_model
 from models.shapes import patch_problem
 
@@ -53,6 +53,8 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention: (B, N, D) -> (B, N, D), heads of width ``dim_head``."""
 
+    maps_on_cpu = True  # models.attention.attend: the weights written out when dropping on the CPU
+
     def __init__(self, dim: int, num_heads: int, *, dim_head: int, qkv_bias: bool, attn_drop: float,
                  proj_drop: float):
         super().__init__()
@@ -69,7 +71,7 @@ class Attention(nn.Module):
         return qkv.unbind(0)  # q, k, v: each (B, H, N, Dh)
 
     def softmax_maps(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        return (q @ k.transpose(-2, -1) * self.dim_head ** -0.5).softmax(dim=-1)  # (B, H, N, N), rows sum to 1
+        return softmax_maps(q, k)  # (B, H, N, N), rows sum to 1
 
     def merge_heads(self, out: torch.Tensor) -> torch.Tensor:
         b, _, n, _ = out.shape
@@ -83,7 +85,7 @@ class Attention(nn.Module):
             out = self.attn_drop(attn) @ v
         else:
             attn = None
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+            out = attend(q, k, v, self.attn_drop, maps_on_cpu=self.maps_on_cpu)
         return self.merge_heads(out), attn
 
 

@@ -312,13 +312,18 @@ def sdpa_calls(monkeypatch):
 
 @pytest.mark.parametrize("name, depth, p", [("vit_mini_patch4_32", 6, 0.1), ("cnn_tr_small", 2, 0.1),
                                             ("convstem_vit_mini", 6, 0.1), ("deepvit_mini_patchnorm", 6, 0.1)])
-def test_attention_runs_through_sdpa_unless_the_maps_are_needed(monkeypatch, name, depth, p):
+def test_attention_runs_through_sdpa_unless_the_maps_are_needed_or_dropped_on_the_cpu(monkeypatch, name, depth, p):
     calls = sdpa_calls(monkeypatch)
     model = make(name)
     x = torch.randn(2, 3, 32, 32)
     reattention = name.startswith("deepvit")  # its head mixing needs the maps: always the explicit path
     model.train()(x)
-    assert calls == ([] if reattention else [p] * depth)  # attention dropout rides along in training
+    assert calls == []  # dropping on the CPU: the weights written out, masked by the dropout module
+    for m in model.modules():
+        if hasattr(m, "maps_on_cpu"):
+            m.maps_on_cpu = False
+    model(x)
+    assert calls == ([] if reattention else [p] * depth)  # else attention dropout rides along in SDPA
     calls.clear()
     model.eval()(x)
     assert calls == ([] if reattention else [0.0] * depth)
@@ -589,3 +594,19 @@ def test_the_shipped_families_comparison_has_one_model_per_family_and_builds_at_
         assert p.cfg.data.name == "fashion_mnist" and p.name.startswith("families-fashion_mnist-")
         with torch.device("meta"):
             create_model(p.cfg.model.name, **FMNIST, **p.cfg.model.kwargs)
+
+
+@pytest.mark.parametrize("training, p", [(True, 0.3), (True, 0.0), (False, 0.3)])
+def test_attend_is_sdpas_computation(training, p):
+    """The written-out path is SDPA's computation with the dropout module's mask; without dropout, SDPA itself."""
+    from models.attention import attend, softmax_maps
+
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    drop = nn.Dropout(p).train(training)
+    torch.manual_seed(0)
+    out = attend(q, k, v, drop)
+    if training and p > 0:
+        torch.manual_seed(0)
+        torch.testing.assert_close(out, drop(softmax_maps(q, k)) @ v)
+    torch.testing.assert_close(attend(q, k, v, nn.Dropout(0.0)), F.scaled_dot_product_attention(q, k, v))
+
