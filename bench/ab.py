@@ -3,6 +3,10 @@
     python -m bench.ab --setting channels_last --models simple_cnn,resnet18,vit --device cpu
     python -m bench.ab --setting bf16 --models simple_cnn,vit --device cpu
     python -m bench.ab --setting cpu_dropout --models vit,cnn_tr_small --device cpu
+    python -m bench.ab --setting compile --models vit_mini_patch4_32,cnn_tr_medium --device cpu
+    python -m bench.ab --setting fused_optimizer --models vit_mini_patch4_32,resnet18 --device cpu
+    python -m bench.ab --setting attn_dropout --models vit_mini_patch4_32 --device cpu --precision bf16
+    python -m bench.ab --setting attention_maps --models vit_mini_patch4_32,cnn_tr_medium --device cpu
 
 Settings:
 
@@ -11,6 +15,17 @@ Settings:
   here both are tried);
 * ``cpu_dropout``: plain ``nn.Dropout`` vs. the cheaper CPU mask ``prepare`` swaps in on the CPU
   (``train.cpu_dropout``); CPU only.
+* ``compile``: eager vs. ``torch.compile`` (``train.compile: default``); the warm-up column holds the
+  compile time, which a run pays once (twice with its evaluation graph);
+* ``fused_optimizer``: the optimizer's ``foreach`` kernels vs. its single fused kernel (``fused=True``);
+* ``attn_dropout``: attention dropout as the model has it vs. 0, which lets ``scaled_dot_product_attention``
+  take its fused kernel (with dropout it falls back to the math path on the CPU). This changes the recipe,
+  so it measures what the fallback costs; it is not a lever to turn on by itself;
+* ``attention_maps``: with attention dropout on the CPU, SDPA (its math path) vs. the weights written out and
+  masked by the model's dropout module (``models/attention.py``, the default).
+
+``--precision`` sets both sides' ``train.precision`` (default: the loop's own choice), except for ``bf16``,
+which is the setting measured.
 
 Per model: two setups built by the training loop's own ``prepare()`` from the same seed, one per
 value, trained alternately in rounds of ``--steps`` steps on synthetic images of the dataset's shape,
@@ -21,6 +36,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from typing import Callable, Optional
 
 import torch
@@ -35,24 +51,45 @@ from train.engine import train_one_epoch
 from train.setup import Setup, prepare, resolve_device, seed_everything
 
 SETTINGS = {"channels_last": ("NCHW", "NHWC"), "bf16": ("fp32", "bf16 autocast"),
-            "cpu_dropout": ("nn.Dropout", "CPU dropout mask")}
+            "cpu_dropout": ("nn.Dropout", "CPU dropout mask"), "compile": ("eager", "torch.compile"),
+            "fused_optimizer": ("foreach optimizer", "fused optimizer"),
+            "attn_dropout": ("attention dropout", "no attention dropout"),
+            "attention_maps": ("SDPA", "weights written out")}
 
 
 def active_dropout(model: nn.Module) -> int:
     return sum(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
 
 
-def setup_for(name: str, dataset: str, batch_size: int, device: torch.device, setting: str, on: bool) -> Setup:
-    train = {"batch_size": batch_size, "device": device.type}
+def attention_dropouts(model: nn.Module) -> list[nn.Dropout]:
+    """The dropout modules applied to attention maps (an attention module's ``attn_drop``)."""
+    return [m.attn_drop for m in model.modules()
+            if "attention" in type(m).__name__.lower() and isinstance(getattr(m, "attn_drop", None), nn.Dropout)]
+
+
+def setup_for(name: str, dataset: str, batch_size: int, device: torch.device, setting: str, on: bool,
+              precision: str = "auto") -> Setup:
+    train = {"batch_size": batch_size, "device": device.type, "precision": precision}
     if setting in ("channels_last", "cpu_dropout"):
         train[setting] = on
     if setting == "bf16":
         train["precision"] = "bf16" if on else "fp32"
+    if setting == "compile":
+        train["compile"] = "default" if on else "off"
     cfg = bench_config(name, dataset, **train)
     seed_everything(cfg.seed)
-    s = prepare(cfg, build_model(cfg, get_spec(dataset)), synthetic_data(dataset, 8 * batch_size).to(device),
-                device)
-    return s
+    model = build_model(cfg, get_spec(dataset))
+    if setting in ("attn_dropout", "attention_maps"):
+        if not any(d.p > 0 for d in attention_dropouts(model)):
+            raise UserError(f"--setting {setting}: {name} has no attention dropout"
+                            + (" to turn off" if setting == "attn_dropout" else "; SDPA runs either way"))
+        for d in attention_dropouts(model) if setting == "attn_dropout" and on else ():
+            d.p = 0.0
+        for m in model.modules() if setting == "attention_maps" else ():
+            if hasattr(m, "maps_on_cpu"):
+                m.maps_on_cpu = on
+    fused = on if setting == "fused_optimizer" else None
+    return prepare(cfg, model, synthetic_data(dataset, 8 * batch_size).to(device), device, fused_optimizer=fused)
 
 
 def rate(images_per_s: float) -> str:
@@ -76,6 +113,8 @@ def _main(argv: Optional[list[str]]) -> int:
     p.add_argument("--steps", type=int, default=4, help="steps per round")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side before the rounds")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="both sides' train.precision (not with --setting bf16)")
     args = p.parse_args(argv)
     names = model_names(args.models)
     datasets = {n: dataset_for(n, args.dataset) for n in names}
@@ -86,24 +125,32 @@ def _main(argv: Optional[list[str]]) -> int:
     if args.setting == "cpu_dropout" and device.type != "cpu":
         raise UserError(f"--setting cpu_dropout: a CPU-only mask (prepare swaps it in on the CPU only); "
                         f"got --device {args.device} -> {device}; use --device cpu")
+    if args.setting == "bf16" and args.precision != "auto":
+        raise UserError("--precision: the setting measured is bf16 itself; leave --precision out")
     off, on = SETTINGS[args.setting]
     extra = args.setting == "cpu_dropout"  # how many modules the two sides differ by (p = 0 is a no-op)
     print(f"{device}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
           f"{args.rounds} rounds x {args.steps} steps, medians\n")
-    print(f"| model | {off} img/s | {on} img/s | {on} / {off} |" + (" dropout modules with p > 0 |" if extra else ""))
-    print("|---|---:|---:|---:|" + ("---:|" if extra else ""))
+    print(f"| model | {off} img/s | {on} img/s | {on} / {off} | warm-up s ({off} / {on}) |"
+          + (" dropout modules with p > 0 |" if extra else ""))
+    print("|---|---:|---:|---:|---:|" + ("---:|" if extra else ""))
     for name in names:
-        setups = {v: setup_for(name, datasets[name], args.batch_size, device, args.setting, v) for v in (False, True)}
+        setups = {v: setup_for(name, datasets[name], args.batch_size, device, args.setting, v, args.precision)
+                  for v in (False, True)}
         runs = {v: runner(s) for v, s in setups.items()}
-        for run in runs.values():
+        warmup = {}
+        for v, run in runs.items():  # the first steps pay for compiling, allocating, choosing kernels
+            t0 = time.perf_counter()
             run(args.warmup)
+            warmup[v] = time.perf_counter() - t0
         rates: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(args.rounds):
             for v, run in runs.items():
                 rates[v].append(run(args.steps))
         a, b = statistics.median(rates[False]), statistics.median(rates[True])
         cell = f" {active_dropout(setups[True].module)} |" if extra else ""
-        print(f"| {name} | {rate(a)} | {rate(b)} | {b / a:.2f}x |{cell}", flush=True)
+        print(f"| {name} | {rate(a)} | {rate(b)} | {b / a:.2f}x | {warmup[False]:.1f} / {warmup[True]:.1f} |{cell}",
+              flush=True)
     return 0
 
 

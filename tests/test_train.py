@@ -427,6 +427,20 @@ def test_cpu_dropout_mask_rate_scale_and_eval():
     assert torch.equal(drop.eval()(x), x)
 
 
+def test_cpu_dropout_mask_both_fields_of_a_draw_keep_at_the_rate_and_the_gradient_follows_it():
+    from train.cpu_dropout import CPUDropout, keep_mask
+
+    torch.manual_seed(0)
+    mask = keep_mask(torch.Size([400_000]), 0.25)
+    for half in (mask[:200_000], mask[200_000:]):  # every draw serves two elements: its low 16 bits, then 15 more
+        assert half.float().mean().item() == pytest.approx(0.75, abs=0.005)
+    assert keep_mask(torch.Size([7, 3]), 0.5).shape == (7, 3)  # an odd count
+    x = torch.randn(1_000, requires_grad=True)
+    out = CPUDropout(0.25)(x)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, (out != 0).float() / 0.75)
+
+
 # ----------------------------------------------------------------------------- gradient accumulation, lr scaling
 
 

@@ -110,6 +110,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+FUSED_OPTIMIZER_ON = ("cuda",)  # device types whose optimizer is fused by default (python -m bench.ab --setting fused_optimizer)
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig, *, fused: bool = False) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay)
     extra = {"fused": True} if fused else {}
@@ -254,8 +257,12 @@ def make_ema(module: nn.Module, optimizer: torch.optim.Optimizer, decay: float) 
     return ema
 
 
-def prepare(cfg: Config, model: nn.Module, data: ImageData, device: torch.device, dist: Dist = Dist()) -> Setup:
-    """Model on the device (NHWC, cheaper CPU dropout, DDP, compiled if asked), loaders, optimizer, schedule, loss."""
+def prepare(cfg: Config, model: nn.Module, data: ImageData, device: torch.device, dist: Dist = Dist(), *,
+            fused_optimizer: Optional[bool] = None) -> Setup:
+    """Model on the device (NHWC, cheaper CPU dropout, DDP, compiled if asked), loaders, optimizer, schedule, loss.
+
+    ``fused_optimizer``: the optimizer's single fused kernel (``fused=True``) rather than its ``foreach`` one;
+    default: where it pays (``FUSED_OPTIMIZER_ON``)."""
     t = cfg.train
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
@@ -273,7 +280,8 @@ def prepare(cfg: Config, model: nn.Module, data: ImageData, device: torch.device
                         f"{global_batch(t, dist.world_size)}, train.lr_reference_batch {t.lr_reference_batch}), "
                         + ("above 100" if lr > 100 else f"below train.min_lr {t.min_lr:g}"))
     t = dataclasses.replace(t, lr=lr)  # the optimizer's and the schedule's peak
-    optimizer = build_optimizer(model, t, fused=device.type == "cuda")
+    fused = device.type in FUSED_OPTIMIZER_ON if fused_optimizer is None else fused_optimizer
+    optimizer = build_optimizer(model, t, fused=fused)
     precision = Precision.for_device(device, t.precision)
     compiled = (lambda m: m) if t.compile == "off" else (lambda m: torch.compile(m, mode=t.compile))
     ema = make_ema(model, optimizer, t.ema_decay) if t.ema_decay else None
