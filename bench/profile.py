@@ -223,6 +223,8 @@ def _main(argv: Optional[list[str]]) -> int:
     p.add_argument("--compile", default="off", choices=COMPILE_MODES)
     p.add_argument("--steps", type=int, default=5, help="profiled steps (and steps per unprofiled round)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--peak-size", type=int, metavar="N",
+                   help="side of the square matmul the peak is measured with (default 2048 on CPU, 8192 on CUDA)")
     p.add_argument("--markdown", metavar="FILE", help="also write the tables as Markdown")
     args = p.parse_args(argv)
     names = model_names(args.models)
@@ -230,7 +232,8 @@ def _main(argv: Optional[list[str]]) -> int:
     for x in precisions:
         if x not in ("fp32", "bf16", "fp16", "auto"):
             raise UserError(f"--precision: got {x!r}; expected a comma-separated list of fp32, bf16, fp16, auto")
-    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--warmup", args.warmup + 1)):
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--warmup", args.warmup + 1),
+                        ("--peak-size", args.peak_size or 1)):
         if value < 1:
             raise UserError(f"{flag}: got {value}; must be >= {1 if flag != '--warmup' else 0}")
     check_output("--markdown", args.markdown)
@@ -238,7 +241,7 @@ def _main(argv: Optional[list[str]]) -> int:
     rows = []
     for precision in precisions:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32
-        peak, op = matmul_peak(device, dtype)
+        peak, op = matmul_peak(device, dtype, args.peak_size)
         for name in names:
             row = profile_model(name, precision, args, device, peak)
             row["peak"], row["peak_op"] = peak, op

@@ -32,6 +32,7 @@ import importlib.metadata
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -83,18 +84,20 @@ def tree_cpu_seconds(root: int) -> float:
     return total / CLK_TCK
 
 
-def run_timed(cmd: list[str], log: Path, epochs_so_far: Callable[[], list[tuple[int, float]]],
-              env: Optional[dict] = None, cwd: Optional[Path] = None) -> dict:
+def run_tool(cmd: list[str], log: Path, epochs_so_far: Callable[[], list[tuple[int, float]]],
+             cwd: Optional[Path] = None) -> dict:
     """Run ``cmd`` (output to ``log``); each time ``epochs_so_far()`` shows a new (epoch, val acc) row, note
-    the wall and process-tree CPU seconds since the start. Returns the rows and the exit's totals."""
+    the wall and process-tree CPU seconds since the start. At the exit: the wall time and the CPU time of the
+    tool and every descendant it reaped (``RUSAGE_CHILDREN``, as a difference)."""
     rows: list[dict] = []
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
         try:
             while True:
                 done = proc.poll() is not None
-                cpu = tree_cpu_seconds(proc.pid) if not done else None
+                cpu = tree_cpu_seconds(proc.pid) if not done else None  # None: filled in from the exit's total
                 wall = time.perf_counter() - t0
                 for epoch, acc in epochs_so_far()[len(rows):]:
                     rows.append({"epoch": epoch, "val_acc": acc, "wall_s": wall, "cpu_s": cpu})
@@ -105,20 +108,13 @@ def run_timed(cmd: list[str], log: Path, epochs_so_far: Callable[[], list[tuple[
             proc.kill()
             proc.wait()
             raise
-    return {"rows": rows, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0}
-
-
-def run_tool(cmd: list[str], log: Path, epochs_so_far, **kw) -> dict:
-    """``run_timed`` with the exit's CPU total (user + sys of the tool and all its reaped descendants)."""
-    import resource
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = run_timed(cmd, log, epochs_so_far, **kw)
+    wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    for row in result["rows"]:  # an epoch noticed only after the exit: the exit's totals
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    for row in rows:
         if row["cpu_s"] is None:
-            row["cpu_s"] = result["cpu_s"]
-    return result
+            row["cpu_s"] = cpu
+    return {"rows": rows, "returncode": proc.returncode, "wall_s": wall, "cpu_s": cpu}
 
 
 # ----------------------------------------------------------------------------- the two tools
