@@ -16,8 +16,9 @@ import torch.nn.functional as F
 
 
 def softmax_maps(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)): (B, H, N, Dh) x2 -> (B, H, N, N), rows summing to 1."""
-    return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
+    """softmax(q k^T / sqrt(d)): (B, H, N, Dh) x2 -> (B, H, N, N), rows summing to 1, in q's dtype. The softmax
+    runs in fp32 (under bf16 autocast too, as SDPA's math path does on the CPU)."""
+    return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1, dtype=torch.float32).to(q.dtype)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, drop: nn.Dropout, *,

@@ -20,6 +20,8 @@ from models.vit import Attention, ViT, mini_patch_size
 class ReAttention(Attention):
     """Attention whose (B, H, N, N) maps are mixed across heads (Theta, then LayerNorm over heads)."""
 
+    maps_on_cpu = None  # no choice: the mixing needs the maps written out everywhere
+
     def __init__(self, dim: int, num_heads: int, **kwargs):
         super().__init__(dim, num_heads, **kwargs)
         self.reattn_weights = nn.Parameter(torch.randn(num_heads, num_heads))  # Theta: (H, H)

@@ -596,17 +596,41 @@ def test_the_shipped_families_comparison_has_one_model_per_family_and_builds_at_
             create_model(p.cfg.model.name, **FMNIST, **p.cfg.model.kwargs)
 
 
-@pytest.mark.parametrize("training, p", [(True, 0.3), (True, 0.0), (False, 0.3)])
-def test_attend_is_sdpas_computation(training, p):
-    """The written-out path is SDPA's computation with the dropout module's mask; without dropout, SDPA itself."""
+class NoMask(nn.Dropout):
+    """A dropout module that keeps everything: the written-out path, minus the randomness."""
+
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_written_out_is_sdpas_computation_values_and_gradients(dtype):
+    from models.attention import attend
+
+    torch.manual_seed(0)
+    qkv = [torch.randn(2, 3, 65, 8, requires_grad=True) for _ in range(3)]
+    drop = NoMask(0.3).train()  # p > 0 in training on the CPU: the written-out path
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        out = attend(*qkv, drop)
+        ref = F.scaled_dot_product_attention(*qkv)
+    assert out.dtype == ref.dtype == dtype
+    tol = {} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}  # bf16 products, fp32 softmax in both
+    torch.testing.assert_close(out, ref, **tol)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, qkv, g)
+    ref_grads = torch.autograd.grad(ref, qkv, g)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, **({"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else
+                                            {"atol": 5e-2, "rtol": 5e-2}))
+
+
+def test_attention_written_out_draws_the_dropout_modules_mask():
     from models.attention import attend, softmax_maps
 
     q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
-    drop = nn.Dropout(p).train(training)
+    drop = nn.Dropout(0.3).train()
     torch.manual_seed(0)
     out = attend(q, k, v, drop)
-    if training and p > 0:
-        torch.manual_seed(0)
-        torch.testing.assert_close(out, drop(softmax_maps(q, k)) @ v)
-    torch.testing.assert_close(attend(q, k, v, nn.Dropout(0.0)), F.scaled_dot_product_attention(q, k, v))
-
+    torch.manual_seed(0)
+    torch.testing.assert_close(out, drop(softmax_maps(q, k)) @ v)
+    assert not torch.allclose(out, F.scaled_dot_product_attention(q, k, v))  # something was dropped
