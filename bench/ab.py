@@ -67,6 +67,19 @@ def attention_dropouts(model: nn.Module) -> list[nn.Dropout]:
             if "attention" in type(m).__name__.lower() and isinstance(getattr(m, "attn_drop", None), nn.Dropout)]
 
 
+def check_model(model: nn.Module, name: str, setting: str) -> None:
+    """A model whose two sides would be the same program is an error, not a 1.00x."""
+    if setting not in ("attn_dropout", "attention_maps"):
+        return
+    if not any(d.p > 0 for d in attention_dropouts(model)):
+        raise UserError(f"--setting {setting}: {name} has no attention dropout"
+                        + (" to turn off" if setting == "attn_dropout" else "; SDPA runs either way"))
+    if setting == "attention_maps" and not any(getattr(m, "maps_on_cpu", None) is not None
+                                                for m in model.modules()):
+        raise UserError(f"--setting attention_maps: {name}'s attention does not choose between SDPA and written-out "
+                        f"weights (models/attention.py); both sides would be the same")
+
+
 def setup_for(name: str, dataset: str, batch_size: int, device: torch.device, setting: str, on: bool,
               precision: str = "auto") -> Setup:
     train = {"batch_size": batch_size, "device": device.type, "precision": precision}
@@ -79,14 +92,13 @@ def setup_for(name: str, dataset: str, batch_size: int, device: torch.device, se
     cfg = bench_config(name, dataset, **train)
     seed_everything(cfg.seed)
     model = build_model(cfg, get_spec(dataset))
-    if setting in ("attn_dropout", "attention_maps"):
-        if not any(d.p > 0 for d in attention_dropouts(model)):
-            raise UserError(f"--setting {setting}: {name} has no attention dropout"
-                            + (" to turn off" if setting == "attn_dropout" else "; SDPA runs either way"))
-        for d in attention_dropouts(model) if setting == "attn_dropout" and on else ():
+    check_model(model, name, setting)
+    if setting == "attn_dropout" and on:
+        for d in attention_dropouts(model):
             d.p = 0.0
-        for m in model.modules() if setting == "attention_maps" else ():
-            if hasattr(m, "maps_on_cpu"):
+    if setting == "attention_maps":
+        for m in model.modules():
+            if getattr(m, "maps_on_cpu", None) is not None:
                 m.maps_on_cpu = on
     fused = on if setting == "fused_optimizer" else None
     return prepare(cfg, model, synthetic_data(dataset, 8 * batch_size).to(device), device, fused_optimizer=fused)
@@ -122,9 +134,12 @@ def _main(argv: Optional[list[str]]) -> int:
         if value < 1:
             raise UserError(f"{flag}: got {value}; must be >= 1")
     device = resolve_device(args.device)
-    if args.setting == "cpu_dropout" and device.type != "cpu":
-        raise UserError(f"--setting cpu_dropout: a CPU-only mask (prepare swaps it in on the CPU only); "
+    if args.setting in ("cpu_dropout", "attention_maps") and device.type != "cpu":
+        raise UserError(f"--setting {args.setting}: a CPU-only choice (elsewhere both sides run the same code); "
                         f"got --device {args.device} -> {device}; use --device cpu")
+    for name in names if args.setting in ("attn_dropout", "attention_maps") else ():
+        # before the table starts: a model the setting cannot change is one line
+        check_model(build_model(bench_config(name, datasets[name]), get_spec(datasets[name])), name, args.setting)
     if args.setting == "bf16" and args.precision != "auto":
         raise UserError("--precision: the setting measured is bf16 itself; leave --precision out")
     off, on = SETTINGS[args.setting]

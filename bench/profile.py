@@ -10,15 +10,20 @@ dropout mask, compile if asked) trains ``--steps`` steps on synthetic images und
 * **matmul**: linear layers (``mm``/``addmm``) forward and backward;
 * **conv**: convolutions forward and backward;
 * **attention**: what runs inside an attention module or ``scaled_dot_product_attention`` other than its
-  input and output projections (the score and value products, softmax, attention dropout), and their backward;
-* **norm/act/dropout**: LayerNorm, BatchNorm, GELU, ReLU, dropout and stochastic depth, and their backward;
-* **other ops**: residual adds, reshapes and copies, the loss, anything not above;
+  input and output projections (the score and value products, softmax, attention dropout), and the backward
+  of the products and softmax;
+* **norm/act/dropout**: LayerNorm, BatchNorm, GELU, ReLU, dropout and stochastic depth forward, and the
+  backward of the norms and activations;
+* **other ops**: residual adds, reshapes and copies, the loss, and backward ops that autograd runs as a plain
+  multiply (``MulBackward0``: dropout's and stochastic depth's backward, the attention scale's), which cannot
+  be told apart by name;
 * **optimizer**: ``Optimizer.step`` and ``zero_grad`` (and the schedule);
 * **data**: taking the next batch from the loader (on-device augmentation included);
-* **framework**: time the profiler saw in no op: Python, the autograd engine, dispatch.
+* **framework**: time the profiler saw in no op and outside every part: Python, the autograd engine, dispatch.
 
-The innermost label wins: a linear layer inside an attention module is a matmul. Compiled code runs as
-fused kernels named by inductor; they count as "compiled kernels" unless their name says more.
+The innermost label wins: a linear layer inside an attention module is a matmul; Python time inside a
+labelled module counts to its part. With ``--compile`` no module is labelled (the hooks would break the
+compiled graph): fused kernels named by inductor count as "compiled kernels", the rest by op name.
 
 Beside each part: its share of the step's training FLOPs (``models.measure.training_flops_by_op``:
 ``mm``/``addmm`` are matmul, ``bmm`` and the attention kernels attention, convolutions conv; the other parts
@@ -100,7 +105,8 @@ def label_modules(model: nn.Module) -> list:
         def leave(_m, _args, _out, ctx=ctx):
             ctx.pop().__exit__(None, None, None)
 
-        handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+        handles += [module.register_forward_pre_hook(enter),
+                    module.register_forward_hook(leave, always_call=True)]  # closed even if forward raises
     return handles
 
 
@@ -128,8 +134,8 @@ def part_of(event) -> Optional[str]:
 
 
 def split_time(events) -> dict[str, float]:
-    """Self CPU time (seconds) per part; an aten op outside every labelled part is 'other ops', anything
-    else (Python, autograd engine, dispatch, labels) 'framework'."""
+    """Self CPU time (seconds) per part; an unlabelled aten op is 'other ops', anything else unlabelled
+    (Python, the autograd engine, dispatch) 'framework'."""
     parts: dict[str, float] = defaultdict(float)
     for e in events:
         if e.device_type != torch.autograd.DeviceType.CPU:
@@ -158,17 +164,18 @@ def profile_model(name: str, precision: str, args, device: torch.device, peak: f
     seed_everything(cfg.seed)
     s = prepare(cfg, build_model(cfg, spec), synthetic_data(spec.name, 8 * args.batch_size).to(device), device)
     stream = labelled(endless(s.train_loader))
-    handles = label_modules(s.module)
-    try:
+    if args.warmup:
         train_one_epoch(s, Take(stream, args.warmup), log_every=10 ** 9)
-        # The step time without the profiler, for the overhead line: median of rounds of --steps steps.
-        plain = []
-        for _ in range(3):
-            sync(device)
-            t0 = time.perf_counter()
-            train_one_epoch(s, Take(stream, args.steps), log_every=10 ** 9)
-            sync(device)
-            plain.append((time.perf_counter() - t0) / args.steps)
+    # The step time without the profiler or its labels: median of rounds of --steps steps.
+    plain = []
+    for _ in range(3):
+        sync(device)
+        t0 = time.perf_counter()
+        train_one_epoch(s, Take(stream, args.steps), log_every=10 ** 9)
+        sync(device)
+        plain.append((time.perf_counter() - t0) / args.steps)
+    handles = label_modules(s.module) if args.compile == "off" else []
+    try:
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             sync(device)
@@ -206,7 +213,7 @@ def markdown(rows: list[dict], header: str) -> str:
                 "| part | time | FLOPs | TFLOP/s | % of peak |", "|---|---:|---:|---:|---:|"]
         for part, v in sorted(r["parts"].items(), key=lambda kv: -kv[1]["time_share"]):
             rate = v["tflop_s"]
-            tflops, share = ("–", "–") if rate is None else (f"{rate:.3f}", f"{rate * 1e12 / r['peak']:.0%}")
+            tflops, share = ("–", "–") if rate is None else (f"{rate:.3g}", f"{rate * 1e12 / r['peak']:.0%}")
             out.append(f"| {part} | {v['time_share']:.1%} | {v['flop_share']:.1%} | {tflops} | {share} |")
         out.append("")
     return "\n".join(out)
@@ -232,10 +239,10 @@ def _main(argv: Optional[list[str]]) -> int:
     for x in precisions:
         if x not in ("fp32", "bf16", "fp16", "auto"):
             raise UserError(f"--precision: got {x!r}; expected a comma-separated list of fp32, bf16, fp16, auto")
-    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--warmup", args.warmup + 1),
-                        ("--peak-size", args.peak_size or 1)):
-        if value < 1:
-            raise UserError(f"{flag}: got {value}; must be >= {1 if flag != '--warmup' else 0}")
+    for flag, value, least in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1),
+                               ("--warmup", args.warmup, 0), ("--peak-size", args.peak_size, 1)):
+        if value is not None and value < least:
+            raise UserError(f"{flag}: got {value}; must be >= {least}")
     check_output("--markdown", args.markdown)
     device = resolve_device(args.device)
     rows = []

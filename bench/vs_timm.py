@@ -34,6 +34,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -93,19 +94,21 @@ def run_tool(cmd: list[str], log: Path, epochs_so_far: Callable[[], list[tuple[i
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+        # its own process group: an interrupted benchmark kills the tool's workers too
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
         try:
             while True:
                 done = proc.poll() is not None
-                cpu = tree_cpu_seconds(proc.pid) if not done else None  # None: filled in from the exit's total
                 wall = time.perf_counter() - t0
-                for epoch, acc in epochs_so_far()[len(rows):]:
-                    rows.append({"epoch": epoch, "val_acc": acc, "wall_s": wall, "cpu_s": cpu})
+                new = epochs_so_far()[len(rows):]
+                # the process tree is read only when an epoch has ended (None after the exit: its total)
+                cpu = tree_cpu_seconds(proc.pid) if new and not done else None
+                rows += [{"epoch": epoch, "val_acc": acc, "wall_s": wall, "cpu_s": cpu} for epoch, acc in new]
                 if done:
                     break
                 time.sleep(POLL_S)
         except BaseException:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
     wall = time.perf_counter() - t0
@@ -225,6 +228,15 @@ def reached(rows: list[dict], target: float) -> Optional[dict]:
     return next((r for r in rows if r["val_acc"] >= target), None)
 
 
+def time_to(name: str, result: dict, target: float) -> str:
+    hit = reached(result["rows"], target)
+    if hit:
+        return f"{name} {hit['wall_s']:.0f} s wall, {hit['cpu_s']:.0f} CPU-s (epoch {hit['epoch']})"
+    if result["returncode"] != 0:
+        return f"{name} failed first (exit {result['returncode']}; see {name}.log)"
+    return f"{name} not reached"
+
+
 def markdown(results: dict[str, dict], targets: list[float], header: str) -> str:
     lines = [header, "", "| epoch | " + " | ".join(f"{t} val acc | {t} wall s | {t} CPU s" for t in results) + " |",
              "|---:|" + "---:|---:|---:|" * len(results)]
@@ -241,8 +253,7 @@ def markdown(results: dict[str, dict], targets: list[float], header: str) -> str
     names = list(results)
     for target in targets:
         hits = {name: reached(r["rows"], target) for name, r in results.items()}
-        said = [f"{name} {h['wall_s']:.0f} s wall, {h['cpu_s']:.0f} CPU-s (epoch {h['epoch']})" if h
-                else f"{name} not reached" for name, h in hits.items()]
+        said = [time_to(name, r, target) for name, r in results.items()]
         ratio = ""
         if len(names) == 2 and all(hits.values()):
             a, b = hits[names[0]], hits[names[1]]
@@ -280,17 +291,19 @@ def _main(argv: Optional[list[str]]) -> int:
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     if not tools or any(t not in ("timm", "ours") for t in tools):
         raise UserError(f"--tools: got {args.tools!r}; expected timm, ours or both, comma-separated")
-    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--workers", args.workers + 1)):
-        if value < 1:
-            raise UserError(f"{flag}: got {value}; must be >= {1 if flag != '--workers' else 0}")
+    for flag, value, least in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
+                               ("--eval-batch-size", args.eval_batch_size, 1), ("--workers", args.workers, 0)):
+        if value < least:
+            raise UserError(f"{flag}: got {value}; must be >= {least}")
     check_output("--markdown", args.markdown)
     check_output("--json", args.json)
+    # Absolute: timm runs in --out, ours in the project folder.
+    args.root, args.out, args.timm_repo = args.root.resolve(), args.out.resolve(), args.timm_repo.resolve()
     idx_files(args.root)
     timm_version = timm_repo_version(args.timm_repo) if "timm" in tools else None
-    if args.out.exists() and any(args.out.iterdir()):
-        raise UserError(f"--out {args.out}: exists and is not empty; give a new folder")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise UserError(f"--out {args.out}: exists and is not an empty folder; give a new folder")
     args.out.mkdir(parents=True, exist_ok=True)
-    args.timm_repo = args.timm_repo.resolve()
 
     results: dict[str, dict] = {}
     for tool in tools:

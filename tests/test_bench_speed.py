@@ -71,10 +71,15 @@ def test_profile_of_a_vit_splits_its_step(capsys, tmp_path):
     assert "vit" in capsys.readouterr().out
 
 
-def test_profile_bad_precision_is_one_line(capsys):
-    assert profile.main(["--models", "vit", "--precision", "fp8"]) == 2
+@pytest.mark.parametrize("argv, message", [
+    (["--precision", "fp8"], "--precision: got 'fp8'"),
+    (["--warmup", "-1"], "--warmup: got -1; must be >= 0"),
+    (["--peak-size", "0"], "--peak-size: got 0; must be >= 1"),
+])
+def test_profile_bad_input_is_one_line(capsys, argv, message):
+    assert profile.main(["--models", "vit", *argv]) == 2
     err = capsys.readouterr().err
-    assert "--precision: got 'fp8'" in err and err.count("\n") == 1
+    assert message in err and err.count("\n") == 1
 
 
 # ----------------------------------------------------------------------------- A/B levers
@@ -96,10 +101,15 @@ def test_ab_attn_dropout_turns_off_only_the_attention_maps_dropout():
     assert others(on.module).count(0.1) == others(off.module).count(0.1) - 6  # 6 blocks' maps, nothing else
 
 
-def test_ab_attn_dropout_without_any_is_one_line(capsys):
-    assert ab.main(["--setting", "attn_dropout", "--models", "simple_cnn", "--device", "cpu"]) == 2
-    err = capsys.readouterr().err
-    assert "simple_cnn has no attention dropout" in err and err.count("\n") == 1
+@pytest.mark.parametrize("setting, model, message", [
+    ("attn_dropout", "simple_cnn", "simple_cnn has no attention dropout"),
+    ("attention_maps", "deepvit_mini_patchnorm", "does not choose between SDPA"),  # re-attention: always written out
+    ("attention_maps", "timm/vit_tiny_patch16_224", "has no attention dropout"),
+])
+def test_ab_a_setting_that_changes_nothing_is_one_line_before_the_table(capsys, setting, model, message):
+    assert ab.main(["--setting", setting, "--models", f"vit_mini_patch4_32,{model}", "--device", "cpu"]) == 2
+    out, err = capsys.readouterr()
+    assert message in err and err.count("\n") == 1 and "|" not in out  # nothing measured first
 
 
 def test_ab_compile_side_is_compiled(monkeypatch):
@@ -144,7 +154,7 @@ for epoch in range(args.epochs):
         w.writerow(["epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr"])
         for e in range(epoch + 1):
             w.writerow([e, 1.0, 1.0, 85.0 + 3 * e, 99.0, 0.001])
-    time.sleep(0.3)  # past the 0.2 s poll: each epoch is seen on its own
+    time.sleep(0.3)  # six polls of the test's 0.05 s: each epoch is seen on its own
 '''
 
 
@@ -176,10 +186,12 @@ def test_tree_cpu_counts_live_and_reaped_children():
     assert vs_timm.tree_cpu_seconds(proc.pid) == 0  # gone: nothing to count
 
 
-def test_vs_timm_times_each_epoch_of_timms_train_py(fake_timm_repo, fmnist_root, tmp_path, capsys):
+def test_vs_timm_times_each_epoch_of_timms_train_py(fake_timm_repo, fmnist_root, tmp_path, capsys, monkeypatch):
     md, js = tmp_path / "t.md", tmp_path / "t.json"
+    monkeypatch.setattr(vs_timm, "POLL_S", 0.05)
+    monkeypatch.chdir(tmp_path)  # a relative --out: timm runs in it, and still finds its data and output
     assert vs_timm.main(["--timm-repo", str(fake_timm_repo), "--root", str(fmnist_root), "--epochs", "2",
-                         "--tools", "timm", "--targets", "87,90", "--out", str(tmp_path / "out"),
+                         "--tools", "timm", "--targets", "87,90", "--out", "out",
                          "--markdown", str(md), "--json", str(js)]) == 0
     rows = json.loads(js.read_text())["results"]["timm"]["rows"]
     assert [(r["epoch"], r["val_acc"]) for r in rows] == [(1, 85.0), (2, 88.0)]
@@ -187,6 +199,16 @@ def test_vs_timm_times_each_epoch_of_timms_train_py(fake_timm_repo, fmnist_root,
     text = md.read_text()
     assert "timm train.py 9.9.9" in text
     assert "Time to 87%: timm" in text and "(epoch 2)" in text and "Time to 90%: timm not reached" in text
+    assert (tmp_path / "out" / "timm" / "summary.csv").is_file()
+
+
+def test_vs_timm_a_tool_that_fails_is_told_apart_from_one_that_falls_short(fake_timm_repo, fmnist_root, tmp_path,
+                                                                            monkeypatch):
+    (fake_timm_repo / "train.py").write_text("import sys\nsys.exit(3)\n")
+    md = tmp_path / "t.md"
+    assert vs_timm.main(["--timm-repo", str(fake_timm_repo), "--root", str(fmnist_root), "--tools", "timm",
+                         "--out", str(tmp_path / "out"), "--markdown", str(md)]) == 1
+    assert "timm failed first (exit 3; see timm.log)" in md.read_text()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -194,6 +216,8 @@ def test_vs_timm_times_each_epoch_of_timms_train_py(fake_timm_repo, fmnist_root,
     (["--timm-repo", "/tmp", "--root", "/nonexistent"], "--root /nonexistent: no train-images-idx3-ubyte"),
     (["--timm-repo", "/tmp", "--tools", "lightning"], "--tools: got 'lightning'"),
     (["--timm-repo", "/tmp", "--targets", "x"], "--targets: got 'x'"),
+    (["--timm-repo", "/tmp", "--workers", "-1"], "--workers: got -1; must be >= 0"),
+    (["--timm-repo", "/tmp", "--tools", "ours", "--out", "/etc/hostname"], "exists and is not an empty folder"),
 ])
 def test_vs_timm_bad_input_is_one_line(capsys, fmnist_root, argv, message):
     argv = [a if a != "/tmp" else str(fmnist_root) for a in argv]
