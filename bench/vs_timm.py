@@ -1,6 +1,7 @@
 """Time to accuracy against timm's own ``train.py``: the same timm model, data and recipe, both tools as users run them.
 
-    git clone --branch v1.0.28 https://github.com/huggingface/pytorch-image-models /tmp/timm-repo
+    git clone --branch v$(python -c 'import timm; print(timm.__version__)') \\
+        https://github.com/huggingface/pytorch-image-models /tmp/timm-repo   # the pinned timm's release
     python -m bench.vs_timm --timm-repo /tmp/timm-repo --model resnet10t \\
         --root /usr/share/datasets/fashion-mnist --epochs 4 --targets 88,90 --markdown vs_timm.md
 
