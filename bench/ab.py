@@ -137,9 +137,9 @@ def _main(argv: Optional[list[str]]) -> int:
     if args.setting in ("cpu_dropout", "attention_maps") and device.type != "cpu":
         raise UserError(f"--setting {args.setting}: a CPU-only choice (elsewhere both sides run the same code); "
                         f"got --device {args.device} -> {device}; use --device cpu")
-    for name in names if args.setting in ("attn_dropout", "attention_maps") else ():
-        # before the table starts: a model the setting cannot change is one line
-        check_model(build_model(bench_config(name, datasets[name]), get_spec(datasets[name])), name, args.setting)
+    if args.setting in ("attn_dropout", "attention_maps"):  # before the table: a model it cannot change is one line
+        for name in names:
+            check_model(build_model(bench_config(name, datasets[name]), get_spec(datasets[name])), name, args.setting)
     if args.setting == "bf16" and args.precision != "auto":
         raise UserError("--precision: the setting measured is bf16 itself; leave --precision out")
     off, on = SETTINGS[args.setting]
