@@ -27,6 +27,7 @@ reading the data, building the model) is part of both. The totals at exit come f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import gzip
 import importlib.metadata
@@ -109,7 +110,8 @@ def run_tool(cmd: list[str], log: Path, epochs_so_far: Callable[[], list[tuple[i
                     break
                 time.sleep(POLL_S)
         except BaseException:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # the group may be gone already
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
     wall = time.perf_counter() - t0
@@ -288,7 +290,10 @@ def _main(argv: Optional[list[str]]) -> int:
     try:
         targets = [float(t) for t in args.targets.split(",") if t.strip()]
     except ValueError:
-        raise UserError(f"--targets: got {args.targets!r}; expected comma-separated percentages, e.g. 88,90")
+        targets = []
+    if not targets or not all(0 < t <= 100 for t in targets):  # NaN fails this too
+        raise UserError(f"--targets: got {args.targets!r}; expected comma-separated percentages in (0, 100], "
+                        f"e.g. 88,90")
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     if not tools or any(t not in ("timm", "ours") for t in tools):
         raise UserError(f"--tools: got {args.tools!r}; expected timm, ours or both, comma-separated")

@@ -216,6 +216,7 @@ def test_vs_timm_a_tool_that_fails_is_told_apart_from_one_that_falls_short(fake_
     (["--timm-repo", "/tmp", "--root", "/nonexistent"], "--root /nonexistent: no train-images-idx3-ubyte"),
     (["--timm-repo", "/tmp", "--tools", "lightning"], "--tools: got 'lightning'"),
     (["--timm-repo", "/tmp", "--targets", "x"], "--targets: got 'x'"),
+    (["--timm-repo", "/tmp", "--targets", "88,nan"], "--targets: got '88,nan'"),
     (["--timm-repo", "/tmp", "--workers", "-1"], "--workers: got -1; must be >= 0"),
     (["--timm-repo", "/tmp", "--tools", "ours", "--out", "/etc/hostname"], "exists and is not an empty folder"),
 ])
