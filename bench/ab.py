@@ -42,7 +42,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from bench.common import Take, bench_config, dataset_for, endless, model_names, synthetic_data
+from bench.common import PRECISIONS, Take, bench_config, dataset_for, endless, model_names, synthetic_data
 from core.cli import run_cli
 from core.errors import UserError
 from data import get_spec
@@ -125,7 +125,7 @@ def _main(argv: Optional[list[str]]) -> int:
     p.add_argument("--steps", type=int, default=4, help="steps per round")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side before the rounds")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="both sides' train.precision (not with --setting bf16)")
     args = p.parse_args(argv)
     names = model_names(args.models)

@@ -18,6 +18,7 @@ from models import MODELS, list_models
 from models.measure import sync
 
 COMPILE_MODES = typing.get_args(typing.get_type_hints(TrainConfig)["compile"])  # train.compile's choices
+PRECISIONS = typing.get_args(typing.get_type_hints(TrainConfig)["precision"])  # train.precision's choices
 
 
 class Take:

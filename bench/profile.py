@@ -42,8 +42,8 @@ import torch
 import torch.nn as nn
 from torch.autograd.profiler import record_function
 
-from bench.common import COMPILE_MODES, Take, bench_config, check_output, dataset_for, endless, matmul_peak, \
-    model_names, synthetic_data
+from bench.common import (COMPILE_MODES, PRECISIONS, Take, bench_config, check_output, dataset_for, endless,
+                          matmul_peak, model_names, synthetic_data)
 from core.cli import run_cli
 from core.errors import UserError
 from core.files import atomic_write
@@ -51,7 +51,7 @@ from data import get_spec
 from models import build_model
 from models.measure import sync, training_flops_by_op
 from train.engine import train_one_epoch
-from train.setup import prepare, resolve_device, seed_everything
+from train.setup import Precision, prepare, resolve_device, seed_everything
 
 PARTS = ("matmul", "conv", "attention", "norm/act/dropout", "other ops", "optimizer", "data", "framework",
          "compiled kernels")
@@ -223,7 +223,8 @@ def _main(argv: Optional[list[str]]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", required=True, help="comma-separated model names")
-    p.add_argument("--precision", default="fp32", help="comma-separated: fp32, bf16, fp16, auto (default fp32)")
+    p.add_argument("--precision", default="fp32",
+                   help=f"comma-separated train.precision values: {', '.join(PRECISIONS)} (default fp32)")
     p.add_argument("--dataset", help="dataset shape (default: each model's own, CIFAR-10 for most)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=64)
@@ -237,8 +238,8 @@ def _main(argv: Optional[list[str]]) -> int:
     names = model_names(args.models)
     precisions = [x.strip() for x in args.precision.split(",") if x.strip()]
     for x in precisions:
-        if x not in ("fp32", "bf16", "fp16", "auto"):
-            raise UserError(f"--precision: got {x!r}; expected a comma-separated list of fp32, bf16, fp16, auto")
+        if x not in PRECISIONS:
+            raise UserError(f"--precision: got {x!r}; expected a comma-separated list of {', '.join(PRECISIONS)}")
     for flag, value, least in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1),
                                ("--warmup", args.warmup, 0), ("--peak-size", args.peak_size, 1)):
         if value is not None and value < least:
@@ -247,8 +248,8 @@ def _main(argv: Optional[list[str]]) -> int:
     device = resolve_device(args.device)
     rows = []
     for precision in precisions:
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32
-        peak, op = matmul_peak(device, dtype, args.peak_size)
+        # the peak in the dtype the loop computes in (auto: bf16 on a CPU with bf16 units)
+        peak, op = matmul_peak(device, Precision.for_device(device, precision).dtype or torch.float32, args.peak_size)
         for name in names:
             row = profile_model(name, precision, args, device, peak)
             row["peak"], row["peak_op"] = peak, op

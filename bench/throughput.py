@@ -37,8 +37,8 @@ from typing import Optional
 
 import torch
 
-from bench.common import (COMPILE_MODES, Take, bench_config, check_output, dataset_for, endless, matmul_peak,
-                          model_names, parse_bool, synthetic_data, train_flops_per_image)
+from bench.common import (COMPILE_MODES, PRECISIONS, Take, bench_config, check_output, dataset_for, endless,
+                          matmul_peak, model_names, parse_bool, synthetic_data, train_flops_per_image)
 from bench.reference import build_reference, summary, time_steps
 from core.cli import run_cli
 from core.errors import UserError
@@ -147,7 +147,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the reference loop")
     p.add_argument("--channels-last", type=parse_bool, default=None, metavar="BOOL",
                    help="force NHWC on or off (default: the training loop's own choice)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="train.precision of our loop (default auto: the loop's own choice for the device)")
     p.add_argument("--compile", nargs="?", const="default", default="off", choices=COMPILE_MODES,
                    help="torch.compile our model (not the reference's), optionally with a mode (default off)")

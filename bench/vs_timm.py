@@ -47,9 +47,9 @@ from bench.common import check_output
 from core.cli import run_cli
 from core.errors import UserError
 from core.files import atomic_write
+from data import get_spec
 
 PROJECT = Path(__file__).resolve().parent.parent
-IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 POLL_S = 0.2
 
@@ -87,10 +87,10 @@ def tree_cpu_seconds(root: int) -> float:
     return total / CLK_TCK
 
 
-def run_tool(cmd: list[str], log: Path, epochs_so_far: Callable[[], list[tuple[int, float]]],
+def run_tool(name: str, cmd: list[str], log: Path, epochs_so_far: Callable[[], list[tuple[int, float]]],
              cwd: Optional[Path] = None) -> dict:
     """Run ``cmd`` (output to ``log``); each time ``epochs_so_far()`` shows a new (epoch, val acc) row, note
-    the wall and process-tree CPU seconds since the start. At the exit: the wall time and the CPU time of the
+    (and say on stderr) the wall and process-tree CPU seconds since the start. At the exit: the wall time and the CPU time of the
     tool and every descendant it reaped (``RUSAGE_CHILDREN``, as a difference)."""
     rows: list[dict] = []
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -106,6 +106,8 @@ def run_tool(cmd: list[str], log: Path, epochs_so_far: Callable[[], list[tuple[i
                 # the process tree is read only when an epoch has ended (None after the exit: its total)
                 cpu = tree_cpu_seconds(proc.pid) if new and not done else None
                 rows += [{"epoch": epoch, "val_acc": acc, "wall_s": wall, "cpu_s": cpu} for epoch, acc in new]
+                for epoch, acc in new:  # progress: an epoch takes minutes
+                    print(f"{name}: epoch {epoch} val acc {acc:.2f}% at {wall:.0f} s", file=sys.stderr, flush=True)
                 if done:
                     break
                 time.sleep(POLL_S)
@@ -126,21 +128,14 @@ def run_tool(cmd: list[str], log: Path, epochs_so_far: Callable[[], list[tuple[i
 # ----------------------------------------------------------------------------- the two tools
 
 def idx_files(root: Path) -> dict[str, Path]:
-    """The four Fashion-MNIST idx files (``.gz`` or not) in ``root`` or ``root/FashionMNIST/raw``."""
-    found = {}
-    for name in IDX_FILES:
-        for folder in (root, root / "FashionMNIST" / "raw"):
-            for candidate in (folder / name, folder / f"{name}.gz"):
-                if candidate.is_file():
-                    found[name] = candidate
-                    break
-            if name in found:
-                break
-        else:
-            raise UserError(f"--root {root}: no {name}[.gz] in it or in its FashionMNIST/raw; expected the four "
-                            f"Fashion-MNIST idx files (apt-get install dataset-fashion-mnist puts them in "
-                            f"/usr/share/datasets/fashion-mnist)")
-    return found
+    """The four Fashion-MNIST idx files in ``root``, found as the project's own loader finds them, by their
+    uncompressed names."""
+    spec = get_spec("fashion_mnist")
+    files = spec.find(root)
+    if files is None:
+        raise UserError(f"--root {root}: expected {spec.expected(root)} (apt-get install dataset-fashion-mnist "
+                        f"puts them in /usr/share/datasets/fashion-mnist)")
+    return {f.name.removesuffix(".gz"): f for f in files}
 
 
 def timm_data(root: Path, out: Path) -> Path:
@@ -248,7 +243,8 @@ def markdown(results: dict[str, dict], targets: list[float], header: str) -> str
         cells = []
         for r in results.values():
             row = r["rows"][i] if i < len(r["rows"]) else None
-            cells.append(f"{row['val_acc']:.2f}% | {row['wall_s']:.0f} | {row['cpu_s']:.0f}" if row else "– | – | –")
+            cells.append("– | – | –" if row is None
+                         else f"{row['val_acc']:.2f}% | {row['wall_s']:.0f} | {row['cpu_s']:.0f}")
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     lines.append("| exit | " + " | ".join(f"rc {r['returncode']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f}"
                                          for r in results.values()) + " |")
@@ -260,7 +256,8 @@ def markdown(results: dict[str, dict], targets: list[float], header: str) -> str
         ratio = ""
         if len(names) == 2 and all(hits.values()):
             a, b = hits[names[0]], hits[names[1]]
-            ratio = f"; {names[0]} / {names[1]}: {a['wall_s'] / b['wall_s']:.2f}x wall, {a['cpu_s'] / b['cpu_s']:.2f}x CPU"
+            ratio = (f"; {names[0]} / {names[1]}: {a['wall_s'] / b['wall_s']:.2f}x wall, "
+                     f"{a['cpu_s'] / b['cpu_s']:.2f}x CPU")
         lines.append(f"- Time to {target:g}%: " + ", ".join(said) + ratio + ".")
     return "\n".join(lines)
 
@@ -317,11 +314,11 @@ def _main(argv: Optional[list[str]]) -> int:
         if tool == "timm":
             data_dir = timm_data(args.root, args.out)
             # python DIR/train.py puts DIR first on the import path: its own timm, never the pinned one
-            results["timm"] = run_tool(timm_command(args, data_dir, args.out), args.out / "timm.log",
+            results["timm"] = run_tool("timm", timm_command(args, data_dir, args.out), args.out / "timm.log",
                                        timm_epochs(args.out / "timm" / "summary.csv"), cwd=args.out)
         else:
             cfg = our_config(args, args.out)
-            results["ours"] = run_tool([sys.executable, str(PROJECT / "main.py"), "--cfg", str(cfg)],
+            results["ours"] = run_tool("ours", [sys.executable, str(PROJECT / "main.py"), "--cfg", str(cfg)],
                                        args.out / "ours.log", our_epochs(args.out / "runs"), cwd=PROJECT)
         r = results[tool]
         print(f"{tool}: exit {r['returncode']}, {r['wall_s']:.0f} s wall, {r['cpu_s']:.0f} CPU-s, "

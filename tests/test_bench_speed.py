@@ -148,7 +148,8 @@ out = os.path.join(args.output, args.experiment)
 os.makedirs(out, exist_ok=True)
 for epoch in range(args.epochs):
     # a worker process that burns CPU, as a DataLoader worker would, then exits (reaped)
-    subprocess.run([sys.executable, "-c", "import time\\nt=time.process_time()\\nwhile time.process_time()-t<0.2: pass"])
+    burn = "import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.2: pass"
+    subprocess.run([sys.executable, "-c", burn])
     with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr"])
@@ -200,6 +201,8 @@ def test_vs_timm_times_each_epoch_of_timms_train_py(fake_timm_repo, fmnist_root,
     assert "timm train.py 9.9.9" in text
     assert "Time to 87%: timm" in text and "(epoch 2)" in text and "Time to 90%: timm not reached" in text
     assert (tmp_path / "out" / "timm" / "summary.csv").is_file()
+    err = capsys.readouterr().err  # progress as each epoch ends
+    assert "timm: epoch 1 val acc 85.00% at" in err and "timm: epoch 2 val acc 88.00% at" in err
 
 
 def test_vs_timm_a_tool_that_fails_is_told_apart_from_one_that_falls_short(fake_timm_repo, fmnist_root, tmp_path,
@@ -213,7 +216,7 @@ def test_vs_timm_a_tool_that_fails_is_told_apart_from_one_that_falls_short(fake_
 
 @pytest.mark.parametrize("argv, message", [
     (["--timm-repo", "/nonexistent"], "--timm-repo /nonexistent: no train.py"),
-    (["--timm-repo", "/tmp", "--root", "/nonexistent"], "--root /nonexistent: no train-images-idx3-ubyte"),
+    (["--timm-repo", "/tmp", "--root", "/nonexistent"], "--root /nonexistent: expected the four idx files"),
     (["--timm-repo", "/tmp", "--tools", "lightning"], "--tools: got 'lightning'"),
     (["--timm-repo", "/tmp", "--targets", "x"], "--targets: got 'x'"),
     (["--timm-repo", "/tmp", "--targets", "88,nan"], "--targets: got '88,nan'"),
