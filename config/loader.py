@@ -240,7 +240,10 @@ def _parse_yaml(text: str) -> Any:
                 return None
             if _plain(node):
                 return loader.construct_document(node)
-        except (yaml.YAMLError, _Refused, RecursionError, ValueError):
+        except yaml.YAMLError as e:
+            if "exceeded maximum nesting depth" in str(e):  # 1,000 levels: PyYAML's parser would recurse as deep
+                raise RecursionError("nested too deeply") from None  # and run out of stack, after a second or so
+        except (_Refused, RecursionError, ValueError):
             pass  # said below, as _ConfigLoader says it
         finally:
             loader.dispose()

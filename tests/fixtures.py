@@ -6,6 +6,7 @@ position on a noisy background, so a few epochs of training must beat chance by 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import pickle
 import struct
@@ -28,23 +29,34 @@ def pattern_images(n: int, num_classes: int, chans: int, size: int, seed: int = 
     return images, labels
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
+def idx_bytes(array: np.ndarray, gz: bool) -> bytes:
+    """An idx file's bytes: its header, the uint8 data, gzip-compressed for a ``.gz`` name (level 1: the fixtures
+    are written for a hundred tests, and level 9 took most of their time)."""
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
+    data = header + array.astype(np.uint8).tobytes()
+    return gzip.compress(data, compresslevel=1, mtime=0) if gz else data
 
 
-def write_mnist(folder: Path, n_train: int = 200, n_test: int = 100, gz: bool = True, seed: int = 0) -> Path:
-    """The four idx files (``.gz`` by default) directly in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write_idx(path: Path, array: np.ndarray) -> None:
+    path.write_bytes(idx_bytes(array, path.suffix == ".gz"))
+
+
+@functools.lru_cache(maxsize=16)
+def _mnist_files(n_train: int, n_test: int, gz: bool, seed: int) -> tuple[tuple[str, bytes], ...]:
     xtr, ytr = pattern_images(n_train, 10, 1, 28, seed)
     xte, yte = pattern_images(n_test, 10, 1, 28, seed + 1)
     ext = ".gz" if gz else ""
-    write_idx(folder / f"train-images-idx3-ubyte{ext}", xtr[:, 0])
-    write_idx(folder / f"train-labels-idx1-ubyte{ext}", ytr)
-    write_idx(folder / f"t10k-images-idx3-ubyte{ext}", xte[:, 0])
-    write_idx(folder / f"t10k-labels-idx1-ubyte{ext}", yte)
+    return tuple((name + ext, idx_bytes(array, gz)) for name, array in (
+        ("train-images-idx3-ubyte", xtr[:, 0]), ("train-labels-idx1-ubyte", ytr),
+        ("t10k-images-idx3-ubyte", xte[:, 0]), ("t10k-labels-idx1-ubyte", yte)))
+
+
+def write_mnist(folder: Path, n_train: int = 200, n_test: int = 100, gz: bool = True, seed: int = 0) -> Path:
+    """The four idx files (``.gz`` by default) directly in ``folder``; each set of arguments is built once per
+    process and written as often as tests ask."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in _mnist_files(n_train, n_test, gz, seed):
+        (folder / name).write_bytes(data)
     return folder
 
 

@@ -133,6 +133,8 @@ def test_libyamls_reading_is_the_reference_loaders():
     def outcome(parse, text):
         try:
             return "value", parse(text)
+        except RecursionError:  # the caller says "nested too deeply"; the exception's words are never shown
+            return "RecursionError", None
         except Exception as e:  # noqa: BLE001 - the two must fail alike
             return type(e).__name__, str(e)
 

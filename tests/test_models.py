@@ -81,7 +81,7 @@ def test_forward_backward(name, layout):
     assert torch.isfinite(out).all()
     # Gradients in eval mode, where stochastic depth cannot drop a whole branch for the batch.
     model.eval()
-    model(x).logsumexp(1).mean().backward()
+    model(x[:1]).logsumexp(1).mean().backward()  # one image: the gradients reach every parameter all the same
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
     assert not missing, f"parameters without gradient: {missing}"
 

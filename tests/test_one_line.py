@@ -264,7 +264,7 @@ def test_a_run_file_the_comparison_cannot_use_is_one_line(run, tmp_path, capsys,
 
 
 @pytest.mark.parametrize("module", ["plots", "evaluate.compare"])
-def test_a_bad_run_among_good_ones_is_left_out_with_one_warning(run, tmp_path, capsys, module):
+def test_a_bad_run_among_good_ones_is_left_out_with_one_warning(run, tmp_path, capsys, module, unsaved_figures):
     folder = tmp_path / "runs"
     good = copy_of(run, folder, "a-good")
     bad = rewrite_json("results.json", lambda r: r.update(best_val_acc="high"))(copy_of(run, folder, "b-bad"))

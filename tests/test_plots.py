@@ -299,10 +299,10 @@ def edited_copy(src: Path, dst: Path, config=None, results=None) -> Path:
     return dst
 
 
-def test_odd_comparisons_hold_together(runs, tmp_path):
+def test_odd_comparisons_hold_together(runs, tmp_path, unsaved_figures):
     """Two datasets, an experiment whose runs all failed, a list as a swept value, and a first run with no
     results.json: one trade-off set per dataset, the failed one shown but not ranked, costs from whichever
-    run recorded them."""
+    run recorded them. The tables and the page are read; the figures are drawn but not saved."""
     bare = edited_copy(runs[0], tmp_path / "bare")
     (bare / "results.json").unlink()  # killed before its first write: its numbers come from metrics.jsonl
     other = edited_copy(runs[4], tmp_path / "mnist", config=lambda c: c["data"].update(name="mnist"),
