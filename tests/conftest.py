@@ -12,9 +12,17 @@ Markers (pytest.ini): ``system`` = real process trees (signals, torchrun, ``--jo
 left out of the default run; ``numeric`` = numbers compared between runs or against a reference.
 """
 import os
+import sys
 
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("VITLAB_CPU_BF16", "0")
+# Bytecode caching on, for this process and the ones the tests start, whatever PYTHONDONTWRITEBYTECODE says (these
+# machines set it): without it, every xdist worker recompiles the project and rewrites every test module's asserts
+# before its first test, and every `python main.py` a test starts recompiles the project. Collecting the suite
+# took 12.3 s with it set and 7.6 s with the files cached (`time python -m pytest --collect-only -n 0`, 2-core
+# AMD EPYC). The files go where Python puts them, __pycache__/ (git ignores them).
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 import pytest  # noqa: E402
 

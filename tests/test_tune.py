@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import call_main, tiny_raw, write_yaml
+from fixtures import TINY_CONVMIXER, call_main, tiny_raw, write_yaml
 from train.rundir import read_results
-
-
-# A model that learns the fixture's classes in 3 epochs of 128 images at a learning rate near 0.03, and nothing at
-# 1e-3 or below: the pruner has trials to stop.
-TINY_CONVMIXER = {"name": "convmixer", "dim": 16, "depth": 1, "kernel_size": 3, "patch_size": 4}
 
 
 def tune_yaml(data_root: Path, tmp_path: Path, *, tune: dict, sweep: dict | None = None, name: str = "tune.yaml",
