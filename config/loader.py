@@ -175,27 +175,7 @@ class _Refused(Exception):
     """Something in a YAML text that a config may not use; the caller names the file or --set key."""
 
 
-class _UniqueKeys:
-    """A constructor that refuses a key written twice in one mapping (PyYAML keeps the last one)."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            first_line: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # <<: several of them are allowed
-                    continue
-                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
-                try:
-                    if key in first_line:
-                        lines = f"lines {first_line[key]} and {line}" if first_line[key] != line else f"line {line}"
-                        raise _Refused(f"duplicate key {short_repr(key)} ({lines}); a key may appear once per mapping")
-                    first_line[key] = line
-                except TypeError:  # an unhashable key: PyYAML's own error follows
-                    pass
-        return super().construct_mapping(node, deep=deep)
-
-
-class _ConfigLoader(_UniqueKeys, yaml.SafeLoader):
+class _ConfigLoader(yaml.SafeLoader):
     def __init__(self, stream: str):
         super().__init__(stream)
         self.repeated_chars = 0  # characters that aliases to single values add to the document
@@ -217,55 +197,26 @@ class _ConfigLoader(_UniqueKeys, yaml.SafeLoader):
                                    f"a config is at most that large")
         return super().compose_node(parent, index)
 
-
-# libyaml's parser (PyYAML's wheels ship it) reads a config about 8x faster than PyYAML's own, and a sweep, a
-# --jobs worker or a comparison reads many: the 31 shipped configs take 104 ms through _ConfigLoader alone and
-# 13.5 ms through _parse_yaml (best of 5, 2-core AMD EPYC, 2026-12-04):
-#   python -m timeit -s "import glob, yaml; from config.loader import _ConfigLoader, _parse_yaml; \
-#     t = [open(f).read() for f in glob.glob('configs/**/*.yaml', recursive=True)]" "[_parse_yaml(s) for s in t]"
-# (and "[yaml.load(s, _ConfigLoader) for s in t]"). libyaml cannot refuse an alias as it composes, so it keeps
-# only documents without one: an alias, an error or a refusal sends the text to _ConfigLoader, whose words the
-# user sees.
-_FastConfigLoader = type("_FastConfigLoader", (_UniqueKeys, yaml.CSafeLoader), {}) if yaml.__with_libyaml__ else None
-_PLAIN_DEPTH = 64  # levels of nesting libyaml's reading is kept for; a config has fewer than ten
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # <<: several of them are allowed
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    if key in first_line:
+                        lines = f"lines {first_line[key]} and {line}" if first_line[key] != line else f"line {line}"
+                        raise _Refused(f"duplicate key {short_repr(key)} ({lines}); a key may appear once per mapping")
+                    first_line[key] = line
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    pass
+        return super().construct_mapping(node, deep=deep)
 
 
 def _parse_yaml(text: str) -> Any:
     """``yaml.safe_load`` without aliases to mappings or lists, and without duplicate keys (``_Refused``)."""
-    if _FastConfigLoader is not None:
-        loader = _FastConfigLoader(text)
-        try:
-            node = loader.get_single_node()
-            if node is None:
-                return None
-            if _plain(node):
-                return loader.construct_document(node)
-        except yaml.YAMLError as e:
-            if "exceeded maximum nesting depth" in str(e):  # 1,000 levels: PyYAML's parser would recurse as deep
-                raise RecursionError("nested too deeply") from None  # and run out of stack, after a second or so
-        except (_Refused, RecursionError, ValueError):
-            pass  # said below, as _ConfigLoader says it
-        finally:
-            loader.dispose()
     return yaml.load(text, Loader=_ConfigLoader)
-
-
-def _plain(root: yaml.Node) -> bool:
-    """Whether a composed document is one _ConfigLoader would read the same way: no node reached twice (what an
-    alias composes to) and no deeper than ``_PLAIN_DEPTH``. libyaml composes up to 1,000 levels, where PyYAML's
-    own parser runs out of stack (one line, "nested too deeply") and the code after it would too. Visits each
-    node at most once however aliases nest."""
-    seen, stack = set(), [(root, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if id(node) in seen or depth > _PLAIN_DEPTH:
-            return False
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            stack += ((n, depth + 1) for pair in node.value for n in pair)
-        elif isinstance(node, yaml.SequenceNode):
-            stack += ((n, depth + 1) for n in node.value)
-    return True
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
@@ -480,11 +431,5 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     return from_dict(raw)
 
 
-# libyaml's emitter writes the same text as PyYAML's own (the representer is PyYAML's either way) about 4x faster,
-# and every run writes its config when it starts: 4.6 vs. 1.0 ms for configs/cnn_tr_medium.yaml, timed with
-# timeit.timeit(lambda: yaml.dump(d, Dumper=D, sort_keys=False)) for D = yaml.SafeDumper and yaml.CSafeDumper.
-_DUMPER = yaml.CSafeDumper if yaml.__with_libyaml__ else yaml.SafeDumper
-
-
 def dump_config(cfg: Config) -> str:
-    return yaml.dump(cfg.to_dict(), Dumper=_DUMPER, sort_keys=False)
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -107,43 +107,6 @@ def test_aliases_to_single_values_may_not_repeat_more_than_a_configs_size(tmp_pa
                                              f"{MAX_CONFIG_BYTES:,} characters in all; a config is at most that large")
 
 
-# ----------------------------------------------------------------------------- two parsers, one reading
-
-
-ODD_DOCUMENTS = [
-    "", "# only a comment\n", "---\n", "a: 1\n---\nb: 2\n", "a: [1, 2\n", "a: 1\n  b: 2\n", "a: {b: 1, b: 2}\n",
-    "a: &x 1\nb: *x\n", "a: *missing\n", "base: &b {x: 1}\nc: {<<: *b, y: 2}\n", "[" * 500 + "]" * 500,
-    "a: " + "{b: " * 1001 + "1" + "}" * 1001, "a: " + "[" * 60 + "]" * 60,
-    "a: 2020-13-45\n", "a: " + "9" * 5000 + "\n", "a: \x01\n", "\ta: 1\n", "? [1, 2]\n: x\n",
-    "a: !!python/object:os.system x\n", "a: yes\nb: off\nc: 1e3\nd: 1.0e-3\ne: .inf\nf: 0x1F\ng: ~\n",
-]
-
-
-def test_libyamls_reading_is_the_reference_loaders():
-    """_parse_yaml reads with libyaml where it can; every shipped config reads as PyYAML's own loader reads it,
-    and every odd document (aliases, errors, duplicate keys, deep nesting) gets the reference loader's answer."""
-    import glob
-
-    import yaml
-
-    from config.loader import _ConfigLoader, _FastConfigLoader, _parse_yaml
-
-    assert _FastConfigLoader is not None, "PyYAML without libyaml: every config is read the slow way"
-
-    def outcome(parse, text):
-        try:
-            return "value", parse(text)
-        except RecursionError:  # the caller says "nested too deeply"; the exception's words are never shown
-            return "RecursionError", None
-        except Exception as e:  # noqa: BLE001 - the two must fail alike
-            return type(e).__name__, str(e)
-
-    configs = sorted(glob.glob(str(ROOT / "configs" / "**" / "*.yaml"), recursive=True))
-    assert len(configs) > 20
-    for text in [Path(f).read_text() for f in configs] + ODD_DOCUMENTS:
-        assert outcome(_parse_yaml, text) == outcome(lambda t: yaml.load(t, Loader=_ConfigLoader), text), text[:80]
-
-
 # ----------------------------------------------------------------------------- base: graphs
 
 
