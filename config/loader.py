@@ -214,6 +214,30 @@ class _ConfigLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _not_a(kind: str, node, valid: str) -> yaml.constructor.ConstructorError:
+    return yaml.constructor.ConstructorError(None, None, f"!!{node.tag.rsplit(':', 1)[-1]} {short_repr(node.value)} "
+                                             f"is not a {kind} ({valid})", node.start_mark)
+
+
+def _construct_bool(loader: _ConfigLoader, node) -> bool:
+    """PyYAML's !!bool, whose lookup raises a bare KeyError for a value like ``!!bool maybe``."""
+    value = loader.construct_scalar(node)
+    if value.lower() not in loader.bool_values:
+        raise _not_a("boolean", node, "true or false")
+    return loader.bool_values[value.lower()]
+
+
+def _construct_timestamp(loader: _ConfigLoader, node):
+    """PyYAML's !!timestamp, which raises an AttributeError for a value that is not one (``!!timestamp x``)."""
+    if not loader.timestamp_regexp.match(loader.construct_scalar(node)):
+        raise _not_a("date or time", node, "e.g. 2024-05-01 or 2024-05-01 12:30:00")
+    return loader.construct_yaml_timestamp(node)
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
+_ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
+
+
 def _parse_yaml(text: str) -> Any:
     """``yaml.safe_load`` without aliases to mappings or lists, and without duplicate keys (``_Refused``)."""
     return yaml.load(text, Loader=_ConfigLoader)
