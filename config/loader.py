@@ -24,6 +24,7 @@ from core.convert import FLOAT_RE, check_number, convert, short_repr
 from core.errors import UserError
 from core.registry import did_you_mean
 from core.text import flatten
+from core.yamltext import SafeLoader
 
 # A config is a few kilobytes; a larger file is the wrong file (a dataset, a checkpoint), not a config.
 MAX_CONFIG_BYTES = 1 << 20
@@ -175,7 +176,7 @@ class _Refused(Exception):
     """Something in a YAML text that a config may not use; the caller names the file or --set key."""
 
 
-class _ConfigLoader(yaml.SafeLoader):
+class _ConfigLoader(SafeLoader):
     def __init__(self, stream: str):
         super().__init__(stream)
         self.repeated_chars = 0  # characters that aliases to single values add to the document
@@ -212,30 +213,6 @@ class _ConfigLoader(yaml.SafeLoader):
                 except TypeError:  # an unhashable key: PyYAML's own error follows
                     pass
         return super().construct_mapping(node, deep=deep)
-
-
-def _not_a(kind: str, node, valid: str) -> yaml.constructor.ConstructorError:
-    return yaml.constructor.ConstructorError(None, None, f"!!{node.tag.rsplit(':', 1)[-1]} {short_repr(node.value)} "
-                                             f"is not a {kind} ({valid})", node.start_mark)
-
-
-def _construct_bool(loader: _ConfigLoader, node) -> bool:
-    """PyYAML's !!bool, whose lookup raises a bare KeyError for a value like ``!!bool maybe``."""
-    value = loader.construct_scalar(node)
-    if value.lower() not in loader.bool_values:
-        raise _not_a("boolean", node, "true or false")
-    return loader.bool_values[value.lower()]
-
-
-def _construct_timestamp(loader: _ConfigLoader, node):
-    """PyYAML's !!timestamp, which raises an AttributeError for a value that is not one (``!!timestamp x``)."""
-    if not loader.timestamp_regexp.match(loader.construct_scalar(node)):
-        raise _not_a("date or time", node, "e.g. 2024-05-01 or 2024-05-01 12:30:00")
-    return loader.construct_yaml_timestamp(node)
-
-
-_ConfigLoader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
-_ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 
 
 def _parse_yaml(text: str) -> Any:

@@ -16,6 +16,7 @@ from core.errors import UserError, one_line
 from core.lock import writer_alive
 from core.status import FINISHED, PRUNED
 from core.text import flatten
+from core.yamltext import safe_load
 
 RUN_FILES = "config.yaml, metrics.jsonl and results.json"
 
@@ -137,7 +138,7 @@ def _mapping(where: str, value: Any) -> dict[str, Any]:
 
 def _config(path: Path) -> dict[str, Any]:
     try:
-        config = _mapping(str(path), yaml.safe_load(file_text(path)) or {})
+        config = _mapping(str(path), safe_load(file_text(path)) or {})
     except (yaml.YAMLError, RecursionError) as e:
         raise UserError(f"{path}: cannot read ({one_line(e, 200)})") from None
     for section in ("model", "data"):
