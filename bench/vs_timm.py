@@ -90,8 +90,8 @@ def tree_cpu_seconds(root: int) -> float:
 def run_tool(name: str, cmd: list[str], log: Path, epochs_so_far: Callable[[], list[tuple[int, float]]],
              cwd: Optional[Path] = None) -> dict:
     """Run ``cmd`` (output to ``log``); each time ``epochs_so_far()`` shows a new (epoch, val acc) row, note
-    (and say on stderr) the wall and process-tree CPU seconds since the start. At the exit: the wall time and the CPU time of the
-    tool and every descendant it reaped (``RUSAGE_CHILDREN``, as a difference)."""
+    (and say on stderr) the wall and process-tree CPU seconds since the start. At the exit: the wall time and the
+    CPU time of the tool and every descendant it reaped (``RUSAGE_CHILDREN``, as a difference)."""
     rows: list[dict] = []
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
