@@ -24,7 +24,7 @@ from core.convert import FLOAT_RE, check_number, convert, short_repr
 from core.errors import UserError
 from core.registry import did_you_mean
 from core.text import flatten
-from core.yamltext import SafeLoader
+from core.yamltext import SafeLoader, problem
 
 # A config is a few kilobytes; a larger file is the wrong file (a dataset, a checkpoint), not a config.
 MAX_CONFIG_BYTES = 1 << 20
@@ -142,7 +142,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     except _Refused as e:
         raise UserError(f"--set {key}: {e}") from None
     except yaml.YAMLError as e:
-        raise UserError(f"--set {key}: value {short_repr(text)} is not valid YAML ({_yaml_problem(e)})") from None
+        raise UserError(f"--set {key}: value {short_repr(text)} is not valid YAML ({problem(e)})") from None
     except RecursionError:
         raise UserError(f"--set {key}: value is nested too deeply to be a config value") from None
     except ValueError as e:  # PyYAML's constructors: a 5,000-digit integer, a date like 2020-13-45
@@ -220,12 +220,6 @@ def _parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_ConfigLoader)
 
 
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    mark = getattr(e, "problem_mark", None)
-    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
-
-
 def _value_problem(e: ValueError) -> str:
     # "Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits; use sys.set_..."
     return str(e).split(";")[0].strip() or type(e).__name__
@@ -248,7 +242,7 @@ def _read_file(path: Path, referrer: str | None = None) -> dict[str, Any]:
     except _Refused as e:
         raise UserError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: malformed YAML: {_yaml_problem(e)}") from None
+        raise UserError(f"{path}: malformed YAML: {problem(e)}") from None
     except RecursionError:  # PyYAML's parser recurses once per nesting level
         raise UserError(f"{path}: malformed YAML: nested too deeply to be a config") from None
     except ValueError as e:  # PyYAML's constructors: a 5,000-digit integer, a date like 2020-13-45

@@ -16,7 +16,7 @@ from core.errors import UserError, one_line
 from core.lock import writer_alive
 from core.status import FINISHED, PRUNED
 from core.text import flatten
-from core.yamltext import safe_load
+from core.yamltext import problem, safe_load
 
 RUN_FILES = "config.yaml, metrics.jsonl and results.json"
 
@@ -139,7 +139,9 @@ def _mapping(where: str, value: Any) -> dict[str, Any]:
 def _config(path: Path) -> dict[str, Any]:
     try:
         config = _mapping(str(path), safe_load(file_text(path)) or {})
-    except (yaml.YAMLError, RecursionError) as e:
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: cannot read (malformed YAML: {problem(e)})") from None
+    except RecursionError as e:
         raise UserError(f"{path}: cannot read ({one_line(e, 200)})") from None
     for section in ("model", "data"):
         if not isinstance(config.get(section, {}), dict):

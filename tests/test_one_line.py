@@ -254,9 +254,10 @@ BAD_FILES = [
     ("config.yaml: not UTF-8", raw_bytes("config.yaml", b"model: {name: vit}\n\xff\n"), ["not UTF-8"]),
     ("config.yaml: a !!bool that is not one", raw_bytes("config.yaml", b"model: {name: vit}\nseed: !!bool maybe\n"),
      ["cannot read", "!!bool 'maybe' is not a boolean"]),
-    # Deeper than PyYAML's parser goes: left out in one line (read by a more lenient parser, encoding it crashed).
+    # Deeper than a config nests (core/yamltext.py: MAX_DEPTH): left out in one line that names where.
     ("config.yaml: nested 990 deep", raw_bytes("config.yaml", b"model: {name: vit, x: " + b"[" * 990 + b"]" * 990
-                                               + b"}\n"), ["cannot read", "RecursionError"]),
+                                               + b"}\n"), ["cannot read", "nested more than 100 levels deep",
+                                                            "line 1"]),
 ]
 
 
