@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import yaml
 
 from config.schema import REQUIRED, Config, ModelConfig, check_range
-from core.convert import FLOAT_RE, check_number, convert, short_repr
+from core.convert import FLOAT_RE, check_number, convert, short_repr, type_hints
 from core.errors import UserError
 from core.registry import did_you_mean
 from core.text import flatten
@@ -60,7 +59,7 @@ def _build(cls: type, raw: Any, path: str) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise UserError(f"{where}: expected a mapping of keys, got {short_repr(raw)} ({type(raw).__name__})")
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     if cls is ModelConfig:  # free-form builder kwargs, checked later against the builder signature
         raw = dict(raw)

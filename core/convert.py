@@ -11,6 +11,7 @@ Used for the config's fields and for the keyword arguments of registered builder
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import types
@@ -23,6 +24,15 @@ from core.registry import did_you_mean
 FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 INT_LIMIT = 2 ** 63  # integers must lie in [-2**63, 2**63): what a tensor size, a count or a seed can hold
 _REPR_CHARS = 60  # longer values are shortened in messages, which stay one readable line
+
+
+@functools.cache
+def type_hints(obj: Any) -> dict[str, Any]:
+    """``typing.get_type_hints(obj)`` of a class or a function, computed once: the annotations here are strings
+    (``from __future__ import annotations``) that ``get_type_hints`` compiles on every call, which made it most of
+    the time of building a ``Config`` (4.2 s of the test suite's 5.1 s in ``from_dict``, under cProfile). The
+    dict is shared: read it, do not change it."""
+    return typing.get_type_hints(obj)
 
 
 def short_repr(value: Any) -> str:

@@ -8,12 +8,11 @@ prints.
 """
 from __future__ import annotations
 
-import typing
 from typing import Any
 
 import torch.nn as nn
 
-from core.convert import convert, supported
+from core.convert import convert, supported, type_hints
 from core.errors import UserError
 from core.registry import Registry
 from models import timm_adapter
@@ -104,6 +103,6 @@ def build_model(cfg, spec) -> nn.Module:
 
 
 def _typed(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    hints = typing.get_type_hints(MODELS.get(name))
+    hints = type_hints(MODELS.get(name))
     return {k: convert(v, hints[k], f"model.{k}") if k in hints and supported(hints[k]) else v
             for k, v in kwargs.items()}
