@@ -326,8 +326,9 @@ def figure(tuning: Tuning, colours: dict[str, tuple], path: Path, drawn: Optiona
               Line2D([], [], color="black", marker="x", linestyle="", label="x: failed"),
               Line2D([], [], color="white", marker="*", markersize=12, markeredgecolor="black", linestyle="",
                      label="star: the experiment's best trial")]
-    fig.canvas.draw()  # places the first legend, so the second can go under it
-    box = legend.get_window_extent().transformed(fig.transFigure.inverted())
+    # Where the first legend lands, so the second goes under it: its own extent, without drawing the figure
+    # (the same box as after fig.canvas.draw(), which cost a whole draw of every panel).
+    box = legend.get_window_extent(fig.canvas.get_renderer()).transformed(fig.transFigure.inverted())
     fig.legend(handles=shapes, loc="upper center", ncol=4, fontsize="small", bbox_to_anchor=(0.5, box.y0),
                frameon=False)
     return save(fig, path)
