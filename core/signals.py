@@ -17,6 +17,7 @@ from core.errors import Interrupted
 
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 _extra: list[int] = []  # more stop signals for this process: a SLURM job's SIGUSR2 (time limit, preemption)
+_active: list["GracefulStop"] = []  # entered in the main thread and not yet left, innermost last
 
 
 def also_stop_on(signum: int) -> None:
@@ -27,6 +28,10 @@ def also_stop_on(signum: int) -> None:
 
 class GracefulStop:
     """A context manager that turns stop signals into a flag (first signal) or ``Interrupted`` (second).
+
+    One entered inside another (a run inside a multi-run call or a tune worker) starts with the signal the
+    outer one has already received: a stop that came between the caller's last look and the run's start
+    stops the run at its first safe point instead of being forgotten while it trains to the end.
 
     Outside the main thread (where Python cannot install handlers) it does nothing and the flag stays
     unset, so signals keep their default behaviour.
@@ -67,14 +72,19 @@ class GracefulStop:
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
+            if self.signum is None:
+                self.signum = next((outer.signum for outer in reversed(_active) if outer.signum is not None), None)
             for sig in SIGNALS + tuple(_extra):
                 self._previous[sig] = signal.signal(sig, self._handle)
+            _active.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        if self in _active:
+            _active.remove(self)
 
 
 @contextlib.contextmanager

@@ -360,6 +360,39 @@ def test_a_run_name_cannot_leave_output_dir(data_root, tmp_path, capsys, name):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "escape").exists()
 
 
+def test_a_stop_just_before_a_run_starts_stops_that_run_not_the_next(data_root, tmp_path, monkeypatch, capsys):
+    """SIGTERM after a multi-run call last looked for one and before the run installed its own handling: the
+    run inherits it (core/signals.py), checkpoints before its first step and ends interrupted; the call
+    starts nothing more. The resume trains the run to the end."""
+    import launch.run
+    from config.sweep import Point
+    from launch.plan import Job
+    from train.rundir import RunDir
+
+    jobs = []
+    for i in range(2):
+        cfg = from_dict(tiny_raw(data_root, tmp_path / "runs", name=f"p{i}"))
+        jobs.append(Job(i, Point(f"p{i}", {}, cfg, "s.yaml", f"p{i}"), RunDir(tmp_path / "runs", f"p{i}"), cfg))
+    announce = launch.run.log.info
+
+    def info(text, *args, **kwargs):
+        announce(text, *args, **kwargs)
+        if text.startswith("\n=== run 1/2"):  # the call has looked: no stop yet
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(launch.run.log, "info", info)
+    first, *rest = launch.run.Sequential().run(jobs, 2)
+    monkeypatch.undo()
+    assert (first.status, first.exit_code, rest) == ("interrupted", 128 + signal.SIGTERM, [])
+    results = read_results(first.run_dir)
+    assert results["status"] == "interrupted" and results["epochs_done"] == 0 and read_metrics(first.run_dir) == []
+    ckpt = torch.load(first.run_dir / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 0)
+    assert [d.name for d in (tmp_path / "runs").iterdir()] == [first.run_dir.name]  # the second never started
+    assert call_main(capsys, "--resume", first.run_dir).returncode == 0
+    assert read_results(first.run_dir)["status"] == "completed" and len(read_metrics(first.run_dir)) == 2
+
+
 def test_checkpoints_every_n_steps_and_minutes(data_root, tmp_path, monkeypatch):
     from train.rundir import RunDir
 
