@@ -145,9 +145,15 @@ def test_sigterm_then_a_killed_rank_then_torchrun_resumes_exactly(roots, tmp_pat
                    batch_size=16, log_every=1, mixup_alpha=0.8, warmup_epochs=1,
                    data={"random_erasing": 0.25})
     ref = torchrun(["--cfg", str(write_yaml(tmp_path / "ref.yaml", raw))])
-    run = torchrun(["--cfg", str(write_yaml(tmp_path / "run.yaml", {**raw, "output": {"dir": str(tmp_path / "run")}}))])
+    # A checkpoint every 4 steps (output settings change no number) shows when epoch 2 is under way: the signal
+    # then lands mid-epoch, not in an epoch's evaluation, however fast or loaded the machine.
+    output = {"dir": str(tmp_path / "run"), "checkpoint_every_steps": 4}
+    run = torchrun(["--cfg", str(write_yaml(tmp_path / "run.yaml", {**raw, "output": output}))])
     (run_dir,) = run_dirs_at(tmp_path / "run", run, 1)
-    time.sleep(0.3)
+    deadline = time.monotonic() + 120
+    while not ((c := torch.load(run_dir / "last.pt", weights_only=True))["epoch"] >= 1 and c["step"] > 0):
+        assert run.poll() is None and time.monotonic() < deadline, "no checkpoint inside epoch 2"
+        time.sleep(0.02)
     run.send_signal(signal.SIGTERM)
     out = finish(run)
     resume = f"torchrun --nproc_per_node=2 main.py --resume {run_dir}"

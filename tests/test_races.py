@@ -31,7 +31,8 @@ def start(*args) -> subprocess.Popen:
 def together(*commands: tuple) -> list[tuple[int, str, str]]:
     """Start every command at once; (exit code, stdout, stderr) of each."""
     procs = [start(*c) for c in commands]
-    return [(p.returncode, *p.communicate(timeout=300)) if p.wait(timeout=300) is not None else None for p in procs]
+    outputs = [p.communicate(timeout=300) for p in procs]  # read while they run: a full pipe would block a child
+    return [(p.returncode, *out) for p, out in zip(procs, outputs)]
 
 
 def refused(stderr: str) -> bool:

@@ -94,12 +94,20 @@ def test_preempted_job_requeues_and_a_resume_gathers_after_the_submitter_died(cl
                                  text=True)
 
     def first_epoch():
-        points = manifest(folder).get("points") or [{}]
-        d = points[0].get("run_dir")
-        return d if d and (read_results(d) or {}).get("epochs_done", 0) >= 1 else None
+        # The job's own note of its run directory (launch/slurm.py), not sweep.json: the submitter copies it
+        # there only every few seconds, which left the signal a second or so before the run ended.
+        marker = folder / "slurm" / "point-0.run_dir"
+        d = marker.read_text().strip() if marker.is_file() else None
+        results = (read_results(d) or {}) if d else {}
+        assert results.get("status") != "completed", "the point finished before it could be signalled"
+        return d if results.get("epochs_done", 0) >= 1 else None
 
     run_dir = Path(wait_for(first_epoch, 120, "the first point's first epoch"))
-    job_ids = [p["slurm_job"] for p in manifest(folder)["points"]]
+    def job_ids():
+        ids = [p.get("slurm_job") for p in manifest(folder).get("points") or []]
+        return ids if ids and all(ids) else None
+
+    job_ids = wait_for(job_ids, 30, "both points' job ids in sweep.json")
     subprocess.run(["scancel", "--signal=USR2", job_ids[0]], check=True)
     wait_for(lambda: (read_results(run_dir) or {}).get("status") == "interrupted", 60, "the checkpoint on SIGUSR2")
     submitter.kill()
