@@ -8,11 +8,13 @@ prints.
 """
 from __future__ import annotations
 
+import functools
+import typing
 from typing import Any
 
 import torch.nn as nn
 
-from core.convert import convert, supported, type_hints
+from core.convert import convert, supported
 from core.errors import UserError
 from core.registry import Registry
 from models import timm_adapter
@@ -102,7 +104,14 @@ def build_model(cfg, spec) -> nn.Module:
                         image_size=spec.image_size, **cfg.model.kwargs)
 
 
+@functools.cache
+def _hints(name: str) -> dict[str, Any]:
+    """A builder's annotations, by model name: a timm model's builder is a new function each time the registry
+    hands it out, which a cache keyed on the function would never find again."""
+    return typing.get_type_hints(MODELS.get(name))
+
+
 def _typed(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    hints = type_hints(MODELS.get(name))
+    hints = _hints(name)
     return {k: convert(v, hints[k], f"model.{k}") if k in hints and supported(hints[k]) else v
             for k, v in kwargs.items()}

@@ -16,7 +16,7 @@ from core.errors import UserError, one_line
 from core.lock import writer_alive
 from core.status import FINISHED, PRUNED
 from core.text import flatten
-from core.yamltext import problem, safe_load
+from core.yamltext import nesting, problem, safe_load
 
 RUN_FILES = "config.yaml, metrics.jsonl and results.json"
 
@@ -138,11 +138,15 @@ def _mapping(where: str, value: Any) -> dict[str, Any]:
 
 def _config(path: Path) -> dict[str, Any]:
     try:
-        config = _mapping(str(path), safe_load(file_text(path)) or {})
+        data = safe_load(file_text(path))
     except yaml.YAMLError as e:
         raise UserError(f"{path}: cannot read (malformed YAML: {problem(e)})") from None
-    except RecursionError as e:
+    except (ValueError, RecursionError) as e:  # PyYAML's constructors: a date like 2020-13-45, 5,000 digits
         raise UserError(f"{path}: cannot read ({one_line(e, 200)})") from None
+    why = nesting(data)  # aliases can nest deeper than the text does, or make a list that holds itself
+    if why is not None:
+        raise UserError(f"{path}: cannot read ({why})")
+    config = _mapping(str(path), data or {})
     for section in ("model", "data"):
         if not isinstance(config.get(section, {}), dict):
             raise wrong_type(str(path), section, config[section], "a section (name: value lines)")

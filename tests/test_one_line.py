@@ -258,6 +258,15 @@ BAD_FILES = [
     ("config.yaml: nested 990 deep", raw_bytes("config.yaml", b"model: {name: vit, x: " + b"[" * 990 + b"]" * 990
                                                + b"}\n"), ["cannot read", "nested more than 100 levels deep",
                                                             "line 1"]),
+    # Thirty anchors, each 50 brackets around the one before: a 3 KB text whose data nests 1,500 levels.
+    ("config.yaml: aliases nested 1,500 deep",
+     raw_bytes("config.yaml", b"model: {name: vit}\nx: &a0 1\n" + b"".join(
+         b"x%d: &a%d " % (i, i) + b"[" * 50 + b"*a%d" % (i - 1) + b"]" * 50 + b"\n" for i in range(1, 31))),
+     ["cannot read", "nested more than 100 levels deep"]),
+    ("config.yaml: a list that holds itself", raw_bytes("config.yaml", b"model: {name: vit}\nx: &a [1, *a]\n"),
+     ["cannot read", "contains itself"]),
+    ("config.yaml: a date that is not one", raw_bytes("config.yaml", b"model: {name: vit}\nseed: 2020-13-45\n"),
+     ["cannot read", "ValueError", "month"]),
 ]
 
 
