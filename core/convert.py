@@ -28,10 +28,10 @@ _REPR_CHARS = 60  # longer values are shortened in messages, which stay one read
 
 @functools.cache
 def type_hints(obj: Any) -> dict[str, Any]:
-    """``typing.get_type_hints(obj)`` of a class (the config's sections), computed once: the annotations are strings
-    (``from __future__ import annotations``) that ``get_type_hints`` compiles on every call, which made it most of
-    the time of building a ``Config`` (4.2 s of the test suite's 5.1 s in ``from_dict``, under cProfile). The
-    dict is shared: read it, do not change it."""
+    """``typing.get_type_hints(obj)`` of a class (a config section), computed once: the annotations are strings
+    (``from __future__ import annotations``) that ``get_type_hints`` compiles on every call, which made it most
+    of the time of building a ``Config`` (4.2 s of the test suite's 5.1 s in ``from_dict``, under cProfile).
+    The dict is shared: read it, do not change it."""
     return typing.get_type_hints(obj)
 
 

@@ -1,7 +1,7 @@
 """PyYAML's safe loader, with the two tags whose bad values PyYAML itself reports as a bare ``KeyError``
 (``!!bool maybe``) or ``AttributeError`` (``!!timestamp x``): here they are ``yaml.YAMLError``s naming the value
 and its line, which every reader of YAML text (configs, a run's config.yaml) reports in one line. Nesting is
-capped as the text is scanned (``MAX_DEPTH``)."""
+capped as the text is scanned (``MAX_DEPTH``); ``nesting`` checks loaded data, which aliases can nest deeper."""
 from __future__ import annotations
 
 from typing import Any, Iterator, Optional
@@ -21,8 +21,8 @@ MAX_DEPTH = 100
 class SafeLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` whose ``!!bool`` and ``!!timestamp`` refuse a value that is not one, and which refuses
     text nested more than ``MAX_DEPTH`` levels of brackets and indentation, at the one that goes past it. (A list
-    written at its key's own indentation, ``key:\n- a``, adds no indentation: text nested that way can hold up
-    to twice as many levels of data. ``nesting`` measures the data itself.)"""
+    whose dashes sit at its key's own indentation adds no indentation: text nested that way can hold up to twice
+    as many levels of data. ``nesting`` measures the data itself.)"""
 
     def fetch_flow_collection_start(self, TokenClass):  # '[' or '{'
         self._deeper()
@@ -73,6 +73,9 @@ def problem(e: yaml.YAMLError) -> str:
     return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark else what
 
 
+_END = object()
+
+
 def nesting(value: Any, limit: int = MAX_DEPTH) -> Optional[str]:
     """Why loaded data cannot be walked, or None: nested more than ``limit`` levels (aliases can build that
     from a short text) or containing itself (``&a [*a]``). Iterative, and each list or mapping is looked
@@ -108,9 +111,6 @@ def nesting(value: Any, limit: int = MAX_DEPTH) -> Optional[str]:
             depth[id(child)] = -1
             stack.append((child, children(child)))
     return None
-
-
-_END = object()
 
 
 def safe_load(text: str) -> Any:
