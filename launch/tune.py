@@ -417,7 +417,11 @@ class Worker:
             log.warning(f"{tag}: failed: {e}")
             return None
         if self.stop is not None and self.stop.requested:  # the signal came before the run could see it
-            trial.set_user_attr("owner", RELEASED)
+            if lock is None:  # a new trial, no run directory yet: nothing to continue, and nothing trained
+                _tell(study, self.storage, trial.number, TrialState.FAIL,
+                      attrs={NOT_COUNTED: "stopped before it started training"})
+            else:
+                trial.set_user_attr("owner", RELEASED)
             return 128 + self.stop.signum
         pruning = Pruning(trial, spec, reported)
         outcome = run_one(job, command=self.command, stopper=pruning)

@@ -225,6 +225,40 @@ def test_whose_trial_is_orphaned_and_a_resumed_call_releases_its_own(tmp_path):
                    "another host": False, "released": True, "no owner recorded": False}
 
 
+def test_a_stop_between_two_trials_fails_the_asked_one_as_not_counted(fmnist_root, tmp_path, capsys,
+                                                                      no_comparison, monkeypatch):
+    """SIGTERM just after the worker asked its next trial, before that trial had a run directory: the trial is
+    told FAIL at once, not counted (not left RUNNING for a resume to find), and the resume asks another."""
+    import os
+    import signal
+
+    import optuna
+
+    cfg = tune_yaml(fmnist_root, tmp_path, tune={**SEARCH, "trials": 2, "pruner": "none"})
+    compare = tmp_path / "compare"
+    real, asked = optuna.Study.ask, []
+
+    def ask_then_signal(self, *args, **kwargs):
+        trial = real(self, *args, **kwargs)
+        asked.append(trial.number)
+        if len(asked) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return trial
+
+    monkeypatch.setattr(optuna.Study, "ask", ask_then_signal)
+    r = call_main(capsys, "--cfg", cfg, "--out", compare)
+    monkeypatch.undo()
+    assert r.returncode == 143, r.stderr
+    (trials,) = study_trials(compare).values()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"]
+    assert trials[1].user_attrs["not_counted"] == "stopped before it started training"
+    assert "run_dir" not in trials[1].user_attrs and len(list((compare / "trials").iterdir())) == 1
+    r = call_main(capsys, "--resume", compare)
+    assert r.returncode == 0, r.stderr
+    (trials,) = study_trials(compare).values()
+    assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "FAIL"), (2, "COMPLETE")]
+
+
 def test_an_orphan_whose_directory_is_held_waits_and_a_stopped_trial_continues(fmnist_root, tmp_path, capsys,
                                                                               no_comparison, monkeypatch):
     """A worker does not take a released trial whose run directory another process still holds (it is finishing
