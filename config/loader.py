@@ -242,7 +242,7 @@ def _read_file(path: Path, referrer: str | None = None) -> dict[str, Any]:
         raise UserError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path}: malformed YAML: {problem(e)}") from None
-    except RecursionError:  # PyYAML's parser recurses once per nesting level
+    except RecursionError:  # a backstop: SafeLoader refuses text nested past MAX_DEPTH first
         raise UserError(f"{path}: malformed YAML: nested too deeply to be a config") from None
     except ValueError as e:  # PyYAML's constructors: a 5,000-digit integer, a date like 2020-13-45
         raise UserError(f"{path}: a value cannot be read: {_value_problem(e)}") from None
